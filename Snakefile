@@ -1,0 +1,41 @@
+# worldrep: "Convergent World Representations and Divergent Tasks" (arXiv 2602.00533), end to end.
+# The pipeline reads off rules/: world -> tokenizer, datasets -> mixtures. Method: ../shared/spec/METHOD.md.
+import os
+import sys
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+# Jobs import the `worldrep` package of this workflow copy, never another installed one, so that a code
+# edit here is what runs (and what the rules' `input:` lists of modules track).
+sys.path.insert(0, workflow.basedir)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
+
+from worldrep.config import validate_config
+
+
+# The paper grid unless the user names config files. Snakemake would deep-merge a `--configfile` into this
+# default, so a smaller config's mixture tables would keep the paper's entries: load the default only alone.
+if not workflow.config_settings.configfiles:
+
+    configfile: "config/config.yaml"
+
+
+validate_config(config)
+
+
+include: "rules/common.smk"
+include: "rules/world.smk"
+include: "rules/tokenizer.smk"
+include: "rules/datasets.smk"
+include: "rules/mixtures.smk"
+
+
+rule all:
+    input:
+        "results/world/cities.csv",
+        "results/tokenizer/tokenizer.json",
+        dataset_targets(),
+        mixture_targets(),
+    default_target: True

@@ -1,0 +1,53 @@
+# Names and paths shared by the rules. Output patterns themselves live in each rule's `output:`.
+import re
+
+from worldrep.config import mixture_families
+from worldrep.datasets import SPLITS, VARIANTS
+from worldrep.mixtures import finetuning_sources, pretraining_sources
+from worldrep.tasks import TASK_NAMES
+
+CONDA_ENV = "../envs/worldrep.yaml"
+TASKS = [t for t in TASK_NAMES if t in config["tasks"]]  # canonical order (METHOD §0)
+FAMILIES = mixture_families(config)
+PRETRAINING_MIXTURES = {**FAMILIES["pretraining"], **FAMILIES["with_atlantis"]}
+FINETUNING_MIXTURES = FAMILIES["finetuning.mixes"]
+# Shared library modules every dataset depends on; each task's own module is added per job.
+DATASET_CODE = ["worldrep/tasks/base.py", "worldrep/sampling.py", "worldrep/datasets.py", "worldrep/tokenizer.py"]
+MIXTURE_CODE = ["worldrep/mixtures.py"]
+
+
+def one_of(names):
+    """A wildcard constraint matching exactly these names (and nothing, if there are none)."""
+    return "|".join(map(re.escape, names)) or "(?!)"
+
+
+wildcard_constraints:
+    task=one_of(TASK_NAMES),
+    variant=one_of(VARIANTS),
+    split=one_of(SPLITS),
+
+
+def dataset_files(variant, task):
+    prefix = f"results/datasets/{variant}/{task}"
+    return [f"{prefix}/{s}.{ext}" for s in SPLITS for ext in ("txt", "npz")] + [f"{prefix}/metadata.json"]
+
+
+def mixture_sources(name):
+    """The datasets a mixture draws from, in draw order (worldrep.mixtures builds the same list)."""
+    if name in FINETUNING_MIXTURES:
+        ft = config["mixtures"]["finetuning"]
+        return finetuning_sources(FINETUNING_MIXTURES[name], TASKS, ft["replay_items"], ft["buffer_items"])
+    variant = "with_atlantis" if name in FAMILIES["with_atlantis"] else "pretraining"
+    return pretraining_sources(PRETRAINING_MIXTURES[name], variant)
+
+
+def dataset_targets():
+    """Every configured task's pretraining and Atlantis-required sets (the test sets of evaluation), plus
+    whatever other dataset a configured mixture needs."""
+    pairs = {(v, t) for v in ("pretraining", "atlantis_required") for t in TASKS}
+    pairs |= {(s.variant, s.task) for m in [*PRETRAINING_MIXTURES, *FINETUNING_MIXTURES] for s in mixture_sources(m)}
+    return [f"results/datasets/{v}/{t}/metadata.json" for v, t in sorted(pairs)]
+
+
+def mixture_targets():
+    return [f"results/mixtures/{m}/metadata.json" for m in [*PRETRAINING_MIXTURES, *FINETUNING_MIXTURES]]

@@ -1,0 +1,27 @@
+rule dataset:
+    """One task's dataset in one variant: train/val/test as text and token arrays (METHOD §3).
+
+    The task's own module is an input and its settings are params, so editing one task replans exactly
+    that task's datasets and the mixtures that contain them.
+    """
+    input:
+        cities="results/world/cities.csv",
+        task_code="worldrep/tasks/{task}.py",
+        code=DATASET_CODE,
+    output:
+        text=expand("results/datasets/{{variant}}/{{task}}/{split}.txt", split=SPLITS),
+        arrays=expand("results/datasets/{{variant}}/{{task}}/{split}.npz", split=SPLITS),
+        metadata="results/datasets/{variant}/{task}/metadata.json",
+    params:
+        task_settings=lambda w: config["tasks"][w.task],
+        sizes=lambda w: config["datasets"][w.variant],
+        seed=config["datasets"]["seed"],
+        max_draw_rounds=config["datasets"]["max_draw_rounds"],
+    log:
+        "results/logs/datasets/{variant}/{task}.log",
+    benchmark:
+        "results/benchmarks/datasets/{variant}/{task}.tsv"
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/dataset.py"

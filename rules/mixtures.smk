@@ -1,0 +1,33 @@
+def mixture_input(wildcards):
+    sources = mixture_sources(wildcards.mixture)
+    return sorted({f for s in sources for f in dataset_files(s.variant, s.task)})
+
+
+rule pretraining_mixture:
+    """Whole train/val/test splits of the listed tasks, concatenated and shuffled (METHOD §4.1)."""
+    input:
+        datasets=mixture_input,
+        code=MIXTURE_CODE,
+    output:
+        arrays=expand("results/mixtures/{{mixture}}/{split}.npz", split=SPLITS),
+        metadata="results/mixtures/{mixture}/metadata.json",
+    wildcard_constraints:
+        mixture=one_of(PRETRAINING_MIXTURES),
+    params:
+        sources=lambda w: [vars(s) for s in mixture_sources(w.mixture)],
+        seed=config["mixtures"]["seed"],
+    log:
+        "results/logs/mixtures/{mixture}.log",
+    benchmark:
+        "results/benchmarks/mixtures/{mixture}.tsv"
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/mixture.py"
+
+
+# Same script: the sources (replay slice + Atlantis-required set per fine-tuned task, plus the buffer from
+# every task's Atlantis-required set, METHOD §4.2) come from mixture_sources() through `params`.
+use rule pretraining_mixture as finetuning_mixture with:
+    wildcard_constraints:
+        mixture=one_of(FINETUNING_MIXTURES),

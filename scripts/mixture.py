@@ -1,0 +1,32 @@
+"""Snakemake adapter: rules pretraining_mixture / finetuning_mixture -> results/mixtures/{mixture}/."""
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from worldrep.datasets import SPLITS, atomic_write_bytes, load_split, write_json
+from worldrep.mixtures import Source, compose
+from worldrep.provenance import provenance
+
+sys.stderr = sys.stdout = log = open(snakemake.log[0], "w")
+sources = [Source(**s) for s in snakemake.params.sources]
+dataset_root = Path(snakemake.input.datasets[0]).parents[2]  # results/datasets
+progress = tqdm(total=len(sources), desc=f"{snakemake.wildcards.mixture}: sources", file=log)
+
+
+def load(variant, task):
+    progress.update()
+    return {s: load_split(dataset_root / variant / task, s) for s in SPLITS}
+
+
+splits, counts = compose(sources, load, snakemake.params.seed)
+progress.close()
+directory = Path(snakemake.output.metadata).parent
+for split in SPLITS:
+    atomic_write_bytes(directory / f"{split}.npz", lambda h: np.savez(h, **splits[split]))
+write_json(snakemake.output.metadata, {
+    "mixture": snakemake.wildcards.mixture, "seed": snakemake.params.seed, "sources": counts,
+    "sizes": {s: len(splits[s]["task"]) for s in SPLITS}, "token_width": int(splits["train"]["tokens"].shape[1]),
+    "provenance": provenance(),
+})

@@ -1,0 +1,65 @@
+"""Config validation: the JSON schema, then the checks a schema cannot express. Every message names its key."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "config" / "schema.json"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def key_path(parts) -> str:
+    return ".".join(str(p) for p in parts) or "<top level>"
+
+
+def schema_problems(config: dict, schema: dict) -> list[str]:
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    return [f"config key '{key_path(e.absolute_path)}': {e.message}" for e in errors]
+
+
+def mixture_families(config: dict) -> dict[str, dict[str, list[str]]]:
+    """Config key under `mixtures` -> {mixture name: tasks} for each family of mixtures."""
+    mixtures = config["mixtures"]
+    return {"pretraining": mixtures["pretraining"], "with_atlantis": mixtures.get("with_atlantis", {}),
+            "finetuning.mixes": mixtures["finetuning"]["mixes"]}
+
+
+def semantic_problems(config: dict) -> list[str]:
+    """Checks across keys: mixtures name configured tasks, slices fit in their sources, names are unique."""
+    problems = []
+    tasks, datasets, mixtures = config["tasks"], config["datasets"], config["mixtures"]
+    seen: dict[str, str] = {}
+    for family, mixes in mixture_families(config).items():
+        for name, listed in mixes.items():
+            key = f"mixtures.{family}.{name}"
+            if name in seen:
+                problems.append(f"config key '{key}': mixture name {name!r} is also defined at '{seen[name]}'")
+            seen[name] = key
+            missing = [t for t in listed if t not in tasks]
+            if missing:
+                problems.append(f"config key '{key}': task(s) {missing} are not configured under 'tasks'")
+    if mixtures.get("with_atlantis") and "with_atlantis" not in datasets:
+        problems.append("config key 'datasets.with_atlantis': required because 'mixtures.with_atlantis' is not empty")
+    ft = mixtures["finetuning"]
+    for item_key, variant in (("replay_items", "pretraining"), ("buffer_items", "atlantis_required")):
+        have = datasets[variant]["n_train"]
+        if ft[item_key] > have:
+            problems.append(f"config key 'mixtures.finetuning.{item_key}': asks for {ft[item_key]} items per task, "
+                            f"but 'datasets.{variant}.n_train' is only {have}")
+    return problems
+
+
+def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
+    """Raise ConfigError listing every problem, or return the config unchanged."""
+    problems = schema_problems(config, json.loads(Path(schema_path).read_text()))
+    if not problems:
+        problems = semantic_problems(config)
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    return config

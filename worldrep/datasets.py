@@ -1,0 +1,174 @@
+"""Task datasets: train/val/test splits per (task, variant), leakage-free and balanced (METHOD §3.3–3.5).
+
+Stored per split: `{split}.txt` (the readable text, one item per line) and `{split}.npz` with
+`tokens` uint8 [n, width] (right-padded, loadable in one read), `city_ids` int16 [n, K] (-1 padding)
+and `answers` bytes [n].
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import sampling
+from .tasks import TASK_NAMES
+from .tasks.base import Task, compact_text
+from .tokenizer import encode_compact, spaced_text
+
+SPLITS = ("train", "val", "test")
+# Stable integer identifiers for seeding; appending is safe, reordering changes every dataset.
+VARIANTS = ("pretraining", "atlantis_required", "with_atlantis")
+
+
+@dataclass(frozen=True)
+class World:
+    """What sampling needs of the city table: coordinates, IDs and the pools."""
+    x: np.ndarray  # int64 [N]
+    y: np.ndarray
+    city_ids: np.ndarray
+    is_atlantis: np.ndarray  # bool [N]
+
+    @classmethod
+    def from_table(cls, cities) -> "World":
+        return cls(*(cities[c].to_numpy() for c in ("x", "y", "city_id", "is_atlantis")))
+
+    def pools(self, variant: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """(pool every city is drawn from, pool one city must come from) for a variant (METHOD §3.5)."""
+        everything, atlantis = np.arange(len(self.x)), np.flatnonzero(self.is_atlantis)
+        if variant == "pretraining":
+            return np.flatnonzero(~self.is_atlantis), None
+        if variant == "atlantis_required":
+            return everything, atlantis
+        if variant == "with_atlantis":
+            return everything, None
+        raise ValueError(f"unknown dataset variant {variant!r}; expected one of {VARIANTS}")
+
+
+@dataclass
+class Split:
+    cities: np.ndarray  # int64 [n, K] city row indices, -1 padding
+    k: np.ndarray  # int [n]
+    answers: np.ndarray
+    rejected: int = 0  # candidates redrawn because their key occurred in train
+
+
+def dataset_rng(seed: int, task: str, variant: str) -> np.random.Generator:
+    """Each (task, variant) gets its own stream from the base seed and stable identifiers (METHOD §3.5)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, TASK_NAMES.index(task) + 1, VARIANTS.index(variant) + 1]))
+
+
+def label(task: Task, world: World, cities: np.ndarray, k: np.ndarray) -> np.ndarray:
+    safe = np.where(cities >= 0, cities, 0)  # padding columns get any valid city; tasks ignore them
+    return task.answer(world.x[safe], world.y[safe], k)
+
+
+def fill_split(rng, n, draw, answer, train_keys, balanced: bool, max_rounds: int, what: str) -> Split:
+    """Draw candidates in batches until n are accepted: keys unseen in train, labels balanced if asked.
+
+    Balanced splits hold exactly ⌊n/2⌋ TRUE and n − ⌊n/2⌋ FALSE, then are shuffled (METHOD §3.3).
+    """
+    quota = {True: n // 2, False: n - n // 2} if balanced else {None: n}
+    rate = dict.fromkeys(quota, 0.5 if balanced else 1.0)
+    taken: dict = {key: [] for key in quota}
+    rejected = 0
+    for _ in range(max_rounds):
+        need = {key: quota[key] - sum(len(c[1]) for c in taken[key]) for key in quota}
+        if not any(need.values()):
+            break
+        batch = int(1.2 * max(need[key] / max(rate[key], 1e-3) for key in quota)) + 64
+        cities, k = draw(batch)
+        answers = answer(cities, k)
+        leaked = sampling.in_sorted(sampling.item_keys(cities), train_keys)
+        rejected += int(leaked.sum())
+        for key in quota:
+            ok = ~leaked & ((answers == key) if balanced else True)
+            rate[key] = ok.mean()
+            pick = np.flatnonzero(ok)[: need[key]]
+            taken[key].append((cities[pick], k[pick], answers[pick]))
+    else:
+        got = {key: sum(len(c[1]) for c in taken[key]) for key in quota}
+        if got != quota:
+            raise RuntimeError(f"{what}: filled {got} of {quota} items in {max_rounds} draw rounds; "
+                               "raise datasets.max_draw_rounds or check the task settings")
+    parts = [part for key in quota for part in taken[key]]
+    split = Split(*(np.concatenate([p[i] for p in parts]) for i in range(3)), rejected=rejected)
+    if balanced:
+        order = rng.permutation(n)
+        split.cities, split.k, split.answers = split.cities[order], split.k[order], split.answers[order]
+    return split
+
+
+def generate_dataset(task: Task, settings: dict, variant: str, sizes: dict, world: World, seed: int,
+                     max_rounds: int) -> dict[str, Split]:
+    """All three splits of one (task, variant) dataset; train first, so val/test can avoid its keys."""
+    rng = dataset_rng(seed, task.name, variant)
+    pool, required = world.pools(variant)
+    counts = task.city_counts(settings, variant)
+    answer = lambda cities, k: label(task, world, cities, k)  # noqa: E731
+    splits: dict[str, Split] = {}
+    if required is None and counts == (2,) and not task.balanced:
+        # Uniform-pool pair tasks: one draw of distinct unordered pairs, sliced into the splits.
+        pairs = sampling.draw_distinct_pairs(rng, sum(sizes[f"n_{s}"] for s in SPLITS), pool)
+        k = np.full(len(pairs), 2)
+        bounds = np.cumsum([0] + [sizes[f"n_{s}"] for s in SPLITS])
+        for s, lo, hi in zip(SPLITS, bounds[:-1], bounds[1:]):
+            splits[s] = Split(pairs[lo:hi], k[lo:hi], answer(pairs[lo:hi], k[lo:hi]))
+        return splits
+    draw = lambda m: sampling.draw_items(rng, m, counts, pool, required)  # noqa: E731
+    train_keys = np.zeros(0, dtype=np.uint64)
+    for s in SPLITS:
+        splits[s] = fill_split(rng, sizes[f"n_{s}"], draw, answer, train_keys, task.balanced, max_rounds,
+                               f"{task.name}/{variant}/{s}")
+        if s == "train":
+            train_keys = np.sort(sampling.item_keys(splits[s].cities))
+    return splits
+
+
+def render(task: Task, split: Split, world: World) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(stored text lines as bytes [n], arrays for the .npz) of one split."""
+    ids = np.where(split.cities >= 0, world.city_ids[np.maximum(split.cities, 0)], -1)
+    compact = compact_text(task, ids, split.answers)
+    arrays = {"tokens": encode_compact(compact), "city_ids": ids.astype(np.int16),
+              "answers": task.answer_text(split.answers)}
+    return spaced_text(compact), arrays
+
+
+def overlap_with_train(splits: dict[str, Split]) -> dict[str, int]:
+    train = set(map(tuple, np.sort(splits["train"].cities, axis=1).tolist()))
+    return {s: sum(t in train for t in map(tuple, np.sort(splits[s].cities, axis=1).tolist())) for s in ("val", "test")}
+
+
+def dataset_metadata(task: Task, variant: str, splits: dict[str, Split], params: dict) -> dict:
+    meta = {"task": task.name, "variant": variant, "params": params,
+            "sizes": {s: len(sp.k) for s, sp in splits.items()},
+            "rejected_for_train_key": {s: sp.rejected for s, sp in splits.items()},
+            "key_overlap_with_train": overlap_with_train(splits),
+            "city_count_histogram": {s: {int(c): int((sp.k == c).sum()) for c in np.unique(sp.k)} for s, sp in splits.items()}}
+    if task.balanced:
+        meta["true_count"] = {s: int(sp.answers.sum()) for s, sp in splits.items()}
+    return meta
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """Write through a temporary sibling and rename, so a killed job never leaves a complete-looking file."""
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "wb") as handle:
+        write(handle)
+    os.replace(tmp, path)
+
+
+def write_split(directory: Path, split: str, text: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
+    atomic_write_bytes(directory / f"{split}.txt", lambda h: h.write(b"\n".join(text.tolist()) + b"\n"))
+    atomic_write_bytes(directory / f"{split}.npz", lambda h: np.savez(h, **arrays))
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write_bytes(Path(path), lambda h: h.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()))
+
+
+def load_split(directory: str | Path, split: str) -> dict[str, np.ndarray]:
+    with np.load(Path(directory) / f"{split}.npz") as data:
+        return {name: data[name] for name in data.files}
