@@ -1,16 +1,14 @@
 # worldrep: "Convergent World Representations and Divergent Tasks" (arXiv 2602.00533), end to end.
 # The pipeline reads off rules/: world -> tokenizer, datasets -> mixtures. Method: ../shared/spec/METHOD.md.
-import os
 import sys
 
 from snakemake.utils import min_version
 
 min_version("9.0")
 
-# Jobs import the `worldrep` package of this workflow copy, never another installed one, so that a code
-# edit here is what runs (and what the rules' `input:` lists of modules track).
+# The rules import the `worldrep` package of this workflow copy (jobs do the same via scripts/_workflow.py),
+# never another installed one, so that a code edit here is what runs and what `input:` tracks.
 sys.path.insert(0, workflow.basedir)
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
 
 from worldrep.config import validate_config
 

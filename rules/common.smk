@@ -16,6 +16,16 @@ DATASET_CODE = ["worldrep/tasks/base.py", "worldrep/sampling.py", "worldrep/data
 MIXTURE_CODE = ["worldrep/mixtures.py"]
 
 
+def canonical(value):
+    """Dicts with sorted keys, recursively. Snakemake compares params by their repr, so without this a config
+    that only lists the same keys in another order would replan jobs."""
+    if isinstance(value, dict):
+        return {k: canonical(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [canonical(v) for v in value]
+    return value
+
+
 def one_of(names):
     """A wildcard constraint matching exactly these names (and nothing, if there are none)."""
     return "|".join(map(re.escape, names)) or "(?!)"
@@ -39,6 +49,11 @@ def mixture_sources(name):
         return finetuning_sources(FINETUNING_MIXTURES[name], TASKS, ft["replay_items"], ft["buffer_items"])
     variant = "with_atlantis" if name in FAMILIES["with_atlantis"] else "pretraining"
     return pretraining_sources(PRETRAINING_MIXTURES[name], variant)
+
+
+def mixture_input(wildcards):
+    sources = mixture_sources(wildcards.mixture)
+    return sorted({f for s in sources for f in dataset_files(s.variant, s.task)})
 
 
 def dataset_targets():

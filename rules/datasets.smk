@@ -13,8 +13,8 @@ rule dataset:
         arrays=expand("results/datasets/{{variant}}/{{task}}/{split}.npz", split=SPLITS),
         metadata="results/datasets/{variant}/{task}/metadata.json",
     params:
-        task_settings=lambda w: config["tasks"][w.task],
-        sizes=lambda w: config["datasets"][w.variant],
+        task_settings=lambda w: canonical(config["tasks"][w.task]),
+        sizes=lambda w: canonical(config["datasets"][w.variant]),
         seed=config["datasets"]["seed"],
         max_draw_rounds=config["datasets"]["max_draw_rounds"],
     log:

@@ -1,8 +1,3 @@
-def mixture_input(wildcards):
-    sources = mixture_sources(wildcards.mixture)
-    return sorted({f for s in sources for f in dataset_files(s.variant, s.task)})
-
-
 rule pretraining_mixture:
     """Whole train/val/test splits of the listed tasks, concatenated and shuffled (METHOD §4.1)."""
     input:

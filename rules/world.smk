@@ -7,7 +7,7 @@ rule world:
         metadata="results/world/world.json",
     params:
         min_population=config["world"]["min_population"],
-        atlantis=config["world"]["atlantis"],
+        atlantis=canonical(config["world"]["atlantis"]),
         city_id_seed=config["world"]["city_id_seed"],
     log:
         "results/logs/world.log",

@@ -1,4 +1,5 @@
 """Snakemake adapter: rule dataset -> results/datasets/{variant}/{task}/{split}.{txt,npz} + metadata.json."""
+import _workflow  # noqa: F401  (this workflow's `worldrep` first on sys.path)
 import sys
 from pathlib import Path
 

@@ -1,4 +1,5 @@
 """Snakemake adapter: rules pretraining_mixture / finetuning_mixture -> results/mixtures/{mixture}/."""
+import _workflow  # noqa: F401  (this workflow's `worldrep` first on sys.path)
 import sys
 from pathlib import Path
 

@@ -1,4 +1,5 @@
 """Snakemake adapter: rule tokenizer -> results/tokenizer/ (AutoTokenizer-loadable)."""
+import _workflow  # noqa: F401  (this workflow's `worldrep` first on sys.path)
 import sys
 from pathlib import Path
 

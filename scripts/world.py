@@ -1,4 +1,5 @@
 """Snakemake adapter: rule world -> results/world/cities.csv + world.json."""
+import _workflow  # noqa: F401  (this workflow's `worldrep` first on sys.path)
 import sys
 
 from worldrep.datasets import atomic_write_bytes, write_json

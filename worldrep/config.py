@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import jsonschema
@@ -17,8 +18,14 @@ def key_path(parts) -> str:
     return ".".join(str(p) for p in parts) or "<top level>"
 
 
+# JSON Schema counts 42.0 as an integer; YAML's `seed: 42.0` would then pass and crash inside a job.
+_STRICT_TYPES = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+    "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool))
+StrictValidator = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=_STRICT_TYPES)
+
+
 def schema_problems(config: dict, schema: dict) -> list[str]:
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = StrictValidator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     return [f"config key '{key_path(e.absolute_path)}': {e.message}" for e in errors]
 
@@ -46,6 +53,10 @@ def semantic_problems(config: dict) -> list[str]:
                 problems.append(f"config key '{key}': task(s) {missing} are not configured under 'tasks'")
     if mixtures.get("with_atlantis") and "with_atlantis" not in datasets:
         problems.append("config key 'datasets.with_atlantis': required because 'mixtures.with_atlantis' is not empty")
+    atlantis = config["world"]["atlantis"]
+    for key, value in (("center", atlantis["center"]), ("std", [atlantis["std"]])):
+        if not all(math.isfinite(v) for v in value):
+            problems.append(f"config key 'world.atlantis.{key}': {value} is not finite")
     ft = mixtures["finetuning"]
     for item_key, variant in (("replay_items", "pretraining"), ("buffer_items", "atlantis_required")):
         have = datasets[variant]["n_train"]

@@ -1,0 +1,139 @@
+"""Config validation (worldrep/config.py + config/schema.json), and the Snakefile's validation at load.
+
+Every bad config is a deep copy of config/smoke.yaml with one mutation. A case passes only if the
+ConfigError message has a line that names the offending key path *and* states the problem on that line.
+"""
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from worldrep.config import ConfigError, validate_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml"])
+def test_shipped_configs_validate(name):
+    config = yaml.safe_load((ROOT / "config" / name).read_text())
+    assert validate_config(config) is config
+
+
+def setp(path, value):
+    """Mutation: set the dotted key `path` (list indices allowed) to `value`."""
+    def mutate(c):
+        *parents, last = path.split(".")
+        for p in parents:
+            c = c[int(p)] if isinstance(c, list) else c[p]
+        c[int(last) if isinstance(c, list) else last] = value
+    return mutate
+
+
+def delp(path):
+    def mutate(c):
+        *parents, last = path.split(".")
+        for p in parents:
+            c = c[p]
+        del c[last]
+    return mutate
+
+
+FT = "mixtures.finetuning"
+BAD = {  # id: (mutation, key path named in the message, problem text on the same line)
+    "unknown-top-level-key": (setp("extras", 1), "<top level>", "'extras' was unexpected"),
+    "unknown-nested-key-typo": (setp("datasets.pretraining.n_trian", 5), "datasets.pretraining",
+                                "'n_trian' was unexpected"),
+    "string-n_train": (setp("datasets.pretraining.n_train", "2000"), "datasets.pretraining.n_train",
+                       "is not of type 'integer'"),
+    "fractional-float-seed": (setp("datasets.seed", 42.5), "datasets.seed", "is not of type 'integer'"),
+    # YAML `seed: 42.0` loads as a float; numpy's SeedSequence / default_rng reject it with TypeError.
+    "integral-float-seed": (setp("datasets.seed", 42.0), "datasets.seed", "is not of type 'integer'"),
+    # A float size breaks slicing (`a[:2000.0]` is a TypeError) inside a job, long after load.
+    "integral-float-n_train": (setp("datasets.pretraining.n_train", 2000.0), "datasets.pretraining.n_train",
+                               "is not of type 'integer'"),
+    "bool-n_test": (setp("datasets.atlantis_required.n_test", True), "datasets.atlantis_required.n_test",
+                    "is not of type 'integer'"),
+    "zero-n_val": (setp("datasets.pretraining.n_val", 0), "datasets.pretraining.n_val",
+                   "less than the minimum of 1"),
+    "negative-buffer_items": (setp(f"{FT}.buffer_items", -5), f"{FT}.buffer_items", "less than the minimum of 1"),
+    "zero-atlantis-std": (setp("world.atlantis.std", 0), "world.atlantis.std", "less than or equal to the minimum"),
+    "negative-seed": (setp("mixtures.seed", -1), "mixtures.seed", "less than the minimum of 0"),
+    "unknown-task-under-tasks": (setp("tasks.distanse", {}), "tasks", "'distanse' is not one of"),
+    "settings-on-settingless-task": (setp("tasks.distance", {"k": 2}), "tasks.distance", "'k' was unexpected"),
+    "unknown-task-in-mixture": (setp("mixtures.pretraining.pt2-1", ["distance", "distanse"]),
+                                "mixtures.pretraining.pt2-1.1", "'distanse' is not one of"),
+    "duplicate-task-in-mixture": (setp(f"{FT}.mixes.ftwb2-2", ["angle", "angle"]), f"{FT}.mixes.ftwb2-2",
+                                  "non-unique elements"),
+    "empty-mixture": (setp("mixtures.pretraining.pt1-1", []), "mixtures.pretraining.pt1-1", "should be non-empty"),
+    "mixture-task-not-configured": (delp("tasks.crossing"), "mixtures.pretraining.pt1-7",
+                                    "['crossing'] are not configured under 'tasks'"),
+    "replay-exceeds-pretraining-n_train": (setp(f"{FT}.replay_items", 2001), f"{FT}.replay_items",
+                                           "'datasets.pretraining.n_train' is only 2000"),
+    "buffer-exceeds-atlantis-required-n_train": (setp(f"{FT}.buffer_items", 501), f"{FT}.buffer_items",
+                                                 "'datasets.atlantis_required.n_train' is only 500"),
+    "mixture-name-in-two-families": (setp(f"{FT}.mixes.pt7", ["distance"]), f"{FT}.mixes.pt7",
+                                     "also defined at 'mixtures.pretraining.pt7'"),
+    "inside-hull-size-2": (setp("tasks.inside.hull_sizes", [2, 3]), "tasks.inside.hull_sizes.0",
+                           "less than the minimum of 3"),
+    "perimeter-city-count-1": (setp("tasks.perimeter.city_counts", [1, 2]), "tasks.perimeter.city_counts.0",
+                               "less than the minimum of 2"),
+    "atlantis-count-over-10000": (setp("world.atlantis.count", 10001), "world.atlantis.count",
+                                  "greater than the maximum of 10000"),
+    "center-latitude-out-of-range": (setp("world.atlantis.center.1", 91.0), "world.atlantis.center.1",
+                                     "greater than the maximum of 90"),
+    "center-longitude-out-of-range": (setp("world.atlantis.center.0", -180.5), "world.atlantis.center.0",
+                                      "less than the minimum of -180"),
+    "min-population-below-package-floor": (setp("world.min_population", 1000), "world.min_population",
+                                           "less than the minimum of 15000"),
+    "missing-datasets-seed": (delp("datasets.seed"), "datasets", "'seed' is a required property"),
+    "with-atlantis-mixtures-without-dataset": (delp("datasets.with_atlantis"), "datasets.with_atlantis",
+                                               "required because 'mixtures.with_atlantis' is not empty"),
+    "mixture-name-with-slash": (setp("mixtures.pretraining.pt/1", ["distance"]), "mixtures.pretraining",
+                                "'pt/1' does not match"),
+    "mixture-name-uppercase": (setp(f"{FT}.mixes.FTWB1-1", ["distance"]), f"{FT}.mixes", "'FTWB1-1' does not match"),
+}
+
+
+@pytest.mark.parametrize("mutate,key,problem", BAD.values(), ids=BAD.keys())
+def test_bad_config_names_key_and_problem(mutate, key, problem):
+    config = copy.deepcopy(SMOKE)
+    mutate(config)
+    with pytest.raises(ConfigError) as excinfo:
+        validate_config(config)
+    lines = str(excinfo.value).splitlines()
+    assert any(f"config key '{key}':" in line and problem in line for line in lines), (
+        f"no line names key {key!r} with problem {problem!r}:\n{excinfo.value}")
+
+
+def test_all_problems_are_listed_at_once():
+    config = copy.deepcopy(SMOKE)
+    config["datasets"]["seed"] = "x"
+    config["world"]["atlantis"]["count"] = 0
+    message = str(pytest.raises(ConfigError, validate_config, config).value)
+    assert "config key 'datasets.seed':" in message and "config key 'world.atlantis.count':" in message
+
+
+def dry_run(configfile):
+    return subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", str(configfile)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_snakefile_rejects_bad_config_at_load(tmp_path):
+    bad = copy.deepcopy(SMOKE)
+    bad["mixtures"]["finetuning"]["replay_items"] = 999_999
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad, sort_keys=False))
+    proc = dry_run(path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert "ConfigError" in out and "config key 'mixtures.finetuning.replay_items':" in out, out
+    assert "Building DAG of jobs" not in out, out  # failed while loading the Snakefile, before any job
+
+
+def test_snakefile_dry_runs_smoke_config():
+    proc = dry_run(ROOT / "config" / "smoke.yaml")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
