@@ -61,6 +61,8 @@ BAD = {  # id: (mutation, key path named in the message, problem text on the sam
                    "less than the minimum of 1"),
     "negative-buffer_items": (setp(f"{FT}.buffer_items", -5), f"{FT}.buffer_items", "less than the minimum of 1"),
     "zero-atlantis-std": (setp("world.atlantis.std", 0), "world.atlantis.std", "less than or equal to the minimum"),
+    "nan-atlantis-center": (setp("world.atlantis.center.0", float("nan")), "world.atlantis.center", "is not finite"),
+    "infinite-atlantis-std": (setp("world.atlantis.std", float("inf")), "world.atlantis.std", "is not finite"),
     "negative-seed": (setp("mixtures.seed", -1), "mixtures.seed", "less than the minimum of 0"),
     "unknown-task-under-tasks": (setp("tasks.distanse", {}), "tasks", "'distanse' is not one of"),
     "settings-on-settingless-task": (setp("tasks.distance", {"k": 2}), "tasks.distance", "'k' was unexpected"),

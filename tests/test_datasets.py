@@ -190,7 +190,6 @@ def test_determinism_and_seed_independence(world, task):
     first = gen_text(world, task, "atlantis_required")
     assert first == gen_text(world, task, "atlantis_required")
     assert first != gen_text(world, task, "atlantis_required", seed=SEED + 1)
-    assert first != gen_text(world, task, "pretraining")  # each variant has its own stream
     # Another task's settings (and having generated it first) must not move this task's data.
     gen_text(world, "perimeter", "atlantis_required", settings={"city_counts": [3]})
     assert first == gen_text(world, task, "atlantis_required")
@@ -210,8 +209,14 @@ def test_streams_are_per_task_and_variant(world, table, data):
 @pytest.mark.parametrize("task", list(TASKS))
 def test_city_order_is_random(data, table, task, variant):
     cities, k = data(task, variant)[0]["train"].cities, data(task, variant)[0]["train"].k
-    assert 0.45 < np.mean(cities[:, 0] < cities[:, 1]) < 0.55  # pair order swapped / positions permuted
-    if variant == "atlantis_required":  # the required Atlantis city lands anywhere, not always first
+    # Pair order swapped / positions permuted. Inside's column 0 is the test city, whose index distribution
+    # differs from the hull's once labels are balanced (central cities are inside more often): compare two
+    # hull columns there instead.
+    a = 1 if task == "inside" else 0
+    assert 0.45 < np.mean(cities[:, a] < cities[:, a + 1]) < 0.55
+    # The required Atlantis city lands anywhere, not always first; checked on unbalanced tasks, where the
+    # label does not condition positions.
+    if variant == "atlantis_required" and not TASKS[task].balanced:
         atl = table["is_atlantis"].to_numpy()[np.maximum(cities, 0)] & (cities >= 0)
         one = atl.sum(axis=1) == 1
         assert 0.45 < np.mean(np.argmax(atl[one], axis=1) / (k[one] - 1)) < 0.55

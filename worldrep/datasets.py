@@ -81,7 +81,8 @@ def fill_split(rng, n, draw, answer, train_keys, balanced: bool, max_rounds: int
         batch = int(1.2 * max(need[key] / max(rate[key], 1e-3) for key in quota)) + 64
         cities, k = draw(batch)
         answers = answer(cities, k)
-        leaked = sampling.in_sorted(sampling.item_keys(cities), train_keys)
+        leaked = (sampling.in_sorted(sampling.item_keys(cities), train_keys) if len(train_keys)
+                  else np.zeros(len(k), dtype=bool))
         rejected += int(leaked.sum())
         for key in quota:
             ok = ~leaked & ((answers == key) if balanced else True)

@@ -60,7 +60,9 @@ def draw_items(
     """n items of distinct cities in random order, the city count uniform over `counts`.
 
     With `required` (the Atlantis pool), one city comes from it and the others from `pool`; positions
-    are shuffled afterwards so the required city lands anywhere. Rows with a repeated city are redrawn
+    are shuffled afterwards so the required city lands anywhere. Without it the cities are i.i.d. draws
+    conditioned on being distinct, already in uniformly random order, so the spec's extra permutation
+    would not change the distribution and is skipped. Rows with a repeated city are redrawn
     (Project rule: redraw, so split sizes stay exact).
     """
     k = rng.choice(np.asarray(counts), size=n)
@@ -74,7 +76,7 @@ def draw_items(
         draw[np.arange(width)[None, :] >= k[todo, None]] = -1
         cities[todo] = draw
         todo = todo[has_repeats(draw)]
-    return shuffle_positions(rng, cities, k), k
+    return (cities if required is None else shuffle_positions(rng, cities, k)), k
 
 
 def item_keys(cities: np.ndarray) -> np.ndarray:

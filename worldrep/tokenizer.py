@@ -46,11 +46,16 @@ def encode_compact(compact: np.ndarray) -> np.ndarray:
 def spaced_text(compact: np.ndarray) -> np.ndarray:
     """The stored text `<bos> c h a r s <eos>` (METHOD §3.1) of each compact string, as a bytes array [n]."""
     chars = np.ascontiguousarray(compact).view(np.uint8).reshape(len(compact), -1)
-    spaced = np.zeros((len(compact), 2 * chars.shape[1]), dtype=np.uint8)
-    spaced[:, 0::2] = chars
-    spaced[:, 1::2] = np.where(chars != 0, ord(" "), 0)  # a space after every character, none after padding
-    body = spaced.view(f"S{spaced.shape[1]}").ravel()
-    return np.char.add(np.char.add(b"<bos> ", body), b"<eos>")
+    n, width = chars.shape
+    lengths = np.count_nonzero(chars, axis=1)
+    head, tail = np.frombuffer(b"<bos> ", np.uint8), np.frombuffer(b"<eos>", np.uint8)
+    text = np.zeros((n, len(head) + 2 * width + len(tail)), dtype=np.uint8)
+    text[:, : len(head)] = head
+    text[:, len(head): len(head) + 2 * width: 2] = chars
+    text[:, len(head) + 1: len(head) + 2 * width: 2] = (chars != 0) * np.uint8(ord(" "))  # a space after each char
+    columns = (len(head) + 2 * lengths)[:, None] + np.arange(len(tail))[None, :]
+    np.put_along_axis(text, columns, np.broadcast_to(tail, (n, len(tail))), axis=1)
+    return text.view(f"S{text.shape[1]}").ravel()
 
 
 def decode_tokens(tokens: np.ndarray) -> list[str]:

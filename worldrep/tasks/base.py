@@ -30,7 +30,9 @@ class Task:
 
 
 def integer_text(answers: Answers) -> np.ndarray:
-    return np.asarray(answers, dtype=np.int64).astype("S")
+    answers = np.asarray(answers, dtype=np.int64)
+    widest = max(len(str(answers.max(initial=0))), len(str(answers.min(initial=0))))
+    return answers.astype(f"S{widest}")  # as narrow as the longest answer; numpy's default is 21 bytes
 
 
 def boolean_text(answers: Answers) -> np.ndarray:
@@ -47,18 +49,28 @@ def cross(ax, ay, bx, by, cx, cy) -> np.ndarray:
     return (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
 
 
-def city_tokens(city_ids: np.ndarray) -> np.ndarray:
-    """`c_` + zero-padded 4-digit ID for each entry of an int array (any shape); -1 (padding) gives b''."""
-    ids = np.asarray(city_ids)
-    text = np.char.add(b"c_", np.char.zfill(np.where(ids < 0, 0, ids).astype("S4"), 4))
-    return np.where(ids < 0, b"", text)
-
-
 def compact_text(task: Task, city_ids: np.ndarray, answers: Answers) -> np.ndarray:
-    """`func(c_A,c_B;…)=ANSWER` for each row of city_ids int [n, K] (-1 = no city). Returns bytes [n]."""
-    tokens = city_tokens(city_ids)
-    text = np.char.add(task.function.encode() + b"(", tokens[:, 0])
-    for j in range(1, city_ids.shape[1]):
-        sep = b";" if j == task.semicolon_before else b","
-        text = np.char.add(text, np.where(city_ids[:, j] >= 0, np.char.add(sep, tokens[:, j]), b""))
-    return np.char.add(np.char.add(text, b")="), task.answer_text(answers))
+    """`func(c_A,c_B;…)=ANSWER` for each row of city_ids int [n, K] (-1 = no city). Returns bytes [n].
+
+    Built as a byte matrix, not with string ops: each city is a 7-byte block `<sep>c_dddd` whose separator
+    is `(` for the first city, and `)=ANSWER` is scattered after each row's last city.
+    """
+    ids = np.asarray(city_ids, dtype=np.int64)
+    n, width = ids.shape
+    k = (ids >= 0).sum(axis=1)
+    blocks = np.zeros((n, width, 7), dtype=np.uint8)  # [n, city, byte]
+    blocks[:, :, 0] = [ord("(")] + [ord(";" if j == task.semicolon_before else ",") for j in range(1, width)]
+    blocks[:, :, 1:3] = np.frombuffer(b"c_", dtype=np.uint8)
+    id16 = np.maximum(ids, 0).astype(np.uint16)  # scalar uint16 division is ~20x faster than int64 by an array
+    for j, power in enumerate((1000, 100, 10, 1)):
+        blocks[:, :, 3 + j] = id16 // np.uint16(power) % np.uint16(10) + np.uint16(ord("0"))
+    blocks[ids < 0] = 0
+    answer = np.char.add(b")=", task.answer_text(answers))
+    answer_bytes = answer.view(np.uint8).reshape(n, -1)  # [n, answer width], NUL-padded
+    prefix = np.frombuffer(task.function.encode(), dtype=np.uint8)
+    matrix = np.zeros((n, len(prefix) + 7 * width + answer_bytes.shape[1]), dtype=np.uint8)
+    matrix[:, : len(prefix)] = prefix
+    matrix[:, len(prefix): len(prefix) + 7 * width] = blocks.reshape(n, -1)
+    columns = (len(prefix) + 7 * k)[:, None] + np.arange(answer_bytes.shape[1])[None, :]
+    np.put_along_axis(matrix, columns, answer_bytes, axis=1)
+    return matrix.view(f"S{matrix.shape[1]}").ravel()
