@@ -11,8 +11,15 @@ TASKS = [t for t in TASK_NAMES if t in config["tasks"]]  # canonical order (METH
 FAMILIES = mixture_families(config)
 PRETRAINING_MIXTURES = {**FAMILIES["pretraining"], **FAMILIES["with_atlantis"]}
 FINETUNING_MIXTURES = FAMILIES["finetuning.mixes"]
-# Shared library modules every dataset depends on; each task's own module is added per job.
-DATASET_CODE = ["worldrep/tasks/base.py", "worldrep/sampling.py", "worldrep/datasets.py", "worldrep/tokenizer.py"]
+# Shared library modules every dataset depends on; each task's own module is added per job. Task modules
+# import only tasks/base.py, never each other, so that a task edit touches that task alone.
+DATASET_CODE = [
+    "worldrep/tasks/__init__.py",  # canonical task order, which also seeds each dataset's stream
+    "worldrep/tasks/base.py",
+    "worldrep/sampling.py",
+    "worldrep/datasets.py",
+    "worldrep/tokenizer.py",
+]
 MIXTURE_CODE = ["worldrep/mixtures.py"]
 
 

@@ -149,3 +149,16 @@ def test_second_run_gives_identical_bytes(workflow, tmp_path):
     snakemake(again, "--cores", "2", "--configfile", SMOKE)
     first, second = result_hashes(workflow), result_hashes(again)
     assert len(first) > 100 and first == second
+
+
+def test_task_modules_import_only_the_shared_base():
+    """The dataset rule lists `worldrep/tasks/{task}.py` plus shared modules as inputs; a task module that
+    imported another task's module would make an edit there invisible to this task's rebuild."""
+    import ast
+
+    for module in sorted((REPO / "worldrep/tasks").glob("*.py")):
+        if module.name in ("__init__.py", "base.py"):
+            continue
+        imports = {node.module for node in ast.walk(ast.parse(module.read_text()))
+                   if isinstance(node, ast.ImportFrom) and node.level > 0}
+        assert imports == {"base"}, (module.name, imports)

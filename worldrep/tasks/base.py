@@ -44,6 +44,16 @@ def round_half_even(values: np.ndarray) -> np.ndarray:
     return np.round(values).astype(np.int64)
 
 
+def distances(x, y, a: int, b: int) -> np.ndarray:
+    """Unrounded Euclidean distance between columns a and b, float64 [n].
+
+    The squared length is an exact integer and IEEE sqrt is correctly rounded, so this is the spec's
+    √(dx² + dy²) to the last bit (np.hypot differs in the last bit for ~1% of pairs).
+    """
+    dx, dy = x[:, b] - x[:, a], y[:, b] - y[:, a]
+    return np.sqrt((dx * dx + dy * dy).astype(np.float64))
+
+
 def cross(ax, ay, bx, by, cx, cy) -> np.ndarray:
     """z of (B − A) × (C − A): > 0 when A, B, C turn counter-clockwise, 0 when collinear. Exact on integers."""
     return (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)

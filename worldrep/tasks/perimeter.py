@@ -1,8 +1,7 @@
 """perimeter: `perimeter(c_1,…,c_n)=P`, the closed polygon in listed order; for n = 2 the single distance."""
 import numpy as np
 
-from .base import Task, integer_text, round_half_even
-from .distance import distances
+from .base import Task, distances, integer_text, round_half_even
 
 
 def answer(x, y, k):
