@@ -123,6 +123,11 @@ def test_sizes_leakage_and_metadata(data, task, variant):
     assert meta["sizes"] == {s: SIZES[f"n_{s}"] for s in SPLITS}
     if TASKS[task].balanced:
         assert meta["true_count"] == {s: SIZES[f"n_{s}"] // 2 for s in SPLITS}
+    if task in ("compass", "inside", "crossing"):  # categorical: label counts from the rendered answers
+        expected = {s: dict(zip(*np.unique(rendered[s][1]["answers"], return_counts=True))) for s in SPLITS}
+        assert meta["answer_counts"] == {s: {a.decode(): int(c) for a, c in expected[s].items()} for s in SPLITS}
+    else:
+        assert "answer_counts" not in meta
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import sampling
 from .tasks import TASK_NAMES
-from .tasks.base import Task, compact_text
+from .tasks.base import Task, compact_text, integer_text
 from .tokenizer import encode_compact, spaced_text
 
 SPLITS = ("train", "val", "test")
@@ -102,6 +102,16 @@ def fill_split(rng, n, draw, answer, train_keys, balanced: bool, max_rounds: int
     return split
 
 
+def distinct_pair_splits(rng, sizes: dict, pool: np.ndarray, answer) -> dict[str, Split]:
+    """Uniform-pool pair tasks: one draw of distinct unordered pairs, sliced in order into the splits,
+    so no pair occurs twice anywhere and val/test are disjoint from train by construction."""
+    bounds = np.cumsum([0] + [sizes[f"n_{s}"] for s in SPLITS])
+    pairs = sampling.draw_distinct_pairs(rng, int(bounds[-1]), pool)
+    k = np.full(len(pairs), 2)
+    return {s: Split(pairs[lo:hi], k[lo:hi], answer(pairs[lo:hi], k[lo:hi]))
+            for s, lo, hi in zip(SPLITS, bounds[:-1], bounds[1:])}
+
+
 def generate_dataset(task: Task, settings: dict, variant: str, sizes: dict, world: World, seed: int,
                      max_rounds: int) -> dict[str, Split]:
     """All three splits of one (task, variant) dataset; train first, so val/test can avoid its keys."""
@@ -109,16 +119,10 @@ def generate_dataset(task: Task, settings: dict, variant: str, sizes: dict, worl
     pool, required = world.pools(variant)
     counts = task.city_counts(settings, variant)
     answer = lambda cities, k: label(task, world, cities, k)  # noqa: E731
-    splits: dict[str, Split] = {}
     if required is None and counts == (2,) and not task.balanced:
-        # Uniform-pool pair tasks: one draw of distinct unordered pairs, sliced into the splits.
-        pairs = sampling.draw_distinct_pairs(rng, sum(sizes[f"n_{s}"] for s in SPLITS), pool)
-        k = np.full(len(pairs), 2)
-        bounds = np.cumsum([0] + [sizes[f"n_{s}"] for s in SPLITS])
-        for s, lo, hi in zip(SPLITS, bounds[:-1], bounds[1:]):
-            splits[s] = Split(pairs[lo:hi], k[lo:hi], answer(pairs[lo:hi], k[lo:hi]))
-        return splits
+        return distinct_pair_splits(rng, sizes, pool, answer)
     draw = lambda m: sampling.draw_items(rng, m, counts, pool, required)  # noqa: E731
+    splits: dict[str, Split] = {}
     train_keys = np.zeros(0, dtype=np.uint64)
     for s in SPLITS:
         splits[s] = fill_split(rng, sizes[f"n_{s}"], draw, answer, train_keys, task.balanced, max_rounds,
@@ -150,6 +154,10 @@ def dataset_metadata(task: Task, variant: str, splits: dict[str, Split], params:
             "city_count_histogram": {s: {int(c): int((sp.k == c).sum()) for c in np.unique(sp.k)} for s, sp in splits.items()}}
     if task.balanced:
         meta["true_count"] = {s: int(sp.answers.sum()) for s, sp in splits.items()}
+    if task.answer_text is not integer_text:  # categorical: the label balance of every split
+        meta["answer_counts"] = {s: {a.decode(): int(c) for a, c in zip(*np.unique(task.answer_text(sp.answers),
+                                                                                  return_counts=True))}
+                                 for s, sp in splits.items()}
     return meta
 
 
