@@ -54,7 +54,7 @@ def per_item_loop(task, settings, world: World, n: int) -> float:
 
 def vectorized(task, settings, world: World, sizes: dict) -> tuple[float, float]:
     start = time.perf_counter()
-    splits = generate_dataset(task, settings, "pretraining", sizes, world, 42, 200)
+    splits = generate_dataset(task, task.city_counts(settings, "pretraining"), "pretraining", sizes, world, 42, 200)
     middle = time.perf_counter()
     for split in splits.values():
         render(task, split, world)

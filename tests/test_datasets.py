@@ -41,15 +41,20 @@ def data(world):
 
     def get(task, variant):
         if (task, variant) not in cache:
-            splits = generate_dataset(TASKS[task], SETTINGS.get(task, {}), variant, SIZES, world, SEED, ROUNDS)
+            splits = generate_dataset(TASKS[task], counts_of(task, variant), variant, SIZES, world, SEED, ROUNDS)
             cache[task, variant] = splits, {s: render(TASKS[task], splits[s], world) for s in SPLITS}
         return cache[task, variant]
     return get
 
 
+def counts_of(task, variant, settings=None):
+    return TASKS[task].city_counts(SETTINGS.get(task, {}) if settings is None else settings, variant)
+
+
 def gen_text(world, task, variant="pretraining", seed=SEED, settings=None, sizes=None):
-    splits = generate_dataset(TASKS[task], SETTINGS.get(task, {}) if settings is None else settings, variant,
-                              sizes or {"n_train": 400, "n_val": 16, "n_test": 100}, world, seed, ROUNDS)
+    counts = counts_of(task, variant, settings)
+    splits = generate_dataset(TASKS[task], counts, variant, sizes or {"n_train": 400, "n_val": 16, "n_test": 100},
+                              world, seed, ROUNDS)
     return b"\n".join(b"\n".join(render(TASKS[task], splits[s], world)[0].tolist()) for s in SPLITS)
 
 
@@ -118,7 +123,8 @@ def test_sizes_leakage_and_metadata(data, task, variant):
     if task in ("distance", "compass") and variant != "atlantis_required":
         everything = k["train"] + k["val"] + k["test"]
         assert len(set(everything)) == len(everything), "uniform-pool pairs must be distinct across all splits"
-    meta = dataset_metadata(TASKS[task], variant, splits, {})
+    meta = dataset_metadata(TASKS[task], variant, splits, {"seed": SEED})
+    assert meta["seed_entropy"] == [SEED, list(TASKS).index(task) + 1, VARIANTS.index(variant) + 1]
     assert meta["key_overlap_with_train"] == {"val": 0, "test": 0}
     assert meta["sizes"] == {s: SIZES[f"n_{s}"] for s in SPLITS}
     if TASKS[task].balanced:
@@ -258,14 +264,27 @@ def test_written_files_round_trip(data, tmp_path, task):
 @pytest.mark.parametrize("task", ["inside", "crossing"])
 def test_too_few_rounds_is_a_named_error(world, task, variant):
     with pytest.raises(RuntimeError, match=rf"{task}/{variant}/train"):
-        generate_dataset(TASKS[task], SETTINGS.get(task, {}), variant, SIZES, world, SEED, max_rounds=1)
+        generate_dataset(TASKS[task], counts_of(task, variant), variant, SIZES, world, SEED, max_rounds=1)
 
 
 def test_too_many_pairs_for_a_tiny_world():
     tiny = World(x=np.arange(5) * 10, y=np.zeros(5, dtype=int), city_ids=np.array([11, 22, 33, 44, 55]),
                  is_atlantis=np.zeros(5, dtype=bool))
-    ok = generate_dataset(TASKS["distance"], {}, "pretraining", {"n_train": 6, "n_val": 2, "n_test": 2}, tiny, 1, 5)
+    ok = generate_dataset(TASKS["distance"], (2,), "pretraining", {"n_train": 6, "n_val": 2, "n_test": 2}, tiny, 1, 5)
     assert sorted(map(tuple, np.sort(np.concatenate([ok[s].cities for s in SPLITS]), axis=1).tolist())) == \
         [(i, j) for i in range(5) for j in range(i + 1, 5)]  # exactly the 10 existing pairs, each once
     with pytest.raises(ValueError, match=r"11 distinct pairs.*5 cities.*10"):
-        generate_dataset(TASKS["compass"], {}, "pretraining", {"n_train": 7, "n_val": 2, "n_test": 2}, tiny, 1, 5)
+        generate_dataset(TASKS["compass"], (2,), "pretraining", {"n_train": 7, "n_val": 2, "n_test": 2}, tiny, 1, 5)
+
+
+def test_check_dataset_refuses_broken_splits(data):
+    from worldrep.datasets import check_dataset
+
+    splits, _ = data("crossing", "pretraining")
+    meta = dataset_metadata(TASKS["crossing"], "pretraining", splits, {"seed": SEED})
+    check_dataset(meta, SIZES, balanced=True)  # the real dataset passes
+    for key, bad, message in [("sizes", {**meta["sizes"], "val": 62}, "split sizes"),
+                              ("key_overlap_with_train", {"val": 0, "test": 1}, "share keys with train"),
+                              ("true_count", {**meta["true_count"], "test": 1}, "not balanced")]:
+        with pytest.raises(RuntimeError, match=rf"crossing/pretraining: .*{message}"):
+            check_dataset({**meta, key: bad}, SIZES, balanced=True)

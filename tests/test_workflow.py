@@ -3,6 +3,7 @@ rebuilds (asserted as sets of job names), and byte-identical reruns."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -98,10 +99,17 @@ def test_lint_is_clean(workflow):
 
 
 def test_smoke_run_builds_every_dataset_and_mixture(workflow, smoke_config):
+    """Every generated dataset obeys the split rules (METHOD §3.3–3.4), read from the workflow's own output."""
     for task in smoke_config["tasks"]:
         for variant in ("pretraining", "atlantis_required", "with_atlantis"):
-            assert (workflow / f"results/datasets/{variant}/{task}/metadata.json").is_file()
-    for family in (smoke_config["mixtures"]["pretraining"], smoke_config["mixtures"]["finetuning"]["mixes"]):
+            meta = json.loads((workflow / f"results/datasets/{variant}/{task}/metadata.json").read_text())
+            sizes = smoke_config["datasets"][variant]
+            assert meta["sizes"] == {s: sizes[f"n_{s}"] for s in ("train", "val", "test")}
+            assert meta["key_overlap_with_train"] == {"val": 0, "test": 0}
+            if task in ("inside", "crossing"):
+                assert meta["true_count"] == {s: n // 2 for s, n in meta["sizes"].items()}
+    mixtures = smoke_config["mixtures"]
+    for family in (mixtures["pretraining"], mixtures["with_atlantis"], mixtures["finetuning"]["mixes"]):
         for name in family:
             for split in ("train", "val", "test"):
                 assert (workflow / f"results/mixtures/{name}/{split}.npz").stat().st_size > 0
@@ -129,6 +137,24 @@ def test_variant_size_change_replans_that_variant_only(workflow, smoke_config):
     expected = expected_jobs(smoke_config, {"atlantis_required"}, set(smoke_config["tasks"]))
     assert planned_jobs(workflow, "config/edited.yaml") == expected
     assert not any(j.startswith("pretraining_mixture") for j in expected)
+
+
+def test_one_variant_setting_replans_only_that_variant(workflow, smoke_config):
+    """Inside's with-Atlantis hull sizes reach only its with-Atlantis set and the control mixture."""
+    edited = yaml.safe_load(yaml.safe_dump(smoke_config))
+    edited["tasks"]["inside"]["hull_sizes_with_atlantis"] = [3, 4, 5]
+    (workflow / "config/edited.yaml").write_text(yaml.safe_dump(edited))
+    expected = expected_jobs(smoke_config, {"with_atlantis"}, {"inside"})
+    assert expected == {"dataset[variant=with_atlantis,task=inside]", "pretraining_mixture[mixture=pt7-atl]", "all"}
+    assert planned_jobs(workflow, "config/edited.yaml") == expected
+
+
+def test_draw_budget_change_replans_nothing(workflow, smoke_config):
+    """max_draw_rounds bounds work, it cannot change a finished dataset: raising it rebuilds nothing."""
+    edited = yaml.safe_load(yaml.safe_dump(smoke_config))
+    edited["datasets"]["max_draw_rounds"] *= 2
+    (workflow / "config/edited.yaml").write_text(yaml.safe_dump(edited))
+    assert planned_jobs(workflow, "config/edited.yaml") == set()
 
 
 def test_task_code_edit_replans_exactly_that_task(workflow, smoke_config):

@@ -55,9 +55,13 @@ class Split:
     rejected: int = 0  # candidates redrawn because their key occurred in train
 
 
-def dataset_rng(seed: int, task: str, variant: str) -> np.random.Generator:
+def seed_entropy(seed: int, task: str, variant: str) -> list[int]:
     """Each (task, variant) gets its own stream from the base seed and stable identifiers (METHOD §3.5)."""
-    return np.random.default_rng(np.random.SeedSequence([seed, TASK_NAMES.index(task) + 1, VARIANTS.index(variant) + 1]))
+    return [seed, TASK_NAMES.index(task) + 1, VARIANTS.index(variant) + 1]
+
+
+def dataset_rng(seed: int, task: str, variant: str) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(seed_entropy(seed, task, variant)))
 
 
 def label(task: Task, world: World, cities: np.ndarray, k: np.ndarray) -> np.ndarray:
@@ -65,10 +69,18 @@ def label(task: Task, world: World, cities: np.ndarray, k: np.ndarray) -> np.nda
     return task.answer(world.x[safe], world.y[safe], k)
 
 
+def batch_size(need: dict, rate: dict, n: int) -> int:
+    """Candidates for the next round: enough for the scarcest label at its observed acceptance rate, with
+    margin, but bounded so that a label that never occurs fails by rounds rather than by memory."""
+    wanted = max(need[key] / max(rate[key], 1e-3) for key in need)
+    return int(min(1.2 * wanted, 20 * n)) + 64
+
+
 def fill_split(rng, n, draw, answer, train_keys, balanced: bool, max_rounds: int, what: str) -> Split:
     """Draw candidates in batches until n are accepted: keys unseen in train, labels balanced if asked.
 
     Balanced splits hold exactly ⌊n/2⌋ TRUE and n − ⌊n/2⌋ FALSE, then are shuffled (METHOD §3.3).
+    `rejected` counts leaked candidates among those consumed, not the unused tail of the last batch.
     """
     quota = {True: n // 2, False: n - n // 2} if balanced else {None: n}
     rate = dict.fromkeys(quota, 0.5 if balanced else 1.0)
@@ -78,17 +90,18 @@ def fill_split(rng, n, draw, answer, train_keys, balanced: bool, max_rounds: int
         need = {key: quota[key] - sum(len(c[1]) for c in taken[key]) for key in quota}
         if not any(need.values()):
             break
-        batch = int(1.2 * max(need[key] / max(rate[key], 1e-3) for key in quota)) + 64
-        cities, k = draw(batch)
+        cities, k = draw(batch_size(need, rate, n))
         answers = answer(cities, k)
         leaked = (sampling.in_sorted(sampling.item_keys(cities), train_keys) if len(train_keys)
                   else np.zeros(len(k), dtype=bool))
-        rejected += int(leaked.sum())
+        consumed = []  # how far into this batch each label read: all of it while its quota stays open
         for key in quota:
             ok = ~leaked & ((answers == key) if balanced else True)
             rate[key] = ok.mean()
             pick = np.flatnonzero(ok)[: need[key]]
             taken[key].append((cities[pick], k[pick], answers[pick]))
+            consumed.append(len(k) if len(pick) < need[key] else (pick[-1] + 1 if len(pick) else 0))
+        rejected += int(leaked[: max(consumed)].sum())
     else:
         got = {key: sum(len(c[1]) for c in taken[key]) for key in quota}
         if got != quota:
@@ -112,14 +125,16 @@ def distinct_pair_splits(rng, sizes: dict, pool: np.ndarray, answer) -> dict[str
             for s, lo, hi in zip(SPLITS, bounds[:-1], bounds[1:])}
 
 
-def generate_dataset(task: Task, settings: dict, variant: str, sizes: dict, world: World, seed: int,
+def generate_dataset(task: Task, counts: tuple[int, ...], variant: str, sizes: dict, world: World, seed: int,
                      max_rounds: int) -> dict[str, Split]:
-    """All three splits of one (task, variant) dataset; train first, so val/test can avoid its keys."""
+    """All three splits of one (task, variant) dataset; train first, so val/test can avoid its keys.
+
+    `counts` are the city counts an item may have (`task.city_counts(settings, variant)`).
+    """
     rng = dataset_rng(seed, task.name, variant)
     pool, required = world.pools(variant)
-    counts = task.city_counts(settings, variant)
     answer = lambda cities, k: label(task, world, cities, k)  # noqa: E731
-    if required is None and counts == (2,) and not task.balanced:
+    if required is None and task.distinct_pairs:
         return distinct_pair_splits(rng, sizes, pool, answer)
     draw = lambda m: sampling.draw_items(rng, m, counts, pool, required)  # noqa: E731
     splits: dict[str, Split] = {}
@@ -148,6 +163,7 @@ def overlap_with_train(splits: dict[str, Split]) -> dict[str, int]:
 
 def dataset_metadata(task: Task, variant: str, splits: dict[str, Split], params: dict) -> dict:
     meta = {"task": task.name, "variant": variant, "params": params,
+            "seed_entropy": seed_entropy(params["seed"], task.name, variant),
             "sizes": {s: len(sp.k) for s, sp in splits.items()},
             "rejected_for_train_key": {s: sp.rejected for s, sp in splits.items()},
             "key_overlap_with_train": overlap_with_train(splits),
@@ -159,6 +175,18 @@ def dataset_metadata(task: Task, variant: str, splits: dict[str, Split], params:
                                                                                   return_counts=True))}
                                  for s, sp in splits.items()}
     return meta
+
+
+def check_dataset(meta: dict, sizes: dict, balanced: bool) -> None:
+    """Refuse to write a dataset that breaks the split rules: exact sizes, no train keys in val/test, and
+    exact 50/50 labels where balanced (METHOD §3.3–3.4)."""
+    what = f"{meta['task']}/{meta['variant']}"
+    if meta["sizes"] != {s: sizes[f"n_{s}"] for s in SPLITS}:
+        raise RuntimeError(f"{what}: split sizes {meta['sizes']} differ from the configured {sizes}")
+    if any(meta["key_overlap_with_train"].values()):
+        raise RuntimeError(f"{what}: val/test items share keys with train: {meta['key_overlap_with_train']}")
+    if balanced and meta["true_count"] != {s: n // 2 for s, n in meta["sizes"].items()}:
+        raise RuntimeError(f"{what}: labels are not balanced: {meta['true_count']} TRUE of {meta['sizes']}")
 
 
 def atomic_write_bytes(path: Path, write) -> None:

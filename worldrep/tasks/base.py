@@ -22,6 +22,7 @@ class Task:
     answer_text: Callable[[Answers], np.ndarray]  # -> bytes array [n]
     semicolon_before: int | None = None  # position of the city preceded by ';' instead of ','
     balanced: bool = False  # TRUE/FALSE labels are rejection-balanced to exactly 50/50 (METHOD §3.3)
+    distinct_pairs: bool = False  # uniform-pool sets draw distinct unordered pairs across all splits (§3.3)
     default_city_counts: tuple[int, ...] = (2,)
 
     def city_counts(self, settings: dict, variant: str) -> tuple[int, ...]:

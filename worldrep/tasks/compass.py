@@ -19,4 +19,5 @@ def answer_text(answers):
     return LABELS[answers]
 
 
-TASK = Task(name="compass", function="compass", abbr="Co", answer=answer, answer_text=answer_text)
+TASK = Task(name="compass", function="compass", abbr="Co", answer=answer, answer_text=answer_text,
+            distinct_pairs=True)

@@ -6,4 +6,5 @@ def answer(x, y, k):
     return round_half_even(distances(x, y, 0, 1))
 
 
-TASK = Task(name="distance", function="dist", abbr="D", answer=answer, answer_text=integer_text)
+TASK = Task(name="distance", function="dist", abbr="D", answer=answer, answer_text=integer_text,
+            distinct_pairs=True)
