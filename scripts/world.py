@@ -3,7 +3,7 @@ import _workflow  # noqa: F401  (this workflow's `worldrep` first on sys.path)
 import sys
 from pathlib import Path
 
-from worldrep.datasets import atomic_write_bytes, write_json
+from worldrep.artifacts import atomic_write_bytes, write_json
 from worldrep.provenance import provenance
 from worldrep.world import WorldSettings, build_world, world_metadata
 

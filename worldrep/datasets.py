@@ -6,14 +6,13 @@ and `answers` bytes [n].
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import sampling
+from .artifacts import atomic_write_bytes
 from .tasks import TASK_NAMES
 from .tasks.base import Task, compact_text, integer_text
 from .tokenizer import encode_compact, spaced_text
@@ -189,21 +188,9 @@ def check_dataset(meta: dict, sizes: dict, balanced: bool) -> None:
         raise RuntimeError(f"{what}: labels are not balanced: {meta['true_count']} TRUE of {meta['sizes']}")
 
 
-def atomic_write_bytes(path: Path, write) -> None:
-    """Write through a temporary sibling and rename, so a killed job never leaves a complete-looking file."""
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as handle:
-        write(handle)
-    os.replace(tmp, path)
-
-
 def write_split(directory: Path, split: str, text: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
     atomic_write_bytes(directory / f"{split}.txt", lambda h: h.write(b"\n".join(text.tolist()) + b"\n"))
     atomic_write_bytes(directory / f"{split}.npz", lambda h: np.savez(h, **arrays))
-
-
-def write_json(path: Path, obj) -> None:
-    atomic_write_bytes(Path(path), lambda h: h.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()))
 
 
 def load_split(directory: str | Path, split: str) -> dict[str, np.ndarray]:
