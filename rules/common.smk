@@ -52,7 +52,7 @@ def dataset_files(variant, task):
 
 
 def mixture_sources(name):
-    """The datasets a mixture draws from, in draw order (worldrep.mixtures builds the same list)."""
+    """The datasets a mixture draws from, in draw order: both this rule's inputs and its `sources` param."""
     if name in FINETUNING_MIXTURES:
         ft = config["mixtures"]["finetuning"]
         return finetuning_sources(FINETUNING_MIXTURES[name], CONFIGURED_TASKS, ft["replay_items"], ft["buffer_items"])

@@ -84,9 +84,10 @@ def fill_split(rng, n, draw, answer, train_keys, balanced: bool, max_rounds: int
     quota = {True: n // 2, False: n - n // 2} if balanced else {None: n}
     rate = dict.fromkeys(quota, 0.5 if balanced else 1.0)
     taken: dict = {key: [] for key in quota}
+    filled = dict.fromkeys(quota, 0)
     rejected = 0
     for _ in range(max_rounds):
-        need = {key: quota[key] - sum(len(c[1]) for c in taken[key]) for key in quota}
+        need = {key: quota[key] - filled[key] for key in quota}
         if not any(need.values()):
             break
         cities, k = draw(batch_size(need, rate, n))
@@ -99,12 +100,12 @@ def fill_split(rng, n, draw, answer, train_keys, balanced: bool, max_rounds: int
             rate[key] = ok.mean()
             pick = np.flatnonzero(ok)[: need[key]]
             taken[key].append((cities[pick], k[pick], answers[pick]))
+            filled[key] += len(pick)
             consumed.append(len(k) if len(pick) < need[key] else (pick[-1] + 1 if len(pick) else 0))
         rejected += int(leaked[: max(consumed)].sum())
     else:
-        got = {key: sum(len(c[1]) for c in taken[key]) for key in quota}
-        if got != quota:
-            raise RuntimeError(f"{what}: filled {got} of {quota} items in {max_rounds} draw rounds; "
+        if filled != quota:
+            raise RuntimeError(f"{what}: filled {filled} of {quota} items in {max_rounds} draw rounds; "
                                "raise datasets.max_draw_rounds or check the task settings")
     parts = [part for key in quota for part in taken[key]]
     split = Split(*(np.concatenate([p[i] for p in parts]) for i in range(3)), rejected=rejected)
@@ -160,19 +161,23 @@ def overlap_with_train(splits: dict[str, Split]) -> dict[str, int]:
     return {s: sum(t in train for t in map(tuple, np.sort(splits[s].cities, axis=1).tolist())) for s in ("val", "test")}
 
 
+def value_counts(values: np.ndarray) -> dict:
+    """{value: count} in ascending value order, as JSON-ready Python scalars."""
+    uniques, counts = np.unique(values, return_counts=True)
+    return {u.decode() if isinstance(u, bytes) else u.item(): int(c) for u, c in zip(uniques, counts)}
+
+
 def dataset_metadata(task: Task, variant: str, splits: dict[str, Split], params: dict) -> dict:
     meta = {"task": task.name, "variant": variant, "params": params,
             "seed_entropy": seed_entropy(params["seed"], task.name, variant),
             "sizes": {s: len(sp.k) for s, sp in splits.items()},
             "rejected_for_train_key": {s: sp.rejected for s, sp in splits.items()},
             "key_overlap_with_train": overlap_with_train(splits),
-            "city_count_histogram": {s: {int(c): int((sp.k == c).sum()) for c in np.unique(sp.k)} for s, sp in splits.items()}}
+            "city_count_histogram": {s: value_counts(sp.k) for s, sp in splits.items()}}
     if task.balanced:
         meta["true_count"] = {s: int(sp.answers.sum()) for s, sp in splits.items()}
     if task.answer_text is not integer_text:  # categorical: the label balance of every split
-        meta["answer_counts"] = {s: {a.decode(): int(c) for a, c in zip(*np.unique(task.answer_text(sp.answers),
-                                                                                  return_counts=True))}
-                                 for s, sp in splits.items()}
+        meta["answer_counts"] = {s: value_counts(task.answer_text(sp.answers)) for s, sp in splits.items()}
     return meta
 
 
