@@ -1,5 +1,6 @@
 # worldrep: "Convergent World Representations and Divergent Tasks" (arXiv 2602.00533), end to end.
-# The pipeline reads off rules/: world -> tokenizer, datasets -> mixtures. Method: ../shared/spec/METHOD.md.
+# The pipeline reads off rules/: world -> tokenizer, datasets -> mixtures -> training -> evaluation.
+# Method: ../shared/spec/METHOD.md.
 import sys
 
 from snakemake.utils import min_version
@@ -28,6 +29,8 @@ include: "rules/world.smk"
 include: "rules/tokenizer.smk"
 include: "rules/datasets.smk"
 include: "rules/mixtures.smk"
+include: "rules/training.smk"
+include: "rules/evaluation.smk"
 
 
 rule all:
@@ -36,4 +39,6 @@ rule all:
         "results/tokenizer/tokenizer.json",
         dataset_targets(),
         mixture_targets(),
+        model_targets(),
+        evaluation_targets(),
     default_target: True

@@ -81,3 +81,50 @@ def dataset_targets():
 
 def mixture_targets():
     return [f"results/mixtures/{m}/metadata.json" for m in [*PRETRAINING_MIXTURES, *FINETUNING_MIXTURES]]
+
+
+# ---- training and evaluation -----------------------------------------------------------------------------
+from worldrep.grid import evaluation_sets, recipe_settings, run_name, training_runs
+
+RUNS = training_runs(config)
+PRETRAINING_RUNS = [r for r in RUNS if r.kind == "pretraining"]
+FINETUNING_RUNS = [r for r in RUNS if r.kind == "finetuning"]
+SEEDS_ENTRY = {r.name: r.seeds_entry for r in RUNS}
+MODEL_CODE = ["worldrep/model.py", "worldrep/tokenizer.py"]
+EVALUATION_CODE = ["worldrep/evaluation.py", "worldrep/tokenizer.py"]
+TRAINING_CODE = ["worldrep/training.py", *MODEL_CODE, *EVALUATION_CODE, "worldrep/lease.py"]
+TOKENIZER_FILES = ["results/tokenizer/tokenizer.json", "results/tokenizer/tokenizer_config.json"]
+
+
+wildcard_constraints:
+    seed=r"\d+",
+
+
+def model_dir(mixture, seed):
+    return f"results/models/{run_name(mixture, seed)}"
+
+
+def training_params(wildcards):
+    """What shapes a run's weights, as one param: recipe, seed and device precisions (§7). The device a job
+    lands on picks the precision at run time; the run records which."""
+    return canonical({
+        "recipe": recipe_settings(config, wildcards.mixture),
+        "seed": int(wildcards.seed),
+        "precision": config["training"]["precision"],
+        "seeds_entry": SEEDS_ENTRY.get(run_name(wildcards.mixture, wildcards.seed), "requested on the command line"),
+    })
+
+
+def test_set_files(mixture):
+    return [f"results/datasets/{v}/{t}/test.npz" for v, t in evaluation_sets(config, mixture)]
+
+
+def model_targets():
+    return [f"{model_dir(r.mixture, r.seed)}/final" for r in RUNS]
+
+
+def evaluation_targets():
+    targets = [f"results/evaluation/{r.name}/metrics.csv" for r in RUNS]
+    if RUNS:
+        targets.append("results/evaluation/metrics.csv")
+    return targets + [f"results/evaluation/{name}/checkpoints.csv" for name in config["evaluation"]["checkpoint_runs"]]

@@ -54,22 +54,55 @@ def planned_jobs(workdir: Path, configfile: str = SMOKE) -> set[str]:
     return jobs
 
 
+def evaluated_sets(config: dict, mixture: str) -> set[tuple[str, str]]:
+    """METHOD §8 by hand: 7-task and fine-tuned models see every standard and Atlantis test set, the others
+    the standard sets of their own tasks."""
+    mix = config["mixtures"]
+    tasks = mix["pretraining"].get(mixture) or mix.get("with_atlantis", {}).get(mixture)
+    if tasks is None or set(tasks) == set(config["tasks"]):
+        return {(v, t) for v in ("pretraining", "atlantis_required") for t in config["tasks"]}
+    return {("pretraining", t) for t in tasks}
+
+
+def downstream_jobs(config: dict, datasets: set[tuple[str, str]], mixtures: set[str], retrained: set[str]) -> set[str]:
+    """Training and evaluation jobs that must rerun after `datasets` (variant, task) and `mixtures` were rebuilt,
+    plus runs in `retrained` (every smoke run has the one seed 42). Fine-tuning starts from pt7's weights."""
+    mix = config["mixtures"]
+    pretraining = [*mix["pretraining"], *mix.get("with_atlantis", {})]
+    trained = {m for m in pretraining if m in mixtures or m in retrained}
+    finetuned = {m for m in mix["finetuning"]["mixes"] if m in mixtures or m in retrained or "pt7" in trained}
+    jobs = {f"pretrain[mixture={m},seed=42]" for m in trained} | {f"finetune[mixture={m},seed=42]" for m in finetuned}
+    evaluated = {m for m in [*pretraining, *mix["finetuning"]["mixes"]]
+                 if m in trained | finetuned or evaluated_sets(config, m) & datasets}
+    jobs |= {f"evaluate[mixture={m},seed=42]" for m in evaluated}
+    if "pt7" in trained or any(v == "pretraining" for v, _ in datasets):
+        jobs.add("evaluate_checkpoints[mixture=pt7,seed=42]")
+    if evaluated:
+        jobs.add("evaluation_table")
+    return jobs | ({"all"} if jobs else set())
+
+
 def expected_jobs(config: dict, variants: set[str], tasks: set[str]) -> set[str]:
     """What must rebuild when the datasets of `tasks` in `variants` change, derived from METHOD §4 by hand:
     pretraining mixtures read whole pretraining (or with-Atlantis) sets of their own tasks; every fine-tuning
-    mixture reads the Atlantis-required sets of all tasks (the buffer) and the pretraining sets of its own."""
+    mixture reads the Atlantis-required sets of all tasks (the buffer) and the pretraining sets of its own.
+    Then every model trained on a rebuilt mixture and every evaluation that reads a rebuilt test set."""
     jobs = {f"dataset[variant={v},task={t}]" for v in variants for t in tasks} | {"all"}
     mix = config["mixtures"]
+    mixtures = set()
     for name, listed in mix["pretraining"].items():
         if "pretraining" in variants and tasks & set(listed):
+            mixtures.add(name)
             jobs.add(f"pretraining_mixture[mixture={name}]")
     for name, listed in mix.get("with_atlantis", {}).items():
         if "with_atlantis" in variants and tasks & set(listed):
+            mixtures.add(name)
             jobs.add(f"pretraining_mixture[mixture={name}]")
     for name, listed in mix["finetuning"]["mixes"].items():
         if "atlantis_required" in variants or ("pretraining" in variants and tasks & set(listed)):
+            mixtures.add(name)
             jobs.add(f"finetuning_mixture[mixture={name}]")
-    return jobs
+    return jobs | downstream_jobs(config, {(v, t) for v in variants for t in tasks}, mixtures, set())
 
 
 def result_hashes(workdir: Path) -> dict[str, str]:
@@ -114,6 +147,65 @@ def test_smoke_run_builds_every_dataset_and_mixture(workflow, smoke_config):
             for split in ("train", "val", "test"):
                 assert (workflow / f"results/mixtures/{name}/{split}.npz").stat().st_size > 0
     assert not list((workflow / "results").rglob("*.partial"))
+    assert not list((workflow / "results").rglob("in_progress"))
+
+
+def test_smoke_run_trains_and_evaluates_every_run(workflow, smoke_config):
+    """Every run's outputs are complete (§7.2: checkpoints at 0, every ⌈0.25 T⌉ and T for pretraining) and its
+    metrics cover the test sets of §8 exactly; nothing is left in progress."""
+    import pandas as pd
+
+    mix = smoke_config["mixtures"]
+    pretraining = [*mix["pretraining"], *mix["with_atlantis"]]
+    runs = [f"{m}_s42" for m in [*pretraining, *mix["finetuning"]["mixes"]]]
+    combined = pd.read_csv(workflow / "results/evaluation/metrics.csv")
+    assert sorted(combined["run"].unique()) == sorted(runs)
+    for run in runs:
+        mixture = run.removesuffix("_s42")
+        directory = workflow / "results/models" / run
+        meta = json.loads((directory / "final/run.json").read_text())
+        assert (meta["mixture"], meta["seed"], meta["recipe"]["precision"]) == (mixture, 42, "fp32")
+        assert {"model.safetensors", "config.json", "tokenizer.json"} <= {p.name for p in (directory / "final").iterdir()}
+        assert not (directory / "in_progress").exists()
+        total = meta["total_steps"]
+        log = pd.read_csv(directory / "training_log.csv")
+        assert log["step"].iloc[-1] == total and log["loss"].notna().all()
+        if mixture in pretraining:
+            interval = -(-total // 4)
+            expected = sorted(set(range(0, total + 1, interval)) | {total})
+            assert sorted(int(p.name[5:]) for p in (directory / "checkpoints").glob("step-*")) == expected
+        else:
+            assert not (directory / "checkpoints").exists()
+        metrics = pd.read_csv(workflow / f"results/evaluation/{run}/metrics.csv")
+        names = {"pretraining": "standard", "atlantis_required": "atlantis"}
+        assert set(zip(metrics["test_set"], metrics["task"])) == {
+            (names[v], t) for v, t in evaluated_sets(smoke_config, mixture)}
+        assert (metrics["n"] == smoke_config["datasets"]["pretraining"]["n_test"]).all()
+        predictions = pd.read_csv(workflow / f"results/evaluation/{run}/predictions.csv.gz", keep_default_na=False)
+        assert len(predictions) == metrics["n"].sum()
+        assert predictions.groupby(["test_set", "task"])["failed"].sum().sort_index().tolist() == \
+            metrics.set_index(["test_set", "task"])["failures"].sort_index().tolist()
+    curves = pd.read_csv(workflow / "results/evaluation/pt7_s42/checkpoints.csv")
+    steps = sorted(int(p.name[5:]) for p in (workflow / "results/models/pt7_s42/checkpoints").glob("step-*"))
+    assert sorted(curves["step"].unique()) == steps and len(curves) == 7 * len(steps)
+
+
+def test_training_setting_change_replans_the_runs_it_shapes(workflow, smoke_config):
+    """The fine-tuning epochs reach the fine-tuning runs and their evaluations, nothing upstream or beside."""
+    edited = yaml.safe_load(yaml.safe_dump(smoke_config))
+    edited["training"]["finetuning"]["epochs"] += 1
+    (workflow / "config/edited.yaml").write_text(yaml.safe_dump(edited))
+    expected = downstream_jobs(smoke_config, set(), set(), set(smoke_config["mixtures"]["finetuning"]["mixes"]))
+    assert len(expected) == 3 + 3 + 2  # finetune and evaluate per mix, the combined table, all
+    assert planned_jobs(workflow, "config/edited.yaml") == expected
+
+
+def test_gpu_lease_settings_replan_nothing(workflow, smoke_config):
+    """Where a job runs is not what it computes: packing and the lock folder never replan."""
+    edited = yaml.safe_load(yaml.safe_dump(smoke_config))
+    edited["gpu"] = {"slots_per_device": 4, "lock_dir": "/tmp/elsewhere"}
+    (workflow / "config/edited.yaml").write_text(yaml.safe_dump(edited))
+    assert planned_jobs(workflow, "config/edited.yaml") == set()
 
 
 def test_nothing_planned_when_nothing_changed(workflow):
@@ -145,7 +237,8 @@ def test_one_variant_setting_replans_only_that_variant(workflow, smoke_config):
     edited["tasks"]["inside"]["hull_sizes_with_atlantis"] = [3, 4, 5]
     (workflow / "config/edited.yaml").write_text(yaml.safe_dump(edited))
     expected = expected_jobs(smoke_config, {"with_atlantis"}, {"inside"})
-    assert expected == {"dataset[variant=with_atlantis,task=inside]", "pretraining_mixture[mixture=pt7-atl]", "all"}
+    assert expected == {"dataset[variant=with_atlantis,task=inside]", "pretraining_mixture[mixture=pt7-atl]", "all",
+                        "pretrain[mixture=pt7-atl,seed=42]", "evaluate[mixture=pt7-atl,seed=42]", "evaluation_table"}
     assert planned_jobs(workflow, "config/edited.yaml") == expected
 
 

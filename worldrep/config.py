@@ -70,7 +70,9 @@ def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict
     """Raise ConfigError listing every problem, or return the config unchanged."""
     problems = schema_problems(config, json.loads(Path(schema_path).read_text()))
     if not problems:
-        problems = semantic_problems(config)
+        from .grid import grid_problems  # grid.py builds on this module's helpers
+
+        problems = semantic_problems(config) or grid_problems(config)
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
     return config

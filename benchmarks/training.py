@@ -1,0 +1,286 @@
+"""Training throughput (ms/step, samples/s) of the paper's model at batch 128: our trainer against the HF
+`Trainer` set up like the authors' recipe, same init, same data, same device, measured in the same run.
+
+(a) ours: `worldrep.training.training_step` driven exactly as `train()` drives it (uint8 token matrix on the
+    device once, a batch is an index into it, a host sync every 10 steps for the log).
+(b) baseline: `transformers.Trainer`, fp16 on CUDA, lr 3e-4 with 50 linear-warmup steps, 2 DataLoader
+    workers, a collator that tokenizes the stored text of each batch and pads it to its longest item.
+
+    python benchmarks/training.py                      # results/mixtures/pt7, CPU: 20 steps after 3
+    python benchmarks/training.py --synthetic 70000    # no results/ needed: a 7-task mixture in memory
+    python benchmarks/training.py --processes 4        # K copies of (a) sharing one device
+
+On a GPU (defaults there: 500 timed steps after 50, fp16): `python benchmarks/training.py --synthetic 70000`,
+add `--precision bf16` or `--compile` for the variants, `--processes K` for how many jobs can share the GPU.
+"""
+import argparse
+import importlib.util
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+# benchmarks/datasets.py would shadow the HF `datasets` package, which the Trainer probes for
+sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
+
+from worldrep.mixtures import pad_columns  # noqa: E402
+from worldrep.model import ModelSettings, build_model  # noqa: E402
+from worldrep.tokenizer import PAD_ID, build_hf_tokenizer, decode_tokens  # noqa: E402
+from worldrep.training import (Recipe, epoch_order, learning_rate, make_optimizer, steps_per_epoch,  # noqa: E402
+                               training_step)
+
+BATCH, SEED, PEAK_LR = 128, 42, 3e-4
+
+
+def hardware(device: torch.device) -> str:
+    import transformers
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name")), platform.processor() or "unknown CPU")
+    return (f"{name}; {len(os.sched_getaffinity(0))} CPU cores, torch {torch.__version__} ({torch.get_num_threads()}"
+            f" threads), transformers {transformers.__version__}")
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def synthetic_tokens(n_items: int) -> np.ndarray:
+    """A pt7-like mixture [n, width] uint8: n/7 train items of each task, generated in memory, shuffled."""
+    import yaml
+    from worldrep.datasets import World, generate_dataset, render
+    from worldrep.tasks import TASKS
+    from worldrep.world import WorldSettings, build_world, read_cities
+
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    cities = REPO / "results/world/cities.csv"
+    if cities.exists():
+        world = World.from_table(read_cities(cities))
+    else:
+        w = config["world"]
+        world = World.from_table(build_world(WorldSettings(w["min_population"], w["atlantis"]["count"],
+                                                           tuple(w["atlantis"]["center"]), w["atlantis"]["std"],
+                                                           w["atlantis"]["seed"], w["city_id_seed"])))
+    sizes = {"n_train": math.ceil(n_items / len(TASKS)), "n_val": 16, "n_test": 16}
+    parts = []
+    for name, task in TASKS.items():
+        counts = task.city_counts(config["tasks"][name], "pretraining")
+        split = generate_dataset(task, counts, "pretraining", sizes, world, SEED, 200)["train"]
+        parts.append(render(task, split, world)[1]["tokens"])
+    width = max(p.shape[1] for p in parts)
+    tokens = np.concatenate([pad_columns(p, width, PAD_ID) for p in parts])
+    return tokens[np.random.default_rng(SEED).permutation(len(tokens))][:n_items]
+
+
+def time_ours(tokens_np: np.ndarray, args, device: torch.device, before_timing=None) -> dict:
+    """The loop of `worldrep.training.train` minus validation and checkpoints; W untimed steps, then N."""
+    model = build_model(ModelSettings(), SEED)
+    n = len(tokens_np)
+    spe = steps_per_epoch(n, BATCH)
+    recipe = Recipe(peak_lr=PEAK_LR, epochs=math.ceil((args.warmup + args.steps) / spe), precision=args.precision,
+                    compile=args.compile)
+    total = recipe.epochs * spe
+    model.to(device).train()
+    optimizer, scaler = make_optimizer(model, recipe, device)
+    window = torch.zeros(2, dtype=torch.float64, device=device)
+    tokens = torch.from_numpy(tokens_np).to(device)
+    step_fn = training_step(model, optimizer, scaler, recipe, device)
+    state = {"order": None, "epoch": -1}
+
+    def run(steps):
+        for step in steps:
+            epoch, position = divmod(step, spe)
+            if epoch != state["epoch"]:
+                state["order"] = torch.from_numpy(epoch_order(SEED, epoch, n)).to(device)
+                state["epoch"] = epoch
+            lr = learning_rate(step, recipe.peak_lr, recipe.warmup_steps, total)
+            loss, grad_norm = step_fn(tokens[state["order"][position * BATCH:(position + 1) * BATCH]], lr)
+            window.add_(torch.stack([loss.double(), torch.ones((), dtype=torch.float64, device=device)]))
+            if (step + 1) % recipe.log_every == 0:
+                mean, count = window.tolist()  # the real loop's one host sync per log line
+                float(grad_norm)
+                window.zero_()
+
+    run(range(args.warmup))
+    synchronize(device)
+    if before_timing is not None:
+        before_timing()
+    wall, start = time.time(), time.perf_counter()
+    run(range(args.warmup, args.warmup + args.steps))
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    return {"ms_per_step": 1000 * seconds / args.steps, "samples_per_s": args.steps * BATCH / seconds,
+            "wall_start": wall, "wall_end": wall + seconds}
+
+
+class TextDataset(torch.utils.data.Dataset):
+    def __init__(self, texts: list[str]):
+        self.texts = texts
+
+    def __len__(self):
+        return len(self.texts)
+
+    def __getitem__(self, index):
+        return self.texts[index]
+
+
+class Collator:
+    """The authors' shape: tokenize the batch's text, pad to its longest item, pad labels -> -100."""
+
+    def __init__(self):
+        self.tokenizer = build_hf_tokenizer()  # right padding, no special tokens added (the text has them)
+
+    def __call__(self, texts: list[str]) -> dict:
+        batch = self.tokenizer(texts, padding="longest", return_tensors="pt")
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels}
+
+
+def time_baseline(tokens_np: np.ndarray, args, device: torch.device) -> dict:
+    """HF Trainer over the text of the first (W+N)·128 items (one epoch: no worker restarts)."""
+    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+
+    n_items = (args.warmup + args.steps) * BATCH
+    texts = decode_tokens(tokens_np[np.arange(n_items) % len(tokens_np)])  # "<bos> d i s t ( ... ) = 8 1 2 <eos>"
+    first, last = args.warmup, args.warmup + args.steps
+    stamps = {}
+
+    class StepClock(TrainerCallback):
+        def on_step_end(self, _args, state, control, **kwargs):
+            if state.global_step in (first, last):
+                synchronize(device)
+                stamps[state.global_step] = time.perf_counter()
+
+    with tempfile.TemporaryDirectory() as output_dir:
+        training_args = TrainingArguments(
+            output_dir=output_dir, max_steps=last, per_device_train_batch_size=BATCH, learning_rate=PEAK_LR,
+            lr_scheduler_type="linear", warmup_steps=50, weight_decay=0.01, adam_beta1=0.9, adam_beta2=0.999,
+            adam_epsilon=1e-8, max_grad_norm=1.0, fp16=args.precision == "fp16", bf16=args.precision == "bf16",
+            dataloader_num_workers=2, report_to=[], save_strategy="no", logging_steps=10, disable_tqdm=True,
+            use_cpu=device.type == "cpu", seed=SEED, remove_unused_columns=False)
+        trainer = Trainer(model=build_model(ModelSettings(), SEED), args=training_args,
+                          train_dataset=TextDataset(texts), data_collator=Collator(), callbacks=[StepClock()])
+        trainer.remove_callback(PrinterCallback)  # the loss dicts every 10 steps would clutter the table
+        trainer.train()
+    seconds = stamps[last] - stamps[first]
+    return {"ms_per_step": 1000 * seconds / args.steps, "samples_per_s": args.steps * BATCH / seconds,
+            "optimizer": getattr(training_args.optim, "value", training_args.optim)}
+
+
+def child_barrier(directory: str, count: int):
+    """Every copy waits here after its warm-up, so the K timed windows overlap."""
+    def wait():
+        Path(directory, str(os.getpid())).touch()
+        deadline = time.time() + 900
+        while len(os.listdir(directory)) < count:
+            if time.time() > deadline:
+                raise TimeoutError("the other benchmark processes never reached the barrier")
+            time.sleep(0.01)
+    return wait
+
+
+def run_copies(k: int, mixture: Path, args) -> list[dict]:
+    """K concurrent copies of (a) on the same device; each prints one JSON line."""
+    with tempfile.TemporaryDirectory() as barrier:
+        command = [sys.executable, __file__, "--mixture", str(mixture), "--steps", str(args.steps), "--warmup",
+                   str(args.warmup), "--device", args.device, "--precision", args.precision, "--threads",
+                   str(args.threads), "--child-barrier", barrier, "--child-count", str(k)]
+        command += ["--compile"] if args.compile else []
+        children = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(k)]
+        while any(c.poll() is None for c in children):
+            if any(c.returncode not in (None, 0) for c in children):
+                for c in children:
+                    if c.poll() is None:
+                        c.terminate()
+                raise RuntimeError("a benchmark process failed; see its stderr above")
+            time.sleep(0.2)
+        if any(c.returncode != 0 for c in children):
+            raise RuntimeError("a benchmark process failed; see its stderr above")
+        return [json.loads(c.stdout.read().strip().splitlines()[-1]) for c in children]
+
+
+def report_copies(k: int, mixture: Path, args) -> None:
+    print(f"{'processes':>9}{'ms/step each (min-max)':>25}{'samples/s each':>16}{'sum samples/s':>15}"
+          f"{'aggregate samples/s':>21}")
+    single = None
+    for count in sorted({1, k}):
+        rows = run_copies(count, mixture, args)
+        span = max(r["wall_end"] for r in rows) - min(r["wall_start"] for r in rows)
+        aggregate = count * args.steps * BATCH / span  # over the union of the timed windows
+        single = single or aggregate
+        ms = [r["ms_per_step"] for r in rows]
+        print(f"{count:>9}{min(ms):>12.1f} - {max(ms):<10.1f}{np.mean([r['samples_per_s'] for r in rows]):>16.0f}"
+              f"{sum(r['samples_per_s'] for r in rows):>15.0f}{aggregate:>21.0f}")
+    print(f"aggregate with {k} processes / 1 process: {aggregate / single:.2f}x")
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mixture", type=Path, help="mixture directory (default results/mixtures/pt7)")
+    parser.add_argument("--synthetic", type=int, help="build a mixture of this many items in memory instead")
+    parser.add_argument("--steps", type=int, help="timed steps (default 500 on CUDA, 20 on CPU)")
+    parser.add_argument("--warmup", type=int, help="untimed steps first (default 50 on CUDA, 3 on CPU)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), help="default fp16 on CUDA, fp32 on CPU")
+    parser.add_argument("--compile", action="store_true", help="torch.compile in our trainer (Recipe.compile)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--processes", type=int, default=0, help="K concurrent copies of our trainer")
+    parser.add_argument("--child-barrier", help=argparse.SUPPRESS)
+    parser.add_argument("--child-count", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    cuda = args.device.startswith("cuda")
+    args.steps = args.steps or (500 if cuda else 20)
+    args.warmup = args.warmup if args.warmup is not None else (50 if cuda else 3)
+    args.precision = args.precision or ("fp16" if cuda else "fp32")
+    if args.mixture is None and args.synthetic is None:
+        args.mixture = REPO / "results/mixtures/pt7"
+        if not (args.mixture / "train.npz").exists():
+            parser.error(f"{args.mixture} is missing: pass --mixture DIR or --synthetic N")
+    if not (args.processes or args.child_barrier or importlib.util.find_spec("accelerate")):
+        parser.error("the HF Trainer baseline needs `accelerate` (pip install accelerate), not a worldrep dependency")
+    return args
+
+
+def main():
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if args.child_barrier:  # one copy of --processes: time (a) only, answer in JSON
+        tokens = np.load(args.mixture / "train.npz")["tokens"]
+        print(json.dumps(time_ours(tokens, args, device, child_barrier(args.child_barrier, args.child_count))))
+        return
+    if args.synthetic:
+        tokens, what = synthetic_tokens(args.synthetic), f"synthetic pt7-like mixture, {args.synthetic:,} items"
+    else:
+        tokens, what = np.load(args.mixture / "train.npz")["tokens"], str(args.mixture)
+    print(f"hardware: {hardware(device)}")
+    print(f"data: {what}: {tokens.shape[0]:,} items x {tokens.shape[1]} tokens; batch {BATCH}, "
+          f"{args.steps} timed steps after {args.warmup}, {args.precision}" + (", compiled" if args.compile else ""))
+    if args.processes:
+        with tempfile.TemporaryDirectory() as directory:
+            np.savez(Path(directory, "train.npz"), tokens=tokens)
+            report_copies(args.processes, Path(directory), args)
+        return
+    ours = time_ours(tokens, args, device)
+    baseline = time_baseline(tokens, args, device)
+    print(f"{'trainer':<48}{'ms/step':>10}{'samples/s':>12}")
+    print(f"{'(a) ours: worldrep.training.training_step':<48}{ours['ms_per_step']:>10.2f}{ours['samples_per_s']:>12.0f}")
+    name = f"(b) HF Trainer ({baseline['optimizer']}, 2 workers)"
+    print(f"{name:<48}{baseline['ms_per_step']:>10.2f}{baseline['samples_per_s']:>12.0f}")
+    print(f"speed-up (baseline ms/step / ours): {baseline['ms_per_step'] / ours['ms_per_step']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

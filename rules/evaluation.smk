@@ -1,0 +1,65 @@
+# Greedy evaluation (METHOD §8): one tidy table per model, one combined table, and the checkpoint curves.
+
+
+rule evaluate:
+    """A model's final checkpoint on its test sets (§8): every metric with its failure count, plus every
+    item's generation and score."""
+    input:
+        model="results/models/{mixture}_s{seed}/final",
+        test_sets=lambda w: test_set_files(w.mixture),
+        code=EVALUATION_CODE + ["worldrep/lease.py"],
+    output:
+        metrics="results/evaluation/{mixture}_s{seed}/metrics.csv",
+        predictions="results/evaluation/{mixture}_s{seed}/predictions.csv.gz",
+    params:
+        batch_size=config["evaluation"]["batch_size"],
+        precision=canonical(config["evaluation"]["precision"]),
+    resources:
+        gpu=1,
+    log:
+        "results/logs/evaluation/{mixture}_s{seed}.log",
+    benchmark:
+        "results/benchmarks/evaluation/{mixture}_s{seed}.tsv"
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/evaluate.py"
+
+
+rule evaluate_checkpoints:
+    """Every saved checkpoint of a pretraining run on the standard test sets (§8, the training curves)."""
+    input:
+        checkpoints="results/models/{mixture}_s{seed}/checkpoints",
+        test_sets=lambda w: [f"results/datasets/pretraining/{t}/test.npz" for t in CONFIGURED_TASKS],
+        code=EVALUATION_CODE + ["worldrep/lease.py"],
+    output:
+        metrics="results/evaluation/{mixture}_s{seed}/checkpoints.csv",
+    params:
+        batch_size=config["evaluation"]["batch_size"],
+        precision=canonical(config["evaluation"]["precision"]),
+    resources:
+        gpu=1,
+    log:
+        "results/logs/evaluation/{mixture}_s{seed}.checkpoints.log",
+    benchmark:
+        "results/benchmarks/evaluation/{mixture}_s{seed}.checkpoints.tsv"
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/evaluate.py"
+
+
+rule evaluation_table:
+    """All models' metrics in one table, with the run's mixture, kind and seed as columns."""
+    input:
+        metrics=lambda w: [f"results/evaluation/{r.name}/metrics.csv" for r in RUNS],
+    output:
+        "results/evaluation/metrics.csv",
+    params:
+        runs=[{"run": r.name, "mixture": r.mixture, "kind": r.kind, "seed": r.seed} for r in RUNS],
+    log:
+        "results/logs/evaluation/metrics.log",
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/evaluation_table.py"

@@ -1,0 +1,91 @@
+"""The experiment grid (METHOD §7.3, §8) from the shipped configs: runs, seeds, recipes and test sets, and the
+exact training and evaluation jobs Snakemake plans for the paper grid."""
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from worldrep.grid import evaluation_sets, recipe_settings, training_runs
+from worldrep.tasks import TASK_NAMES
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+SMOKE = yaml.safe_load((ROOT / "config/smoke.yaml").read_text())
+
+
+def family(mixture: str) -> str:
+    return mixture.split("-")[0] if mixture != "pt7-atl" else mixture
+
+
+def test_paper_grid_is_179_runs_with_the_spec_seeds():
+    runs = training_runs(PAPER)
+    assert len(runs) == 179 and len({r.name for r in runs}) == 179
+    per_family = Counter(family(r.mixture) for r in runs)
+    assert per_family == {"pt1": 21, "pt2": 21, "pt3": 21, "pt7": 4, "ftwb1": 28, "ftwb2": 84}
+    seeds = {f: sorted({r.seed for r in runs if family(r.mixture) == f}) for f in per_family}
+    assert seeds == {"pt1": [1, 2, 42], "pt2": [1, 2, 42], "pt3": [1, 2, 42], "pt7": [1, 2, 3, 42],
+                     "ftwb1": [1, 2, 3, 42], "ftwb2": [1, 2, 3, 42]}
+    assert Counter(r.kind for r in runs) == {"pretraining": 67, "finetuning": 112}
+
+
+def test_optional_control_and_seed_override():
+    """[42] for pt7-atl adds the 180th run; a per-mixture entry replaces a failed seed and is recorded."""
+    config = copy.deepcopy(PAPER)
+    config["training"]["seeds"]["pt7-atl"] = [42]
+    config["training"]["seeds"]["pt1-5"] = [42, 1, 3]
+    runs = {r.name: r for r in training_runs(config)}
+    assert len(runs) == 180 and "pt7-atl_s42" in runs
+    assert {"pt1-5_s3", "pt1-5_s42"} <= set(runs) and "pt1-5_s2" not in runs
+    assert runs["pt1-5_s3"].seeds_entry == "pt1-5" and runs["pt1-4_s2"].seeds_entry == "default"
+    assert runs["ftwb2-7_s3"].seeds_entry == "pt7"
+
+
+@pytest.mark.parametrize("mixture, epochs, lr", [("pt1-4", 42, 3e-4), ("pt2-6", 21, 3e-4), ("pt3-1", 14, 3e-4),
+                                                 ("pt7", 6, 3e-4), ("pt7-atl", 6, 3e-4), ("ftwb1-2", 30, 1e-5),
+                                                 ("ftwb2-21", 30, 1e-5)])
+def test_recipes_follow_the_spec(mixture, epochs, lr):
+    recipe = recipe_settings(PAPER, mixture)
+    assert (recipe["epochs"], recipe["peak_lr"]) == (epochs, lr)
+    assert recipe["batch_size"] == 128 and recipe["warmup_steps"] == 50 and recipe["grad_clip"] == 1.0
+    assert recipe["betas"] == [0.9, 0.999] and recipe["eps"] == 1e-8 and recipe["weight_decay"] == 0.01
+
+
+def test_evaluation_sets_follow_the_spec():
+    """§8: 7-task and fine-tuned models on all 14 sets; 1-3 task models on their own standard sets."""
+    every = [("pretraining", t) for t in TASK_NAMES] + [("atlantis_required", t) for t in TASK_NAMES]
+    assert evaluation_sets(PAPER, "pt7") == every
+    assert evaluation_sets(PAPER, "pt7-atl") == every
+    assert evaluation_sets(PAPER, "ftwb1-3") == every
+    assert evaluation_sets(PAPER, "pt2-4") == [("pretraining", "distance"), ("pretraining", "crossing")]
+    assert evaluation_sets(PAPER, "pt1-3") == [("pretraining", "angle")]
+
+
+def test_paper_dry_run_plans_exactly_the_grid(tmp_path):
+    """`snakemake -n` on the paper config: one job per run and per evaluation, named as the grid says."""
+    for part in ("Snakefile", "rules", "scripts", "config", "worldrep"):  # a copy: no results/ of ours
+        (shutil.copytree if (ROOT / part).is_dir() else shutil.copy2)(ROOT / part, tmp_path / part)
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--quiet", "rules"], cwd=tmp_path, text=True,
+                         capture_output=True)
+    assert out.returncode == 0, out.stderr
+    counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", out.stdout, re.M)}
+    assert counts["pretrain"] == 67 and counts["finetune"] == 112
+    assert counts["evaluate"] == 179 and counts["evaluate_checkpoints"] == 1 and counts["evaluation_table"] == 1
+    listing = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--summary"], cwd=tmp_path, text=True,
+                             capture_output=True)
+    assert listing.returncode == 0, listing.stderr
+    finals = set(re.findall(r"results/models/([a-z0-9-]+_s\d+)/final\b", listing.stdout))
+    assert finals == {r.name for r in training_runs(PAPER)}
+
+
+def test_smoke_grid_has_every_kind_of_run():
+    runs = training_runs(SMOKE)
+    assert {family(r.mixture) for r in runs} == {"pt1", "pt2", "pt3", "pt7", "pt7-atl", "ftwb1", "ftwb2"}
+    assert all(r.seed == 42 for r in runs)

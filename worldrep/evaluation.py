@@ -1,0 +1,201 @@
+"""Greedy evaluation (METHOD §3.7, §8): prompts up to the first `=`, batched greedy decoding, parsing, metrics.
+
+Scoring is plain functions of text; decoding is one batched loop with a KV cache. Both the evaluation rules
+and the trainer's periodic validation use them, so the two can never score differently.
+"""
+from __future__ import annotations
+
+import math
+import re
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .tokenizer import EOS_ID, ID_TO_BYTE, PAD_ID, VOCAB
+
+EQUALS_ID = VOCAB["="]
+NUMERIC_TASKS = ("distance", "trianglearea", "angle", "perimeter")
+CATEGORICAL_TASKS = ("compass", "inside", "crossing")
+# §3.7: the numeric answer is the digit run right after the first `=` (or `)=`) that precedes a digit.
+ANSWER_PATTERN = {
+    "distance": re.compile(r"=(\d+)"),
+    "trianglearea": re.compile(r"=(\d+)"),
+    "angle": re.compile(r"\)=(\d+)"),
+    "perimeter": re.compile(r"\)=(\d+)"),
+}
+# §3.7: what an unparseable item scores. Not caps: a parsed prediction may score more.
+FAILURE_VALUE = {
+    "distance": math.hypot(3600, 1800),
+    "trianglearea": 3600 * 1800 / 2,
+    "angle": 180.0,
+    "perimeter": 20000.0,
+    "compass": 0.0,
+    "inside": 0.0,
+    "crossing": 0.0,
+}
+MAX_NEW_TOKENS = {"trianglearea": 30, "angle": 30, "perimeter": 30}  # §8; 20 for the other tasks
+DEFAULT_MAX_NEW_TOKENS = 20
+METRIC_NAME = {t: "mean_absolute_error" for t in NUMERIC_TASKS} | {t: "accuracy" for t in CATEGORICAL_TASKS}
+
+
+def max_new_tokens(task: str) -> int:
+    return MAX_NEW_TOKENS.get(task, DEFAULT_MAX_NEW_TOKENS)
+
+
+def parse_answer(task: str, text: str) -> int | str | None:
+    """The model's answer in `text` (decoded prompt + generation) per §3.7, or None when nothing parses.
+    Numeric tasks give an int; categorical tasks the upper-cased text after the last `=`."""
+    text = text.replace(" ", "")
+    if task in ANSWER_PATTERN:
+        match = ANSWER_PATTERN[task].search(text)
+        return int(match.group(1)) if match else None
+    answer = text.rsplit("=", 1)[1] if "=" in text else ""
+    return answer.upper() or None  # nothing after the last `=` is a failure too (counted, §14)
+
+
+def score(task: str, text: str, answer: str) -> tuple[float, bool]:
+    """(item metric, parse failed) of one item: absolute error or exact match, failure value if unparseable."""
+    predicted = parse_answer(task, text)
+    if predicted is None:
+        return FAILURE_VALUE[task], True
+    if task in ANSWER_PATTERN:
+        return float(abs(int(answer) - predicted)), False
+    return float(predicted == answer), False
+
+
+def score_items(task: str, texts: list[str], answers) -> tuple[np.ndarray, np.ndarray]:
+    """Item metrics and failure flags of a task's items; `answers` may be bytes (as stored) or str."""
+    scored = [score(task, t, a.decode() if isinstance(a, bytes) else a) for t, a in zip(texts, answers)]
+    values = np.array([s for s, _ in scored], dtype=np.float64)
+    return values, np.array([f for _, f in scored], dtype=bool)
+
+
+def summarize(task: str, values: np.ndarray, failed: np.ndarray) -> dict:
+    """The task metric (§3.7: mean over all items) with its name and the failure count (§14)."""
+    return {"metric": METRIC_NAME[task], "value": float(values.mean()) if len(values) else float("nan"),
+            "n": int(len(values)), "failures": int(failed.sum())}
+
+
+def prompt_tokens(tokens: np.ndarray) -> np.ndarray:
+    """Right-padded prompts: each stored sequence up to and including its first `=` (§8), the rest pad."""
+    is_equals = tokens == EQUALS_ID
+    if not is_equals.any(axis=1).all():
+        raise ValueError("a sequence has no '=' token, so it has no prompt")
+    length = is_equals.argmax(axis=1) + 1
+    keep = np.arange(tokens.shape[1])[None, :] < length[:, None]
+    return np.where(keep, tokens, PAD_ID)[:, : length.max()]
+
+
+def decode_text(tokens: np.ndarray) -> list[str]:
+    """Token rows -> text with special tokens dropped and no spaces (parsing removes them anyway, §8)."""
+    chars = ID_TO_BYTE[tokens]
+    chars[tokens < 4] = 0  # <pad> <unk> <bos> <eos>
+    return [row.tobytes().replace(b"\0", b"").decode("ascii") for row in chars]
+
+
+def left_pad(prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded prompts -> (left-padded ids, attention mask). Generation pads on the left (§5)."""
+    lengths = (prompts != PAD_ID).sum(dim=1, keepdim=True)
+    width = prompts.shape[1]
+    columns = torch.arange(width, device=prompts.device)[None, :]
+    source = (columns - (width - lengths)) % width  # rotate each row right by its padding
+    ids = prompts.gather(1, source)
+    mask = (columns >= width - lengths).long()
+    return ids * mask, mask
+
+
+def autocast(device: torch.device, precision: str):
+    """fp32, or autocast to fp16/bf16 (§7.1, §8: the precision is a config value, recorded with the run)."""
+    if precision == "fp32":
+        return nullcontext()
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def greedy_generate(model, prompts: torch.Tensor, max_new: int, precision: str = "fp32") -> torch.Tensor:
+    """Greedy continuation of one batch of right-padded prompts; returns (batch, ≤ max_new) new tokens,
+    `<pad>` after each row's `<eos>`. Position ids follow the attention mask, so left padding changes nothing."""
+    ids, mask = left_pad(prompts)
+    position = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    done = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
+    generated = []
+    cache = None
+    with autocast(ids.device, precision):
+        for _ in range(max_new):
+            out = model(input_ids=ids, attention_mask=mask, position_ids=position, past_key_values=cache,
+                        use_cache=True, logits_to_keep=1)
+            cache = out.past_key_values
+            token = out.logits[:, -1].argmax(dim=-1).masked_fill(done, PAD_ID)
+            generated.append(token)
+            done |= token == EOS_ID
+            if bool(done.all()):
+                break
+            ids = token[:, None]
+            mask = torch.cat([mask, torch.ones_like(ids)], dim=1)
+            position = position[:, -1:] + 1
+    return torch.stack(generated, dim=1)
+
+
+def generate_texts(model, prompts: np.ndarray, max_new: int, batch_size: int, device: torch.device,
+                   precision: str = "fp32", progress=None) -> list[str]:
+    """Decoded prompt + greedy generation of every prompt row (right-padded uint8 tokens), in order."""
+    texts = []
+    for start in range(0, len(prompts), batch_size):
+        batch = torch.from_numpy(prompts[start:start + batch_size].astype(np.int64)).to(device)
+        new = greedy_generate(model, batch, max_new, precision).cpu().numpy()
+        texts += decode_text(np.concatenate([prompts[start:start + batch_size].astype(np.int64), new], axis=1))
+        if progress is not None:
+            progress.update(len(batch))
+    return texts
+
+
+def evaluate_items(model, tokens: np.ndarray, answers: np.ndarray, task: str, batch_size: int,
+                   device: torch.device, precision: str = "fp32", progress=None) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Greedy-decode and score stored sequences of one task: (texts, item values, failure flags)."""
+    texts = generate_texts(model, prompt_tokens(tokens), max_new_tokens(task), batch_size, device, precision, progress)
+    values, failed = score_items(task, texts, answers)
+    return texts, values, failed
+
+
+# ---- whole models ----------------------------------------------------------------------------------------
+
+TEST_SET_NAMES = {"pretraining": "standard", "atlantis_required": "atlantis"}  # METHOD §0, "Test sets"
+
+
+def test_set_name(variant: str, task: str) -> tuple[str, str]:
+    """(test set, task) of a dataset's test split: the standard or the Atlantis test set of the task."""
+    return TEST_SET_NAMES[variant], task
+
+
+def load_model(directory, device: torch.device):
+    """A saved model, loaded the way any user would: with the Auto class, in fp32 (autocast does the rest)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).to(device).eval()
+
+
+def evaluate_model(model, test_sets: dict, batch_size: int, device: torch.device, precision: str,
+                   progress=None):
+    """Score a model on test sets {(test set, task): test.npz path}: (metrics table, predictions table).
+    One metrics row per set and task; one predictions row per item, with the generated text."""
+    import pandas as pd
+
+    from .datasets import load_split
+
+    metrics, predictions = [], []
+    for (test_set, task), path in test_sets.items():
+        data = load_split(Path(path).parent, "test")
+        texts, values, failed = evaluate_items(model, data["tokens"], data["answers"], task, batch_size, device,
+                                               precision, progress)
+        prompts = decode_text(prompt_tokens(data["tokens"]))
+        metrics.append({"test_set": test_set, "task": task, **summarize(task, values, failed), "precision": precision})
+        predictions.append(pd.DataFrame({
+            "test_set": test_set, "task": task, "item": np.arange(len(texts)),
+            "answer": [a.decode() for a in data["answers"]],
+            "generation": [t[len(p):] for t, p in zip(texts, prompts)],
+            "value": values, "failed": failed,
+        }))
+    return pd.DataFrame(metrics), pd.concat(predictions, ignore_index=True)

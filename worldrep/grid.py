@@ -1,0 +1,120 @@
+"""The experiment grid (METHOD §7.3) as plain data: which runs a config plans, with which recipe and test sets.
+
+No torch here: the Snakefile imports this to plan, and planning must stay fast.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .config import mixture_families
+from .tasks import TASK_NAMES
+
+RUN_NAME = re.compile(r"^(?P<mixture>[a-z0-9][a-z0-9-]*)_s(?P<seed>[0-9]+)$")
+
+
+@dataclass(frozen=True)
+class Run:
+    mixture: str
+    seed: int
+    kind: str          # "pretraining" or "finetuning"
+    seeds_entry: str   # the `training.seeds` key that gave this seed (recorded: §7.3 overrides)
+
+    @property
+    def name(self) -> str:
+        return run_name(self.mixture, self.seed)
+
+
+def run_name(mixture: str, seed: int) -> str:
+    return f"{mixture}_s{seed}"
+
+
+def pretraining_mixtures(config: dict) -> dict[str, list[str]]:
+    families = mixture_families(config)
+    return {**families["pretraining"], **families["with_atlantis"]}
+
+
+def seeds_entry(config: dict, mixture: str) -> str:
+    """The key of `training.seeds` that applies to a mixture: its own entry, else its base's (fine-tuning),
+    else `default`."""
+    seeds = config["training"]["seeds"]
+    if mixture in seeds:
+        return mixture
+    base = config["training"]["base"]
+    if mixture in mixture_families(config)["finetuning.mixes"] and mixture != base:
+        return seeds_entry(config, base)
+    return "default"
+
+
+def training_runs(config: dict) -> list[Run]:
+    """Every planned run: pretraining mixtures × their seeds, then fine-tuning mixes × the base's seeds."""
+    runs = []
+    for mixture in pretraining_mixtures(config):
+        entry = seeds_entry(config, mixture)
+        runs += [Run(mixture, seed, "pretraining", entry) for seed in config["training"]["seeds"][entry]]
+    for mixture in mixture_families(config)["finetuning.mixes"]:
+        entry = seeds_entry(config, mixture)
+        runs += [Run(mixture, seed, "finetuning", entry) for seed in config["training"]["seeds"][entry]]
+    return runs
+
+
+def recipe_settings(config: dict, mixture: str) -> dict:
+    """The `Recipe` fields of a mixture's runs: the shared settings plus the kind's peak lr and epochs
+    (pretraining epochs by number of tasks, §7.1)."""
+    training = config["training"]
+    shared = {k: training[k] for k in ("batch_size", "warmup_steps", "eps", "weight_decay", "grad_clip",
+                                       "checkpoint_fraction", "validation_fraction", "log_every", "compile")}
+    shared["betas"] = list(training["betas"])
+    pretraining = pretraining_mixtures(config)
+    if mixture in pretraining:
+        kind = training["pretraining"]
+        epochs = kind["epochs"][len(pretraining[mixture])]
+    else:
+        kind = training["finetuning"]
+        epochs = kind["epochs"]
+    return {**shared, "peak_lr": kind["peak_lr"], "epochs": epochs}
+
+
+def evaluation_sets(config: dict, mixture: str) -> list[tuple[str, str]]:
+    """(dataset variant, task) test sets a mixture's models are scored on (§8): models that saw every
+    configured task (the 7-task runs) and fine-tuned models get every standard and Atlantis test set; the
+    1-, 2- and 3-task runs get the standard sets of their own tasks."""
+    tasks = [t for t in TASK_NAMES if t in config["tasks"]]
+    pretraining = pretraining_mixtures(config)
+    if mixture in pretraining and set(pretraining[mixture]) != set(tasks):
+        return [("pretraining", t) for t in TASK_NAMES if t in pretraining[mixture]]
+    return [(variant, t) for variant in ("pretraining", "atlantis_required") for t in tasks]
+
+
+def grid_problems(config: dict) -> list[str]:
+    """Config checks of the grid, in the style of `config.semantic_problems`."""
+    problems = []
+    training = config["training"]
+    pretraining = pretraining_mixtures(config)
+    finetuning = mixture_families(config)["finetuning.mixes"]
+    for key in training["seeds"]:
+        if key != "default" and key not in pretraining and key not in finetuning:
+            problems.append(f"config key 'training.seeds.{key}': no mixture is named {key!r}")
+    if finetuning and training["base"] not in pretraining:
+        problems.append(f"config key 'training.base': {training['base']!r} is not a configured pretraining mixture")
+    elif finetuning:
+        base_seeds = set(training["seeds"][seeds_entry(config, training["base"])])
+        for mixture in finetuning:
+            extra = set(training["seeds"].get(mixture, [])) - base_seeds
+            if extra:
+                problems.append(f"config key 'training.seeds.{mixture}': seeds {sorted(extra)} have no "
+                                f"'{training['base']}' base model")
+    epochs = training["pretraining"]["epochs"]
+    bad_keys = [k for k in epochs if not isinstance(k, int) or isinstance(k, bool) or k < 1]
+    if bad_keys:
+        problems.append(f"config key 'training.pretraining.epochs': keys {bad_keys} are not task counts "
+                        "(positive integers)")
+    for mixture, tasks in pretraining.items():
+        if len(tasks) not in epochs:
+            problems.append(f"config key 'training.pretraining.epochs': no entry for {len(tasks)} task(s), "
+                            f"needed by mixture {mixture!r}")
+    planned = {run.name for run in training_runs(config) if run.kind == "pretraining"} if not problems else set()
+    for name in config["evaluation"]["checkpoint_runs"]:
+        if not problems and name not in planned:
+            problems.append(f"config key 'evaluation.checkpoint_runs': {name!r} is not a planned pretraining run")
+    return problems

@@ -1,0 +1,185 @@
+"""A GPU lease: which device a job uses, when Snakemake's `resources: gpu=1` only says how many jobs run.
+
+Each job takes one free (device, slot) under an exclusive `flock` on `{lock_dir}/gpu-{name}.slot-{j}.lock`
+and narrows CUDA_VISIBLE_DEVICES to that device, so the job always sees it as "cuda:0". The kernel drops
+a flock when the last descriptor of its open file closes, so a crashed or SIGKILLed job frees its device
+without cleanup. `slots_per_device` > 1 packs that many small jobs per device; `--resources gpu=N` then
+counts slots. flock is only reliable between processes of one machine: keep lock_dir on a local disk.
+Under SLURM the allocation already chose the device, so the lease steps aside.
+"""
+from __future__ import annotations
+
+import fcntl
+import getpass
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+NVIDIA_SMI = "nvidia-smi"
+
+
+@dataclass
+class DeviceLease:
+    device: str  # torch device string: "cuda:0" (the leased device, alone in CUDA_VISIBLE_DEVICES) or "cpu"
+    name: str | None  # the device as named in CUDA_VISIBLE_DEVICES / nvidia-smi; None for cpu or step-aside
+    slot: int | None
+    reason: str  # one line for the job log: why this device
+    _fd: int | None = field(default=None, repr=False, compare=False)
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.ftruncate(fd, 0)  # an empty lock file reads as "free" to a human; a stale pid means a crash
+        finally:
+            # Unlock explicitly: forked children (DataLoader workers) share this open file, and closing
+            # only our descriptor would leave the lock held until they exit too.
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def __enter__(self) -> DeviceLease:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+
+def visible_devices(environ=os.environ) -> list[str] | None:
+    """Entries of CUDA_VISIBLE_DEVICES ("" -> [], meaning no GPU), or None when it is unset."""
+    value = environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return None
+    return [entry.strip() for entry in value.split(",") if entry.strip()]
+
+
+def detect_devices() -> list[str]:
+    """GPU indices from nvidia-smi; [] without it. Not torch: initialising CUDA would fix the visible devices."""
+    try:
+        proc = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if proc.returncode != 0:
+        return []
+    return [line.strip() for line in proc.stdout.splitlines() if line.strip()]
+
+
+def lock_path(lock_dir: Path, name: str, slot: int) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)  # UUIDs and MIG names ("MIG-GPU-.../1/0") carry slashes
+    return Path(lock_dir) / f"gpu-{safe}.slot-{slot}.lock"
+
+
+def try_lock(path: Path) -> int | None:
+    """An fd holding an exclusive flock on `path`, or None if another open file holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} host {socket.gethostname()}\n".encode())
+    return fd
+
+
+def slot_major(devices: list[str], slots_per_device: int) -> list[tuple[str, int]]:
+    """Slot 0 of every device before slot 1 of any, so packed jobs spread over all devices first."""
+    return [(name, slot) for slot in range(slots_per_device) for name in devices]
+
+
+def check_slots(slots_per_device) -> None:
+    if isinstance(slots_per_device, bool) or not isinstance(slots_per_device, int) or slots_per_device < 1:
+        raise ValueError(f"slots_per_device must be an integer >= 1, got {slots_per_device!r}")
+
+
+def check_cuda_not_initialised() -> None:
+    torch = sys.modules.get("torch")  # never import torch here: importing it is slow and the check needs none
+    if torch is not None and torch.cuda.is_initialized():
+        raise RuntimeError("CUDA is already initialised in this process: acquire the GPU lease before "
+                           "touching CUDA, since CUDA reads CUDA_VISIBLE_DEVICES only once")
+
+
+def step_aside(environ) -> DeviceLease:
+    job, visible = environ["SLURM_JOB_ID"], environ.get("CUDA_VISIBLE_DEVICES", "")
+    if visible.strip():
+        return DeviceLease("cuda:0", None, None, f"SLURM job {job}: the allocation's GPU "
+                           f"(CUDA_VISIBLE_DEVICES={visible}), no lease taken")
+    return DeviceLease("cpu", None, None, f"SLURM job {job}: no GPU in the allocation, running on cpu")
+
+
+def candidates(devices, environ) -> tuple[list[str], str]:
+    """The devices to lease from, and where that list came from (for the reason line)."""
+    if devices is not None:
+        return list(devices), "the configured device list"
+    visible = visible_devices(environ)
+    if visible is not None:
+        return visible, f"CUDA_VISIBLE_DEVICES={environ['CUDA_VISIBLE_DEVICES']!r}"
+    return detect_devices(), NVIDIA_SMI
+
+
+def first_free(lock_dir: Path, order: list[tuple[str, int]]) -> tuple[str, int, int] | None:
+    for name, slot in order:
+        fd = try_lock(lock_path(lock_dir, name, slot))
+        if fd is not None:
+            return name, slot, fd
+    return None
+
+
+def wait_for_slot(lock_dir: Path, order, poll_seconds, timeout_seconds, log) -> tuple[str, int, int]:
+    deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
+    logged = False
+    while (found := first_free(lock_dir, order)) is None:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeoutError(f"no free GPU slot in {lock_dir} after {timeout_seconds} s "
+                               f"({len(order)} slots, all held)")
+        if not logged:
+            log(f"all {len(order)} GPU slots in {lock_dir} are held; waiting for one to free up")
+            logged = True
+        remaining = poll_seconds if deadline is None else max(0.0, deadline - time.monotonic())
+        time.sleep(min(poll_seconds, remaining))
+    return found
+
+
+def acquire_device(lock_dir, *, devices=None, slots_per_device=1, poll_seconds=1.0, timeout_seconds=None,
+                   environ=os.environ, log=print) -> DeviceLease:
+    """Lease one free (device, slot), waiting for one if all are held; see the module docstring."""
+    check_slots(slots_per_device)
+    if "SLURM_JOB_ID" in environ:
+        return step_aside(environ)
+    names, source = candidates(devices, environ)
+    if not names:
+        return DeviceLease("cpu", None, None, f"no GPU in {source}, running on cpu")
+    # A dict standing in for the environment (tests, a child's env) cannot be too late for this process.
+    if environ is os.environ:
+        check_cuda_not_initialised()
+    lock_dir = Path(lock_dir)
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    name, slot, fd = wait_for_slot(lock_dir, slot_major(names, slots_per_device), poll_seconds,
+                                   timeout_seconds, log)
+    if source == NVIDIA_SMI:
+        # nvidia-smi numbers GPUs in PCI bus order, CUDA fastest first: without this, "GPU 1" in the log
+        # could be nvidia-smi's GPU 0 on a machine with mixed GPUs.
+        environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    environ["CUDA_VISIBLE_DEVICES"] = name
+    reason = f"leased GPU {name} from {source}: holding {lock_path(lock_dir, name, slot)}"
+    return DeviceLease("cuda:0", name, slot, reason, fd)
+
+
+def default_lock_dir() -> Path:
+    """Per user and machine, so two workflows on one box share their leases and never share a GPU."""
+    return Path(tempfile.gettempdir()) / f"worldrep-gpu-leases-{getpass.getuser()}"
+
+
+def job_lease(gpu_config: dict, log=print) -> DeviceLease:
+    """The lease of one Snakemake job from the config's `gpu` section (lock_dir null -> the default)."""
+    lock_dir = gpu_config["lock_dir"] or default_lock_dir()
+    lease = acquire_device(lock_dir, slots_per_device=gpu_config["slots_per_device"], log=log)
+    log(lease.reason)
+    return lease
