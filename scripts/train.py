@@ -8,7 +8,7 @@ import numpy as np
 
 from worldrep.lease import job_lease
 
-sys.stderr = sys.stdout = log = open(snakemake.log[0], "a")  # a resumed run appends to the killed run's log
+sys.stderr = sys.stdout = log = open(snakemake.log[0], "w")
 # Before torch touches CUDA: the lease narrows CUDA_VISIBLE_DEVICES to this job's device. The `gpu` section
 # decides where a job runs, never what it computes, so it is read here rather than passed as params.
 lease = job_lease(snakemake.config["gpu"], log=lambda line: print(line, file=log, flush=True))

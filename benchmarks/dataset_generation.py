@@ -1,7 +1,7 @@
 """Seconds per 1M items for each task's dataset generation on one core, against a per-item Python loop
 measured in the same run; and the wall time of `snakemake -n` on the full paper config.
 
-    python benchmarks/datasets.py [--items 1000000] [--baseline-items 20000]
+    python benchmarks/dataset_generation.py [--items 1000000] [--baseline-items 20000]
 
 Goals (issue 2): <= 5 s per 1M items for every task; `snakemake -n` on config/config.yaml <= 10 s.
 """
