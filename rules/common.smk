@@ -89,10 +89,16 @@ from worldrep.grid import evaluation_sets, recipe_settings, run_name, training_r
 RUNS = training_runs(config)
 PRETRAINING_RUNS = [r for r in RUNS if r.kind == "pretraining"]
 FINETUNING_RUNS = [r for r in RUNS if r.kind == "finetuning"]
-SEEDS_ENTRY = {r.name: r.seeds_entry for r in RUNS}
-MODEL_CODE = ["worldrep/model.py", "worldrep/tokenizer.py"]
-EVALUATION_CODE = ["worldrep/evaluation.py", "worldrep/tokenizer.py"]
-TRAINING_CODE = ["worldrep/training.py", *MODEL_CODE, *EVALUATION_CODE, "worldrep/lease.py"]
+# What the evaluation and training scripts import. worldrep/lease.py decides only where a job runs, but a
+# lease bug could put two jobs on one device, so it is tracked too.
+EVALUATION_CODE = [
+    "worldrep/evaluation.py",
+    "worldrep/tokenizer.py",
+    "worldrep/datasets.py",
+    "worldrep/artifacts.py",
+    "worldrep/lease.py",
+]
+TRAINING_CODE = ["worldrep/training.py", "worldrep/model.py", *EVALUATION_CODE]
 TOKENIZER_FILES = ["results/tokenizer/tokenizer.json", "results/tokenizer/tokenizer_config.json"]
 
 
@@ -111,7 +117,6 @@ def training_params(wildcards):
         "recipe": recipe_settings(config, wildcards.mixture),
         "seed": int(wildcards.seed),
         "precision": config["training"]["precision"],
-        "seeds_entry": SEEDS_ENTRY.get(run_name(wildcards.mixture, wildcards.seed), "requested on the command line"),
     })
 
 
@@ -126,5 +131,5 @@ def model_targets():
 def evaluation_targets():
     targets = [f"results/evaluation/{r.name}/metrics.csv" for r in RUNS]
     if RUNS:
-        targets.append("results/evaluation/metrics.csv")
+        targets += ["results/evaluation/metrics.csv", "results/evaluation/trivial_baselines.csv"]
     return targets + [f"results/evaluation/{name}/checkpoints.csv" for name in config["evaluation"]["checkpoint_runs"]]

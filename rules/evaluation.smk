@@ -7,7 +7,7 @@ rule evaluate:
     input:
         model="results/models/{mixture}_s{seed}/final",
         test_sets=lambda w: test_set_files(w.mixture),
-        code=EVALUATION_CODE + ["worldrep/lease.py"],
+        code=EVALUATION_CODE,
     output:
         metrics="results/evaluation/{mixture}_s{seed}/metrics.csv",
         predictions="results/evaluation/{mixture}_s{seed}/predictions.csv.gz",
@@ -31,7 +31,7 @@ rule evaluate_checkpoints:
     input:
         checkpoints="results/models/{mixture}_s{seed}/checkpoints",
         test_sets=lambda w: [f"results/datasets/pretraining/{t}/test.npz" for t in CONFIGURED_TASKS],
-        code=EVALUATION_CODE + ["worldrep/lease.py"],
+        code=EVALUATION_CODE,
     output:
         metrics="results/evaluation/{mixture}_s{seed}/checkpoints.csv",
     params:
@@ -63,3 +63,21 @@ rule evaluation_table:
         CONDA_ENV
     script:
         "../scripts/evaluation_table.py"
+
+
+rule trivial_baselines:
+    """The metric of answering every test item with the training set's majority class or median answer
+    (§14): the floor a healthy run must beat."""
+    input:
+        train=lambda w: [f"results/datasets/pretraining/{t}/train.npz" for t in CONFIGURED_TASKS],
+        test_sets=lambda w: [f"results/datasets/{v}/{t}/test.npz" for v in ("pretraining", "atlantis_required")
+                             for t in CONFIGURED_TASKS],
+        code=EVALUATION_CODE,
+    output:
+        "results/evaluation/trivial_baselines.csv",
+    log:
+        "results/logs/evaluation/trivial_baselines.log",
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/trivial_baselines.py"

@@ -15,8 +15,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from worldrep.artifacts import atomic_write_bytes  # noqa: E402
-from worldrep.evaluation import evaluate_model, load_model, test_set_name  # noqa: E402
-from worldrep.training import resolve_device_precision  # noqa: E402
+from worldrep.evaluation import evaluate_model, load_model, resolve_device_precision, test_set_name  # noqa: E402
 
 torch.set_num_threads(snakemake.threads)
 device = torch.device(lease.device)

@@ -18,8 +18,9 @@ import torch  # noqa: E402
 from worldrep.datasets import load_split  # noqa: E402
 from worldrep.model import ModelSettings, build_model  # noqa: E402
 from worldrep.provenance import provenance  # noqa: E402
-from worldrep.training import (Recipe, Validation, file_digest, fingerprint, publish,  # noqa: E402
-                               resolve_device_precision, save_hf_model, train)
+from worldrep.evaluation import resolve_device_precision  # noqa: E402
+from worldrep.grid import seeds_entry  # noqa: E402
+from worldrep.training import Recipe, Validation, file_digest, fingerprint, publish, save_hf_model, train  # noqa: E402
 
 torch.set_num_threads(snakemake.threads)
 p = snakemake.params.training
@@ -38,7 +39,9 @@ task_names = json.loads(Path(snakemake.input.metadata).read_text())["task_names"
 inputs = {"train": file_digest(mixture_dir / "train.npz"), "val": file_digest(mixture_dir / "val.npz")}
 if base:
     inputs["base"] = file_digest(Path(base) / "model.safetensors")
-run_fingerprint = fingerprint({"recipe": vars(recipe), "seed": seed, "inputs": inputs})
+# The code too: a state saved by an older trainer must not be finished by a newer one.
+code = {path: file_digest(path) for path in snakemake.input.code}
+run_fingerprint = fingerprint({"recipe": vars(recipe), "seed": seed, "inputs": inputs, "code": code})
 
 if base:
     from transformers import AutoModelForCausalLM
@@ -60,7 +63,10 @@ def save_checkpoint(model, step):
 
 summary = train(model, train_tokens, validation, recipe, seed, device, work, run_fingerprint, save_checkpoint, log)
 metadata = {
-    "run": run_dir.name, "mixture": snakemake.wildcards.mixture, "seed": seed, "seeds_entry": p["seeds_entry"],
+    # Which `training.seeds` entry planned this run (§7.3 overrides). Read from the config, not params: adding
+    # an override for a failed seed must not retrain the healthy seeds of that mixture.
+    "run": run_dir.name, "mixture": snakemake.wildcards.mixture, "seed": seed,
+    "seeds_entry": seeds_entry(snakemake.config, snakemake.wildcards.mixture),
     "base_model": base, "recipe": vars(recipe), "device": torch.cuda.get_device_name(device) if device.type == "cuda"
     else "cpu", "weight_decay_groups": "weight matrices and embeddings; no decay on biases and RMSNorm gains",
     "fingerprint": run_fingerprint, "inputs_sha256": inputs, **summary, "provenance": provenance(),

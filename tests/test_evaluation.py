@@ -410,3 +410,16 @@ def test_stored_test_items_score_perfectly_on_their_own_text(task):
     assert (values == (1.0 if task in ("compass", "inside", "crossing") else 0.0)).all()
     prompts = decode_text(prompt_tokens(data["tokens"]))
     assert all(t.startswith(p) and p.endswith("=") and p.count("=") == 1 for t, p in zip(texts, prompts))
+
+
+# ---- trivial predictors (§14) ----------------------------------------------------------------------------
+
+def test_trivial_predictor_is_the_training_median_or_majority():
+    from worldrep.evaluation import trivial_prediction, trivial_score
+
+    assert trivial_prediction("distance", [b"1", b"2", b"10"]) == 2.0
+    assert trivial_prediction("perimeter", ["1", "2", "10", "11"]) == 6.0  # even count: the mean of the middle two
+    assert trivial_score("distance", 2.0, [b"0", b"4", b"2"]) == pytest.approx(4 / 3)
+    assert trivial_prediction("inside", [b"TRUE", b"FALSE", b"TRUE"]) == "TRUE"
+    assert trivial_prediction("compass", ["N", "E"]) == "E"  # a tie goes to the first label in sorted order
+    assert trivial_score("inside", "TRUE", [b"TRUE", b"FALSE", b"FALSE", b"FALSE"]) == 0.25

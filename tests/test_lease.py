@@ -200,3 +200,15 @@ def test_detect_devices_reads_nvidia_smi_or_finds_none(tmp_path, monkeypatch):
     assert detect_devices() == ["0", "1"]
     fake.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed'\nexit 9\n")
     assert detect_devices() == []
+
+
+def test_slurm_allocation_with_several_gpus_still_leases(tmp_path):
+    """Snakemake run inside one multi-GPU allocation (`sbatch ... snakemake --resources gpu=2`): its jobs
+    must spread over the allocation's devices, not all land on the first."""
+    envs = [{"SLURM_JOB_ID": "42", "CUDA_VISIBLE_DEVICES": "4,7"} for _ in range(2)]
+    first = acquire(tmp_path, environ=envs[0])
+    second = acquire(tmp_path, environ=envs[1])
+    assert {first.name, second.name} == {"4", "7"}
+    assert {envs[0]["CUDA_VISIBLE_DEVICES"], envs[1]["CUDA_VISIBLE_DEVICES"]} == {"4", "7"}
+    first.release()
+    second.release()

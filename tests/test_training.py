@@ -17,6 +17,7 @@ import torch
 
 from worldrep.evaluation import greedy_generate, prompt_tokens
 from worldrep.model import ModelSettings, build_model
+from worldrep import training
 from worldrep.tokenizer import PAD_ID, save_tokenizer
 from worldrep.training import (Recipe, Validation, batch_indices, checkpoint_steps, epoch_order, every, fingerprint,
                                learning_rate, parameter_groups, publish, save_hf_model, steps_per_epoch,
@@ -208,14 +209,21 @@ def test_stopped_and_resumed_run_ends_bit_identical(tmp_path):
         assert (tmp_path / "a" / log).read_bytes() == (tmp_path / "b" / log).read_bytes()
 
 
-def test_state_of_another_run_is_ignored(tmp_path):
+def test_state_of_another_run_is_ignored_and_its_files_dropped(tmp_path):
+    """A work dir left by another configuration: its state is not resumed, and none of its checkpoints or
+    log rows reach this run."""
     recipe = Recipe(peak_lr=3e-3, epochs=2, batch_size=8, warmup_steps=1, checkpoint_fraction=0.25)
     tokens = toy_tokens(32)
     run_toy(tmp_path / "w", recipe, tokens, stop_after=3)
+    stale = tmp_path / "w/checkpoints/step-000003"
+    stale.mkdir(parents=True)
     model = build_model(TINY, 3)
     train(model, tokens, toy_validation(), recipe, 3, torch.device("cpu"), tmp_path / "w", "another", lambda *a: None)
     straight, _ = run_toy(tmp_path / "fresh", recipe, tokens)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), straight.state_dict().values()))
+    assert not stale.exists()
+    for log in ("training_log.csv", "validation_log.csv"):
+        assert (tmp_path / "w" / log).read_bytes() == (tmp_path / "fresh" / log).read_bytes()
 
 
 RESUME_DRIVER = textwrap.dedent("""
@@ -286,7 +294,7 @@ def test_saved_checkpoint_loads_with_auto_classes_and_generates_the_same(tmp_pat
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
 
 
-def test_publish_moves_the_final_model_last_and_keeps_nothing_half_done(tmp_path):
+def test_publish_moves_the_final_model_last_and_keeps_nothing_half_done(tmp_path, monkeypatch):
     work = tmp_path / "run/in_progress"
     (work / "final").mkdir(parents=True)
     (work / "final/model.safetensors").write_bytes(b"weights")
@@ -296,11 +304,16 @@ def test_publish_moves_the_final_model_last_and_keeps_nothing_half_done(tmp_path
     (tmp_path / "run/checkpoints.partial").mkdir()  # left over by a kill during an earlier publish
     outputs = {"final": tmp_path / "run/final", "checkpoints": tmp_path / "run/checkpoints",
                "training_log.csv": tmp_path / "run/training_log.csv"}
+    order = []
+    original = training.link_tree
+    monkeypatch.setattr(training, "link_tree", lambda source, target: (order.append(source.name), original(source, target)))
     publish(work, outputs)
+    assert order[-1] == "final" and sorted(order) == sorted(outputs)
     assert (tmp_path / "run/final/model.safetensors").read_bytes() == b"weights"
     assert (tmp_path / "run/checkpoints/step-000000/model.safetensors").read_bytes() == b"w0"
     assert (tmp_path / "run/training_log.csv").read_text() == "step\n"
     assert not work.exists() and not list((tmp_path / "run").glob("*.partial"))
+    assert not (tmp_path / "run/in_progress.trash").exists()
 
 
 def test_fingerprint_depends_on_every_field():

@@ -79,6 +79,8 @@ def downstream_jobs(config: dict, datasets: set[tuple[str, str]], mixtures: set[
         jobs.add("evaluate_checkpoints[mixture=pt7,seed=42]")
     if evaluated:
         jobs.add("evaluation_table")
+    if any(v in ("pretraining", "atlantis_required") for v, _ in datasets):
+        jobs.add("trivial_baselines")  # the training sets' median or majority answer on every test set
     return jobs | ({"all"} if jobs else set())
 
 
@@ -185,6 +187,9 @@ def test_smoke_run_trains_and_evaluates_every_run(workflow, smoke_config):
         assert len(predictions) == metrics["n"].sum()
         assert predictions.groupby(["test_set", "task"])["failed"].sum().sort_index().tolist() == \
             metrics.set_index(["test_set", "task"])["failures"].sort_index().tolist()
+    trivial = pd.read_csv(workflow / "results/evaluation/trivial_baselines.csv")
+    assert len(trivial) == 14 and set(trivial["test_set"]) == {"standard", "atlantis"}
+    assert trivial.query("task in ['inside', 'crossing']")["value"].eq(0.5).all()  # 50/50 labels (§3.4)
     curves = pd.read_csv(workflow / "results/evaluation/pt7_s42/checkpoints.csv")
     steps = sorted(int(p.name[5:]) for p in (workflow / "results/models/pt7_s42/checkpoints").glob("step-*"))
     assert sorted(curves["step"].unique()) == steps and len(curves) == 7 * len(steps)

@@ -106,6 +106,11 @@ def left_pad(prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return ids * mask, mask
 
 
+def resolve_device_precision(device: torch.device, precision: dict[str, str]) -> str:
+    """The precision configured for this kind of device (`{"cuda": "fp16", "cpu": "fp32"}` by default)."""
+    return precision["cuda" if device.type == "cuda" else "cpu"]
+
+
 def autocast(device: torch.device, precision: str):
     """fp32, or autocast to fp16/bf16 (§7.1, §8: the precision is a config value, recorded with the run)."""
     if precision == "fp32":
@@ -199,3 +204,23 @@ def evaluate_model(model, test_sets: dict, batch_size: int, device: torch.device
             "value": values, "failed": failed,
         }))
     return pd.DataFrame(metrics), pd.concat(predictions, ignore_index=True)
+
+
+# ---- trivial predictors (§14 health report) --------------------------------------------------------------
+
+def trivial_prediction(task: str, train_answers) -> str | float:
+    """What a model that ignores its input would answer: the training set's majority class (ties: the
+    label first in sorted order) or its median answer."""
+    answers = [a.decode() if isinstance(a, bytes) else a for a in train_answers]
+    if task in ANSWER_PATTERN:
+        return float(np.median(np.array(answers, dtype=np.int64)))
+    labels, counts = np.unique(answers, return_counts=True)
+    return str(labels[counts.argmax()])
+
+
+def trivial_score(task: str, prediction: str | float, test_answers) -> float:
+    """The task metric (§3.7) of answering `prediction` to every test item."""
+    answers = [a.decode() if isinstance(a, bytes) else a for a in test_answers]
+    if task in ANSWER_PATTERN:
+        return float(np.abs(np.array(answers, dtype=np.int64) - prediction).mean())
+    return float(np.mean([a == prediction for a in answers]))

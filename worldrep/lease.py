@@ -151,7 +151,9 @@ def acquire_device(lock_dir, *, devices=None, slots_per_device=1, poll_seconds=1
                    environ=os.environ, log=print) -> DeviceLease:
     """Lease one free (device, slot), waiting for one if all are held; see the module docstring."""
     check_slots(slots_per_device)
-    if "SLURM_JOB_ID" in environ:
+    # A SLURM executor job gets its own GPU: step aside. A whole-node allocation running Snakemake inside it
+    # (`sbatch ... snakemake --resources gpu=4`) sees several devices, and its jobs still need leases.
+    if "SLURM_JOB_ID" in environ and len(visible_devices(environ) or []) <= 1:
         return step_aside(environ)
     names, source = candidates(devices, environ)
     if not names:

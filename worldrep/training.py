@@ -22,7 +22,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +74,9 @@ def total_steps(n_items: int, batch_size: int, epochs: int) -> int:
 
 def learning_rate(step: int, peak: float, warmup: int, total: int) -> float:
     """The lr of update `step` (0-based): linear warmup from 0 over `warmup` updates, then linear decay to 0
-    at `total`. Hugging Face's `get_linear_schedule_with_warmup` convention, so update 0 has lr 0."""
+    at `total`. Hugging Face's `get_linear_schedule_with_warmup` convention, so update 0 has lr 0. Indexed
+    by update, so under fp16 a step the loss scaler skips still advances the schedule (the HF Trainer holds
+    it back): the decay reaches 0 exactly at the last step, as the spec says."""
     if step < warmup:
         return peak * step / max(1, warmup)
     return peak * max(0.0, (total - step) / max(1, total - warmup))
@@ -160,10 +162,12 @@ class CsvLog:
         if resume_step is not None and path.exists():
             with open(path, newline="") as handle:
                 rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= resume_step]
-        with open(path, "w", newline="") as handle:
+        partial = path.with_name(path.name + ".partial")
+        with open(partial, "w", newline="") as handle:  # a kill here must not lose the kept rows
             writer = csv.DictWriter(handle, fields)
             writer.writeheader()
             writer.writerows(rows)
+        os.replace(partial, path)
         self.handle = open(path, "a", newline="")
         self.writer = csv.DictWriter(self.handle, fields)
 
@@ -173,11 +177,6 @@ class CsvLog:
 
     def close(self) -> None:
         self.handle.close()
-
-
-def resolve_device_precision(device: torch.device, precision: dict[str, str]) -> str:
-    """The precision configured for this kind of device (`{"cuda": "fp16", "cpu": "fp32"}` by default)."""
-    return precision["cuda" if device.type == "cuda" else "cpu"]
 
 
 def train(model, train_tokens: np.ndarray, validation: Validation, recipe: Recipe, seed: int,
@@ -197,6 +196,9 @@ def train(model, train_tokens: np.ndarray, validation: Validation, recipe: Recip
     window = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of losses, updates) since the last log
 
     start = load_state(work, run_fingerprint, model, optimizer, scaler, window, device, log)
+    if start is None:  # nothing of another configuration (old checkpoints, logs) may reach this run's outputs
+        shutil.rmtree(work)
+        work.mkdir(parents=True)
     training_log = CsvLog(work / "training_log.csv", TRAINING_LOG_FIELDS, start)
     validation_log = CsvLog(work / "validation_log.csv", VALIDATION_LOG_FIELDS, start)
     resumed, start = start is not None, start or 0
@@ -317,7 +319,8 @@ def load_state(work: Path, run_fingerprint: str, model, optimizer, scaler, windo
     path = work / STATE_FILE
     if not path.exists():
         return None
-    state = torch.load(path, map_location=device, weights_only=False)
+    # On the CPU first: RNG states must stay CPU tensors; load_state_dict moves the rest to the parameters.
+    state = torch.load(path, map_location="cpu", weights_only=False)
     if state["fingerprint"] != run_fingerprint:
         if log is not None:
             print(f"ignoring {path}: it belongs to another configuration of this run", file=log, flush=True)
@@ -374,8 +377,11 @@ def publish(work: Path, outputs: dict[str, Path]) -> None:
     for name in names:
         outputs[name].parent.mkdir(parents=True, exist_ok=True)
         link_tree(work / name, outputs[name])
-    shutil.rmtree(work)
+    # Out of the way in one rename before deleting: a kill during a long rmtree must not leave a resume
+    # state beside half-deleted logs and checkpoints, which a rerun would publish as complete.
+    trash = work.with_name(work.name + ".trash")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(work, trash)
+    shutil.rmtree(trash)
 
 
-def recipe_dict(recipe: Recipe) -> dict:
-    return asdict(recipe)
