@@ -1,5 +1,6 @@
 # worldrep: "Convergent World Representations and Divergent Tasks" (arXiv 2602.00533), end to end.
-# The pipeline reads off rules/: world -> tokenizer, datasets -> mixtures -> training -> evaluation.
+# The pipeline reads off rules/: world -> tokenizer, datasets -> mixtures -> training -> evaluation
+# -> representations -> probes, CKA, generalization.
 # Method: ../shared/spec/METHOD.md.
 import sys
 
@@ -31,6 +32,10 @@ include: "rules/datasets.smk"
 include: "rules/mixtures.smk"
 include: "rules/training.smk"
 include: "rules/evaluation.smk"
+include: "rules/representations.smk"
+include: "rules/probes.smk"
+include: "rules/cka.smk"
+include: "rules/generalization.smk"
 
 
 rule all:
@@ -41,4 +46,5 @@ rule all:
         mixture_targets(),
         model_targets(),
         evaluation_targets(),
+        analysis_targets(),
     default_target: True

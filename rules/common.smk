@@ -133,3 +133,45 @@ def evaluation_targets():
     if RUNS:
         targets += ["results/evaluation/metrics.csv", "results/evaluation/trivial_baselines.csv"]
     return targets + [f"results/evaluation/{name}/checkpoints.csv" for name in config["evaluation"]["checkpoint_runs"]]
+
+
+# ---- analysis ----------------------------------------------------------------------------------------------
+# The CKA families of METHOD §12: pretraining mixtures named pt1-k, pt2-k, pt3-k (variant k, in config order).
+CKA_FAMILIES = {
+    f: [m for m in FAMILIES["pretraining"] if m.startswith(f"{f}-")]
+    for f in ("pt1", "pt2", "pt3")
+    if any(m.startswith(f"{f}-") for m in FAMILIES["pretraining"])
+}
+
+
+def family_runs(family):
+    """A family's runs, variant-major then seed in config order: the layout `cka.family_matrix` expects."""
+    return [r.name for m in CKA_FAMILIES[family] for r in PRETRAINING_RUNS if r.mixture == m]
+
+# Runs whose every checkpoint is extracted and probed (§10: the single-task runs and pt7 seed 42, whose
+# checkpoints the evaluation also scores).
+CURVE_RUNS = [r.name for r in PRETRAINING_RUNS if r.mixture in CKA_FAMILIES.get("pt1", [])]
+CURVE_RUNS += [name for name in config["evaluation"]["checkpoint_runs"] if name not in CURVE_RUNS]
+ATLANTIS_RUNS = [r.name for r in FINETUNING_RUNS if len(FINETUNING_MIXTURES[r.mixture]) == 2]
+CONTROL_RUNS = [r.name for r in PRETRAINING_RUNS if r.mixture in FAMILIES["with_atlantis"]]
+RUN_BY_NAME = {r.name: r for r in RUNS}
+
+
+def mixture_tasks(mixture):
+    return PRETRAINING_MIXTURES.get(mixture) or FINETUNING_MIXTURES[mixture]
+
+
+def analysis_targets():
+    targets = [f"results/probes/{r.name}.csv" for r in RUNS]
+    if RUNS:
+        targets.append("results/probes/probe_metrics.csv")
+    if ATLANTIS_RUNS:
+        targets.append("results/probes/atlantis_summary.csv")
+    targets += [f"results/cka/{family}/matrix.csv" for family in CKA_FAMILIES]
+    if CKA_FAMILIES:
+        targets.append("results/cka/task_count_summary.csv")
+    if FINETUNING_RUNS:
+        targets.append("results/generalization/deviation_matrix.csv")
+    if FINETUNING_RUNS and "pt1" in CKA_FAMILIES:
+        targets.append("results/cka/cka_vs_generalization_fit.csv")
+    return targets

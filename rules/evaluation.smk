@@ -62,7 +62,7 @@ rule evaluation_table:
     conda:
         CONDA_ENV
     script:
-        "../scripts/evaluation_table.py"
+        "../scripts/run_table.py"
 
 
 rule trivial_baselines:

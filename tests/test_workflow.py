@@ -81,6 +81,25 @@ def downstream_jobs(config: dict, datasets: set[tuple[str, str]], mixtures: set[
         jobs.add("evaluation_table")
     if any(v in ("pretraining", "atlantis_required") for v, _ in datasets):
         jobs.add("trivial_baselines")  # the training sets' median or majority answer on every test set
+    # Analysis (§10–12) of every retrained model: its representations (and every checkpoint's, for the
+    # single-task runs and pt7 seed 42), probes, the CKA of its family, the Atlantis reconstruction of the
+    # two-task fine-tuned models and the control; generalization follows the metrics table.
+    models = trained | finetuned
+    jobs |= {f"representations[mixture={m},seed=42]" for m in models}
+    jobs |= {f"probes[mixture={m},seed=42]" for m in models}
+    jobs |= {f"checkpoint_representations[mixture={m},seed=42]" for m in trained if m.startswith("pt1-") or m == "pt7"}
+    families = {m.split("-")[0] for m in trained if m.split("-")[0] in ("pt1", "pt2", "pt3")}
+    jobs |= {f"cka_family[family={f}]" for f in families}
+    if models:
+        jobs.add("probe_table")
+    if families:
+        jobs.add("cka_task_count")
+    if any(len(mix["finetuning"]["mixes"][m]) == 2 for m in finetuned) or models & set(mix.get("with_atlantis", {})):
+        jobs.add("atlantis_reconstruction")
+    if evaluated:
+        jobs.add("generalization")
+    if evaluated or "pt1" in families:
+        jobs.add("cka_vs_generalization")
     return jobs | ({"all"} if jobs else set())
 
 
@@ -195,13 +214,68 @@ def test_smoke_run_trains_and_evaluates_every_run(workflow, smoke_config):
     assert sorted(curves["step"].unique()) == steps and len(curves) == 7 * len(steps)
 
 
+def test_smoke_run_builds_every_analysis_table(workflow, smoke_config):
+    """Representations, probes, CKA, generalization and Atlantis tables of the smoke grid (one seed: the
+    seed-averaged CKA diagonals have no cross-seed pair and stay empty, §12)."""
+    import numpy as np
+    import pandas as pd
+
+    results = workflow / "results"
+    cities = pd.read_csv(results / "world/cities.csv", keep_default_na=False)
+    eligible = np.sort(cities.city_id[(cities.city_id >= 1000) & (cities.city_id <= 9999)].to_numpy())
+    runs = [f"{m}_s42" for m in [*smoke_config["mixtures"]["pretraining"], *smoke_config["mixtures"]["with_atlantis"],
+                                 *smoke_config["mixtures"]["finetuning"]["mixes"]]]
+    for run in runs:
+        with np.load(results / f"representations/{run}/final.npz") as reps:
+            assert np.array_equal(reps["city_ids"], eligible)
+            assert all(reps[f"layer_{layer}"].shape == (len(eligible), 256) for layer in (3, 4, 5, 6))
+        probes = pd.read_csv(results / f"probes/{run}.csv")
+        final = probes[probes.step == "final"]
+        assert sorted(final.layer) == [3, 4, 5, 6]
+        assert (final.n_train == round(len(eligible) * 3250 / 4500)).all()
+        assert (final.n_train + final.n_test == len(eligible)).all()
+    for run in ("pt1-1_s42", "pt1-6_s42", "pt1-7_s42", "pt7_s42"):
+        steps = sorted(p.name for p in (results / f"models/{run}/checkpoints").glob("step-*"))
+        assert sorted(p.stem for p in (results / f"representations/{run}/checkpoints").glob("*.npz")) == steps
+        probes = pd.read_csv(results / f"probes/{run}.csv")
+        assert len(probes) == 4 * (len(steps) + 1)
+    assert sorted(pd.read_csv(results / "probes/probe_metrics.csv").run.unique()) == sorted(runs)
+
+    matrix = pd.read_csv(results / "cka/pt1/matrix.csv")
+    assert len(matrix) == 4 * 2 * 3 * 3  # layers x estimators x 3 x 3 variants
+    diagonal = matrix.row == matrix.column
+    assert matrix[diagonal].n.eq(0).all() and matrix[diagonal]["mean"].isna().all()
+    assert matrix[~diagonal].n.eq(1).all() and matrix[~diagonal]["mean"].between(-1, 1).all()
+    pairs = pd.read_csv(results / "cka/pt1/pairs.csv")
+    assert len(pairs) == 4 * 2 * 3
+    counts = pd.read_csv(results / "cka/task_count.csv")
+    assert set(zip(counts.variant_a, counts.variant_b)) == {("pt1-1", "pt1-6")}  # pt1-7 left out (§12)
+    assert len(counts) == 4 * 2
+
+    ni = pd.read_csv(results / "generalization/normalized_improvement.csv")
+    assert len(ni) == 3 * 7 and ni.ni.between(0, 1.5).all()
+    ftwb1 = pd.read_csv(results / "generalization/ftwb1_matrix.csv")
+    assert set(ftwb1.seed.astype(str)) == {"42", "mean"} and set(ftwb1.finetuned_task) == {"distance", "perimeter"}
+    deviation = pd.read_csv(results / "generalization/best_teacher_deviation.csv")
+    assert len(deviation) == 7 and np.allclose(deviation.deviation, deviation.ni_ftwb2 - deviation.pred)
+    points = pd.read_csv(results / "cka/cka_vs_generalization.csv")
+    assert sorted(zip(points.finetuned_task, points.evaluated_task)) == [("distance", "perimeter")] * 2 + \
+        [("perimeter", "distance")] * 2  # biased and debiased
+    atlantis = pd.read_csv(results / "probes/atlantis_summary.csv").set_index("group")
+    assert atlantis.loc["atlantis_with_distance", "models"] == 1
+    assert atlantis.loc["atlantis_without_distance", "models"] == 0
+    assert atlantis.loc["baseline", "cities"] == 100 and atlantis.control_atlantis_mean.notna().all()
+
+
 def test_training_setting_change_replans_the_runs_it_shapes(workflow, smoke_config):
     """The fine-tuning epochs reach the fine-tuning runs and their evaluations, nothing upstream or beside."""
     edited = yaml.safe_load(yaml.safe_dump(smoke_config))
     edited["training"]["finetuning"]["epochs"] += 1
     (workflow / "config/edited.yaml").write_text(yaml.safe_dump(edited))
     expected = downstream_jobs(smoke_config, set(), set(), set(smoke_config["mixtures"]["finetuning"]["mixes"]))
-    assert len(expected) == 3 + 3 + 2  # finetune and evaluate per mix, the combined table, all
+    # finetune, evaluate, representations and probes per mix; the combined tables, generalization and what
+    # reads it, the Atlantis reconstruction (ftwb2-13), all
+    assert len(expected) == 4 * 3 + 6
     assert planned_jobs(workflow, "config/edited.yaml") == expected
 
 
@@ -243,7 +317,9 @@ def test_one_variant_setting_replans_only_that_variant(workflow, smoke_config):
     (workflow / "config/edited.yaml").write_text(yaml.safe_dump(edited))
     expected = expected_jobs(smoke_config, {"with_atlantis"}, {"inside"})
     assert expected == {"dataset[variant=with_atlantis,task=inside]", "pretraining_mixture[mixture=pt7-atl]", "all",
-                        "pretrain[mixture=pt7-atl,seed=42]", "evaluate[mixture=pt7-atl,seed=42]", "evaluation_table"}
+                        "pretrain[mixture=pt7-atl,seed=42]", "evaluate[mixture=pt7-atl,seed=42]", "evaluation_table",
+                        "representations[mixture=pt7-atl,seed=42]", "probes[mixture=pt7-atl,seed=42]", "probe_table",
+                        "atlantis_reconstruction", "generalization", "cka_vs_generalization"}
     assert planned_jobs(workflow, "config/edited.yaml") == expected
 
 

@@ -1,0 +1,60 @@
+# Linear probes of the city coordinates (METHOD §11) and the Atlantis reconstruction.
+
+
+rule probes:
+    """OLS probes of x and y on the standard city split, per layer; for the curve runs also per checkpoint."""
+    input:
+        final="results/representations/{mixture}_s{seed}/final.npz",
+        checkpoints=lambda w: [f"results/representations/{w.mixture}_s{w.seed}/checkpoints"]
+        if f"{w.mixture}_s{w.seed}" in CURVE_RUNS
+        else [],
+        cities="results/world/cities.csv",
+        code=["worldrep/probes.py", "worldrep/representations.py"],
+    output:
+        "results/probes/{mixture}_s{seed}.csv",
+    log:
+        "results/logs/probes/{mixture}_s{seed}.log",
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/probes.py"
+
+
+rule probe_table:
+    """Every run's probe metrics in one table, with the run's mixture, kind and seed."""
+    input:
+        [f"results/probes/{r.name}.csv" for r in RUNS],
+    output:
+        "results/probes/probe_metrics.csv",
+    params:
+        runs=[{"run": r.name, "mixture": r.mixture, "kind": r.kind, "seed": r.seed} for r in RUNS],
+    log:
+        "results/logs/probes/probe_metrics.log",
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/run_table.py"
+
+
+rule atlantis_reconstruction:
+    """Layer-5 probes trained on 4,000 real cities of each two-task fine-tuned model (and the with-Atlantis
+    control): per-city errors on 100 held-out real cities and on every Atlantis city, pooled by whether the
+    pair contains distance, with a Mann–Whitney U test (§11)."""
+    input:
+        representations=[f"results/representations/{name}/final.npz" for name in ATLANTIS_RUNS],
+        controls=[f"results/representations/{name}/final.npz" for name in CONTROL_RUNS],
+        cities="results/world/cities.csv",
+        code=["worldrep/probes.py", "worldrep/representations.py"],
+    output:
+        errors="results/probes/atlantis_errors.csv.gz",
+        summary="results/probes/atlantis_summary.csv",
+    params:
+        runs=ATLANTIS_RUNS,
+        includes_distance=[("distance" in FINETUNING_MIXTURES[RUN_BY_NAME[n].mixture]) for n in ATLANTIS_RUNS],
+        controls=CONTROL_RUNS,
+    log:
+        "results/logs/probes/atlantis_reconstruction.log",
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/atlantis_reconstruction.py"

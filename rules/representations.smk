@@ -1,0 +1,37 @@
+# Representation extraction (METHOD §10): for every eligible city (4-digit ID), the residual stream at the
+# last ID digit and the following delimiter of the task's partial prompt, layers 3–6, 256 dims per layer.
+
+
+rule representations:
+    """A model's final checkpoint: one compact .npz with the city IDs and one float32 array per layer."""
+    input:
+        model="results/models/{mixture}_s{seed}/final",
+        cities="results/world/cities.csv",
+        code=["worldrep/representations.py", "worldrep/tokenizer.py", "worldrep/evaluation.py"],
+    output:
+        "results/representations/{mixture}_s{seed}/final.npz",
+    params:
+        tasks=lambda w: mixture_tasks(w.mixture),
+        finetuning=lambda w: w.mixture in FINETUNING_MIXTURES,
+        configured_tasks=CONFIGURED_TASKS,
+    log:
+        "results/logs/representations/{mixture}_s{seed}.log",
+    benchmark:
+        "results/benchmarks/representations/{mixture}_s{seed}.tsv"
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/representations.py"
+
+
+use rule representations as checkpoint_representations with:
+    input:
+        checkpoints="results/models/{mixture}_s{seed}/checkpoints",
+        cities="results/world/cities.csv",
+        code=["worldrep/representations.py", "worldrep/tokenizer.py", "worldrep/evaluation.py"],
+    output:
+        directory("results/representations/{mixture}_s{seed}/checkpoints"),
+    log:
+        "results/logs/representations/{mixture}_s{seed}.checkpoints.log",
+    benchmark:
+        "results/benchmarks/representations/{mixture}_s{seed}.checkpoints.tsv"

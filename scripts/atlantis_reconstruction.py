@@ -1,0 +1,48 @@
+"""Snakemake adapter: rule atlantis_reconstruction -> results/probes/atlantis_errors.csv.gz (per model and
+city) and atlantis_summary.csv (the pooled groups of §11 and the Mann–Whitney U test)."""
+import _workflow  # noqa: F401  (this workflow's `worldrep` first on sys.path)
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from worldrep.artifacts import atomic_write_bytes
+from worldrep.probes import atlantis_groups, atlantis_split, atlantis_reconstruction
+from worldrep.representations import DEFAULT_LAYER, load_representations
+from worldrep.world import read_cities
+
+sys.stderr = sys.stdout = log = open(snakemake.log[0], "w")
+cities = read_cities(snakemake.input.cities).set_index("city_id")
+p = snakemake.params
+errors, baselines, atlantis = [], [], []
+
+
+def reconstruct(run, path, group):
+    ids, reps = load_representations(path)
+    is_atlantis = cities.loc[ids, "is_atlantis"].to_numpy(bool)
+    xy = cities.loc[ids, ["x", "y"]].to_numpy(np.float64)
+    base, atl = atlantis_reconstruction(reps[DEFAULT_LAYER], xy, is_atlantis)
+    _, baseline_rows, atlantis_rows = atlantis_split(is_atlantis)
+    for kind, rows, values in (("baseline", baseline_rows, base), (group, atlantis_rows, atl)):
+        errors.append(pd.DataFrame({"run": run, "group": kind, "city_id": ids[rows], "error": values}))
+    return base, atl
+
+
+for run, path, with_distance in zip(p.runs, snakemake.input.representations, p.includes_distance):
+    base, atl = reconstruct(run, path, "atlantis_with_distance" if with_distance else "atlantis_without_distance")
+    baselines.append(base)
+    atlantis.append(atl)
+control = [reconstruct(run, path, "atlantis_control")[1] for run, path in zip(p.controls, snakemake.input.controls)]
+result = atlantis_groups(baselines, atlantis, p.includes_distance,
+                         np.concatenate(control) if control else None)
+rows = [{"group": name, **result[name]} for name in ("baseline", "atlantis_without_distance", "atlantis_with_distance")]
+summary = pd.DataFrame(rows)
+test = result["mann_whitney"] or {}
+summary["mann_whitney_u"], summary["mann_whitney_p"] = test.get("u"), test.get("p_value")
+summary["control_atlantis_mean"] = result.get("control_atlantis_mean")
+table = pd.concat(errors, ignore_index=True)
+atomic_write_bytes(Path(snakemake.output.errors),
+                   lambda handle: table.to_csv(handle, index=False, compression={"method": "gzip", "mtime": 0}))
+atomic_write_bytes(Path(snakemake.output.summary), lambda handle: summary.to_csv(handle, index=False))
+print(summary.to_string(), file=log)

@@ -1,0 +1,151 @@
+"""Linear probes and the Atlantis reconstruction (METHOD §11): reference values, an independent OLS, and the
+properties a probe must have (exact recovery of a linear map, nothing from noise)."""
+import numpy as np
+import pytest
+from scipy.stats import mannwhitneyu
+from sklearn.linear_model import LinearRegression
+from threadpoolctl import threadpool_limits
+
+from worldrep.probes import (atlantis_groups, atlantis_reconstruction, atlantis_split, fit_ols, predict,
+                             probe_metrics, probe_split, standard_probe)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_blas_thread():
+    """The CPU is shared: oversubscribed BLAS threads make a 433 × 257 solve 50× slower."""
+    with threadpool_limits(1):
+        yield
+
+
+def linear_world(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(reps [n, d], xy [n, 2]): integer coordinates mixed with d − 2 nuisance features by an invertible map,
+    so x and y are exactly linear in the representation (plus an offset)."""
+    rng = np.random.default_rng(seed)
+    xy = np.column_stack([rng.integers(-1800, 1801, n), rng.integers(-900, 901, n)]).astype(np.float64)
+    latent = np.column_stack([xy, rng.normal(size=(n, d - 2))])
+    return latent @ rng.normal(size=(d, d)) + rng.normal(size=d), xy
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_probe_recovers_coordinates_that_are_linear_in_the_representation(seed):
+    reps, xy = linear_world(600, 256, seed)
+    metrics = standard_probe(reps, xy, probe_split(len(reps), seed))
+    assert metrics["r2_x"] > 0.999 and metrics["r2_y"] > 0.999 and metrics["r2_mean"] > 0.999
+    assert max(metrics["mae_x"], metrics["mae_y"], metrics["mean_error"], metrics["median_error"]) < 1e-6
+    assert (metrics["n_train"], metrics["n_test"]) == (433, 167)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_probe_finds_nothing_in_noise(seed):
+    """With d = 32 and 3,250 train rows the overfit term is ≈ d/n_train ≈ 0.01, so test R² stays near 0."""
+    rng = np.random.default_rng(seed)
+    reps, xy = rng.normal(size=(4500, 32)), rng.integers(-900, 901, size=(4500, 2)).astype(float)
+    metrics = standard_probe(reps, xy, probe_split(4500, seed))
+    assert abs(metrics["r2_x"]) < 0.05 and abs(metrics["r2_y"]) < 0.05
+
+
+def test_probe_split_sizes_and_rounding():
+    train, test = probe_split(4500)
+    assert (len(train), len(test)) == (3250, 1250)
+    assert np.array_equal(np.sort(np.concatenate([train, test])), np.arange(4500))
+    assert np.array_equal(np.concatenate([train, test]), np.random.default_rng(42).permutation(4500))
+    assert len(probe_split(9)[0]) == 6  # 9 · 13/18 = 6.5 -> 6: half to even
+    assert len(probe_split(27)[0]) == 20  # 19.5 -> 20
+    assert len(probe_split(5602)[0]) == 4046  # 4046.11...
+
+
+def test_probe_split_is_seeded():
+    assert np.array_equal(probe_split(100, 7)[0], probe_split(100, 7)[0])
+    assert not np.array_equal(probe_split(100, 7)[0], probe_split(100, 8)[0])
+
+
+def test_metrics_on_a_hand_computed_example():
+    true = np.array([[0, 0], [2, 0], [0, 4], [2, 4]])
+    pred = np.array([[0, 0], [2, 0], [1, 4], [5, 0]])  # errors 0, 0, 1 and a 3-4-5 triangle
+    metrics = probe_metrics(pred, true)
+    # x: mean 1, SS_tot 4, SS_res 1 + 9 = 10. y: mean 2, SS_tot 16, SS_res 16.
+    expected = {"r2_x": -1.5, "r2_y": 0.0, "r2_mean": -0.75, "mae_x": 1.0, "mae_y": 1.0,
+                "mean_error": 1.5, "median_error": 0.5}
+    assert metrics == pytest.approx(expected, abs=1e-12)
+
+
+def test_r2_uses_the_test_set_mean():
+    """A constant shift of both predictions and truth leaves R² unchanged: SS_tot is about the test mean."""
+    rng = np.random.default_rng(3)
+    true, pred = rng.normal(size=(50, 2)), rng.normal(size=(50, 2))
+    shifted = probe_metrics(pred + 1000, true + 1000)
+    assert shifted["r2_x"] == pytest.approx(probe_metrics(pred, true)["r2_x"], abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ols_matches_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(300, 40)) * rng.uniform(0.1, 10, size=40)  # unstandardised features
+    Y = X @ rng.normal(size=(40, 2)) + [5.0, -3.0] + rng.normal(size=(300, 2))
+    W, b = fit_ols(X, Y)
+    reference = LinearRegression().fit(X, Y)
+    np.testing.assert_allclose(W, reference.coef_.T, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(b, reference.intercept_, rtol=0, atol=1e-8)
+    assert W.dtype == np.float64 and W.shape == (40, 2)
+
+
+def test_ols_accepts_float32_input_and_solves_in_float64():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(100, 5)).astype(np.float32)
+    W64, b64 = fit_ols(X.astype(np.float64), X[:, :2].astype(np.float64))
+    W, b = fit_ols(X, X[:, :2])
+    assert W.dtype == np.float64
+    np.testing.assert_array_equal(W, W64)
+    np.testing.assert_allclose(predict(W, b, X), X[:, :2], atol=1e-10)
+
+
+# ---- Atlantis reconstruction -------------------------------------------------------------------------------
+
+def test_atlantis_split_bookkeeping():
+    is_atlantis = np.zeros(40, dtype=bool)
+    is_atlantis[[3, 10, 11, 25, 39]] = True
+    train, baseline, test = atlantis_split(is_atlantis, seed=5, n_train=20, n_baseline=6)
+    real = np.flatnonzero(~is_atlantis)
+    order = real[np.random.default_rng(5).permutation(len(real))]
+    assert np.array_equal(train, order[:20]) and np.array_equal(baseline, order[20:26])
+    assert np.array_equal(test, [3, 10, 11, 25, 39])
+    assert not is_atlantis[np.concatenate([train, baseline])].any()
+    assert len(np.intersect1d(train, baseline)) == 0
+
+
+def test_atlantis_split_refuses_too_few_cities():
+    is_atlantis = np.array([False] * 30 + [True] * 3)
+    with pytest.raises(ValueError, match="30"):
+        atlantis_split(is_atlantis, n_train=25, n_baseline=6)
+    with pytest.raises(ValueError, match="Atlantis city"):
+        atlantis_split(np.zeros(50, dtype=bool), n_train=20, n_baseline=5)
+
+
+def test_atlantis_reconstruction_errors():
+    """Exactly linear for real cities, scrambled for Atlantis: baseline errors ~0, Atlantis errors large."""
+    reps, xy = linear_world(400, 64, seed=6)
+    is_atlantis = np.zeros(400, dtype=bool)
+    is_atlantis[-30:] = True
+    reps[is_atlantis] = reps[np.random.default_rng(0).permutation(np.flatnonzero(~is_atlantis))[:30]]
+    baseline, atlantis = atlantis_reconstruction(reps, xy, is_atlantis, n_train=300, n_baseline=50)
+    assert baseline.shape == (50,) and atlantis.shape == (30,)
+    assert baseline.max() < 1e-6 and np.median(atlantis) > 100
+
+
+def test_atlantis_groups_pool_and_test():
+    baseline = [np.array([1.0, 2.0]), np.array([3.0]), np.array([4.0, 5.0])]
+    atlantis = [np.array([10.0, 12.0]), np.array([100.0, 300.0]), np.array([14.0])]
+    groups = atlantis_groups(baseline, atlantis, [False, True, False], control_atlantis_errors=np.array([2.0, 4.0]))
+    assert groups["baseline"] == {"models": 3, "cities": 5, "mean": 3.0, "median": 3.0}
+    assert groups["atlantis_without_distance"] == {"models": 2, "cities": 3, "mean": 12.0, "median": 12.0}
+    assert groups["atlantis_with_distance"] == {"models": 1, "cities": 2, "mean": 200.0, "median": 200.0}
+    reference = mannwhitneyu([10.0, 12.0, 14.0], [100.0, 300.0], alternative="two-sided")
+    assert groups["mann_whitney"]["u"] == reference.statistic == 0.0
+    assert groups["mann_whitney"]["p_value"] == pytest.approx(reference.pvalue)
+    assert groups["control_atlantis_mean"] == 3.0
+
+
+def test_atlantis_groups_without_a_distance_pair():
+    groups = atlantis_groups([np.ones(3)], [np.ones(2)], [False])
+    assert groups["atlantis_with_distance"] == {"models": 0, "cities": 0, "mean": None, "median": None}
+    assert groups["mann_whitney"] is None and "control_atlantis_mean" not in groups

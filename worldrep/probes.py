@@ -1,0 +1,129 @@
+"""Linear probes from city representations to world coordinates, and the Atlantis reconstruction (METHOD §11).
+
+Pure functions of arrays, in float64. Rows of `reps` [n, d] and `xy` [n, 2] (scaled integer x, y) are the
+eligible cities in ascending `city_id` order, as `representations.eligible_cities` gives them.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Sequence
+
+import numpy as np
+
+PROBE_SEED = 42
+TRAIN_FRACTION = Fraction(3250, 4500)  # the authors' 3,250 train / 1,250 test of ~4,500 cities, kept as a fraction
+
+
+# ---- the probe -----------------------------------------------------------------------------------------------
+
+def probe_split(n_eligible: int, seed: int = PROBE_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) row indices: a seeded permutation, the first round(n · 3250/4500) rows train.
+
+    Exact rational arithmetic and Python's `round` (half to even, METHOD §0): n = 9 gives 6.5 -> 6 train.
+    """
+    order = np.random.default_rng(seed).permutation(n_eligible)
+    n_train = round(TRAIN_FRACTION * n_eligible)
+    return order[:n_train], order[n_train:]
+
+
+def fit_ols(X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ordinary least squares with intercept, no regularisation, no standardisation: (W [d, k], b [k]).
+
+    One least-squares solve of [X, 1] serves every target column: each is an independent regression.
+    """
+    X, Y = np.asarray(X, dtype=np.float64), np.asarray(Y, dtype=np.float64)
+    design = np.hstack([X, np.ones((len(X), 1))])  # [n, d + 1]
+    coef, *_ = np.linalg.lstsq(design, Y, rcond=None)
+    return coef[:-1], coef[-1]
+
+
+def predict(W: np.ndarray, b: np.ndarray, X: np.ndarray) -> np.ndarray:
+    return np.asarray(X, dtype=np.float64) @ W + b
+
+
+def r2_score(pred: np.ndarray, true: np.ndarray) -> float:
+    """1 − SS_res/SS_tot with the mean of `true` (the test set's own mean); NaN for a constant target."""
+    ss_tot = np.sum((true - true.mean()) ** 2)
+    return float(1.0 - np.sum((true - pred) ** 2) / ss_tot) if ss_tot > 0 else float("nan")
+
+
+def euclidean_errors(pred_xy: np.ndarray, true_xy: np.ndarray) -> np.ndarray:
+    """√(Δx² + Δy²) per city [n], in scaled units."""
+    delta = np.asarray(pred_xy, dtype=np.float64) - np.asarray(true_xy, dtype=np.float64)
+    return np.hypot(delta[:, 0], delta[:, 1])
+
+
+def probe_metrics(pred_xy: np.ndarray, true_xy: np.ndarray) -> dict[str, float]:
+    """R² per coordinate and their mean, MAE per coordinate, mean and median Euclidean error (§11)."""
+    pred, true = np.asarray(pred_xy, dtype=np.float64), np.asarray(true_xy, dtype=np.float64)
+    r2_x, r2_y = r2_score(pred[:, 0], true[:, 0]), r2_score(pred[:, 1], true[:, 1])
+    mae = np.mean(np.abs(pred - true), axis=0)
+    errors = euclidean_errors(pred, true)
+    return {"r2_x": r2_x, "r2_y": r2_y, "r2_mean": (r2_x + r2_y) / 2, "mae_x": float(mae[0]),
+            "mae_y": float(mae[1]), "mean_error": float(errors.mean()), "median_error": float(np.median(errors))}
+
+
+def standard_probe(reps: np.ndarray, xy: np.ndarray, split: tuple[np.ndarray, np.ndarray]) -> dict:
+    """Fit x and y probes on the train rows, score them on the test rows; plus the two sizes."""
+    train, test = split
+    W, b = fit_ols(reps[train], xy[train])
+    return probe_metrics(predict(W, b, reps[test]), xy[test]) | {"n_train": len(train), "n_test": len(test)}
+
+
+# ---- Atlantis reconstruction ---------------------------------------------------------------------------------
+
+def atlantis_split(is_atlantis: np.ndarray, seed: int = PROBE_SEED, n_train: int = 4000,
+                   n_baseline: int = 100) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, baseline, test) row indices: the non-Atlantis rows in a seeded order give the first n_train to the
+    probe and the next n_baseline to the baseline; the test rows are every Atlantis row, in row order (§11)."""
+    is_atlantis = np.asarray(is_atlantis, dtype=bool)
+    real = np.flatnonzero(~is_atlantis)
+    if len(real) < n_train + n_baseline:
+        raise ValueError(f"the Atlantis reconstruction needs {n_train} + {n_baseline} eligible non-Atlantis cities, "
+                         f"but there are only {len(real)}; lower n_train / n_baseline for a reduced world")
+    if not is_atlantis.any():
+        raise ValueError("the Atlantis reconstruction needs at least one eligible Atlantis city")
+    order = real[np.random.default_rng(seed).permutation(len(real))]
+    return order[:n_train], order[n_train: n_train + n_baseline], np.flatnonzero(is_atlantis)
+
+
+def atlantis_reconstruction(reps: np.ndarray, xy: np.ndarray, is_atlantis: np.ndarray, seed: int = PROBE_SEED,
+                            n_train: int = 4000, n_baseline: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """(baseline errors [n_baseline], Atlantis errors [n_atlantis]): per-city Euclidean errors of a probe
+    trained on real cities only."""
+    train, baseline, test = atlantis_split(is_atlantis, seed, n_train, n_baseline)
+    W, b = fit_ols(reps[train], xy[train])
+    return (euclidean_errors(predict(W, b, reps[baseline]), xy[baseline]),
+            euclidean_errors(predict(W, b, reps[test]), xy[test]))
+
+
+def error_summary(errors: Sequence[np.ndarray]) -> dict:
+    """Pooled size, mean and median of per-model error arrays; None for an empty pool."""
+    pooled = np.concatenate([np.asarray(e, dtype=np.float64) for e in errors]) if errors else np.zeros(0)
+    empty = pooled.size == 0
+    return {"models": len(errors), "cities": int(pooled.size),
+            "mean": None if empty else float(pooled.mean()), "median": None if empty else float(np.median(pooled))}
+
+
+def atlantis_groups(baseline_errors: Sequence[np.ndarray], atlantis_errors: Sequence[np.ndarray],
+                    includes_distance: Sequence[bool], control_atlantis_errors: np.ndarray | None = None) -> dict:
+    """The three pooled groups of §11 and a two-sided Mann–Whitney U between the two Atlantis groups.
+
+    One entry per ftwb2 model in each sequence; `includes_distance[i]` says whether model i's pair contains
+    distance. `control_atlantis_errors` (pt7-atl) adds its mean Atlantis error, the figure's marker line.
+    """
+    from scipy.stats import mannwhitneyu
+
+    if not len(baseline_errors) == len(atlantis_errors) == len(includes_distance):
+        raise ValueError("baseline_errors, atlantis_errors and includes_distance need one entry per model")
+    without = [e for e, d in zip(atlantis_errors, includes_distance) if not d]
+    with_ = [e for e, d in zip(atlantis_errors, includes_distance) if d]
+    result = {"baseline": error_summary(baseline_errors), "atlantis_without_distance": error_summary(without),
+              "atlantis_with_distance": error_summary(with_), "mann_whitney": None}
+    if without and with_:
+        test = mannwhitneyu(np.concatenate(without), np.concatenate(with_), alternative="two-sided")
+        result["mann_whitney"] = {"x": "atlantis_without_distance", "y": "atlantis_with_distance",
+                                  "alternative": "two-sided", "u": float(test.statistic), "p_value": float(test.pvalue)}
+    if control_atlantis_errors is not None:
+        result["control_atlantis_mean"] = float(np.mean(control_atlantis_errors))
+    return result
