@@ -9,7 +9,7 @@ rule cka_family:
     input:
         representations=lambda w: [f"results/representations/{run}/final.npz" for run in family_runs(w.family)],
         cities="results/world/cities.csv",
-        code=["worldrep/cka.py", "worldrep/representations.py"],
+        code=["worldrep/cka.py", *REPRESENTATION_CODE],
     output:
         pairs="results/cka/{family}/pairs.csv",
         matrix="results/cka/{family}/matrix.csv",
@@ -18,6 +18,7 @@ rule cka_family:
     params:
         runs=lambda w: family_runs(w.family),
         variants=lambda w: CKA_FAMILIES[w.family],
+        seeds=lambda w: {m: [r.seed for r in PRETRAINING_RUNS if r.mixture == m] for m in CKA_FAMILIES[w.family]},
     log:
         "results/logs/cka/{family}.log",
     benchmark:
@@ -33,7 +34,7 @@ rule cka_task_count:
     tasks per model: every value, the pooled mean ± SEM and the same-seed means per seed."""
     input:
         pairs=expand("results/cka/{family}/pairs.csv", family=CKA_FAMILIES),
-        code=["worldrep/cka.py"],
+        code=["worldrep/cka.py", "worldrep/artifacts.py"],
     output:
         values="results/cka/task_count.csv",
         summary="results/cka/task_count_summary.csv",
@@ -53,7 +54,7 @@ rule cka_vs_generalization:
     input:
         cka="results/cka/pt1/matrix.csv",
         ftwb1="results/generalization/ftwb1_matrix.csv",
-        code=["worldrep/cka.py"],
+        code=["worldrep/artifacts.py"],
     output:
         points="results/cka/cka_vs_generalization.csv",
         fit="results/cka/cka_vs_generalization_fit.csv",

@@ -9,9 +9,11 @@ rule probes:
         if f"{w.mixture}_s{w.seed}" in CURVE_RUNS
         else [],
         cities="results/world/cities.csv",
-        code=["worldrep/probes.py", "worldrep/representations.py"],
+        code=PROBE_CODE,
     output:
         "results/probes/{mixture}_s{seed}.csv",
+    params:
+        seed=config["probes"]["seed"],
     log:
         "results/logs/probes/{mixture}_s{seed}.log",
     conda:
@@ -37,14 +39,14 @@ rule probe_table:
 
 
 rule atlantis_reconstruction:
-    """Layer-5 probes trained on 4,000 real cities of each two-task fine-tuned model (and the with-Atlantis
-    control): per-city errors on 100 held-out real cities and on every Atlantis city, pooled by whether the
+    """Layer-5 probes trained on 4,000 real cities (`probes.atlantis_train`) of each two-task fine-tuned model
+    (and the with-Atlantis control): per-city errors on 100 held-out real cities and on every Atlantis city, pooled by whether the
     pair contains distance, with a Mann–Whitney U test (§11)."""
     input:
         representations=[f"results/representations/{name}/final.npz" for name in ATLANTIS_RUNS],
         controls=[f"results/representations/{name}/final.npz" for name in CONTROL_RUNS],
         cities="results/world/cities.csv",
-        code=["worldrep/probes.py", "worldrep/representations.py"],
+        code=PROBE_CODE,
     output:
         errors="results/probes/atlantis_errors.csv.gz",
         summary="results/probes/atlantis_summary.csv",
@@ -52,6 +54,9 @@ rule atlantis_reconstruction:
         runs=ATLANTIS_RUNS,
         includes_distance=[("distance" in FINETUNING_MIXTURES[RUN_BY_NAME[n].mixture]) for n in ATLANTIS_RUNS],
         controls=CONTROL_RUNS,
+        seed=config["probes"]["seed"],
+        n_train=config["probes"]["atlantis_train"],
+        n_baseline=config["probes"]["atlantis_baseline"],
     log:
         "results/logs/probes/atlantis_reconstruction.log",
     conda:

@@ -7,7 +7,7 @@ rule representations:
     input:
         model="results/models/{mixture}_s{seed}/final",
         cities="results/world/cities.csv",
-        code=["worldrep/representations.py", "worldrep/tokenizer.py", "worldrep/evaluation.py"],
+        code=REPRESENTATION_CODE,
     output:
         "results/representations/{mixture}_s{seed}/final.npz",
     params:
@@ -28,7 +28,7 @@ use rule representations as checkpoint_representations with:
     input:
         checkpoints="results/models/{mixture}_s{seed}/checkpoints",
         cities="results/world/cities.csv",
-        code=["worldrep/representations.py", "worldrep/tokenizer.py", "worldrep/evaluation.py"],
+        code=REPRESENTATION_CODE,
     output:
         directory("results/representations/{mixture}_s{seed}/checkpoints"),
     log:

@@ -18,22 +18,28 @@ p = snakemake.params
 errors, baselines, atlantis = [], [], []
 
 
-def reconstruct(run, path, group):
+split = {"seed": p.seed, "n_train": p.n_train, "n_baseline": p.n_baseline}
+
+
+def reconstruct(run, path, baseline_group, atlantis_group):
     ids, reps = load_representations(path)
     is_atlantis = cities.loc[ids, "is_atlantis"].to_numpy(bool)
     xy = cities.loc[ids, ["x", "y"]].to_numpy(np.float64)
-    base, atl = atlantis_reconstruction(reps[DEFAULT_LAYER], xy, is_atlantis)
-    _, baseline_rows, atlantis_rows = atlantis_split(is_atlantis)
-    for kind, rows, values in (("baseline", baseline_rows, base), (group, atlantis_rows, atl)):
-        errors.append(pd.DataFrame({"run": run, "group": kind, "city_id": ids[rows], "error": values}))
+    base, atl = atlantis_reconstruction(reps[DEFAULT_LAYER], xy, is_atlantis, **split)
+    _, baseline_rows, atlantis_rows = atlantis_split(is_atlantis, **split)
+    for group, rows, values in ((baseline_group, baseline_rows, base), (atlantis_group, atlantis_rows, atl)):
+        errors.append(pd.DataFrame({"run": run, "group": group, "city_id": ids[rows], "error": values}))
     return base, atl
 
 
 for run, path, with_distance in zip(p.runs, snakemake.input.representations, p.includes_distance):
-    base, atl = reconstruct(run, path, "atlantis_with_distance" if with_distance else "atlantis_without_distance")
+    group = "atlantis_with_distance" if with_distance else "atlantis_without_distance"
+    base, atl = reconstruct(run, path, "baseline", group)
     baselines.append(base)
     atlantis.append(atl)
-control = [reconstruct(run, path, "atlantis_control")[1] for run, path in zip(p.controls, snakemake.input.controls)]
+# The control's own held-out real cities are not part of the §11 baseline group (two-task models only).
+control = [reconstruct(run, path, "control_baseline", "atlantis_control")[1]
+           for run, path in zip(p.controls, snakemake.input.controls)]
 result = atlantis_groups(baselines, atlantis, p.includes_distance,
                          np.concatenate(control) if control else None)
 rows = [{"group": name, **result[name]} for name in ("baseline", "atlantis_without_distance", "atlantis_with_distance")]

@@ -12,11 +12,16 @@ from worldrep.representations import LAYERS, load_representations
 from worldrep.world import read_cities
 
 sys.stderr = sys.stdout = log = open(snakemake.log[0], "w")
-runs, variants = snakemake.params.runs, snakemake.params.variants
-n_seeds = len(runs) // len(variants)
-if n_seeds * len(variants) != len(runs):
-    raise ValueError(f"family {snakemake.wildcards.family}: variants have unequal seed counts ({runs}); "
-                     "the seed-averaged matrix pairs seeds by position")
+runs, variants, seeds = snakemake.params.runs, snakemake.params.variants, snakemake.params.seeds
+counts = {variant: len(seeds[variant]) for variant in variants}
+if len(set(counts.values())) != 1:
+    raise ValueError(f"family {snakemake.wildcards.family}: variants have unequal seed counts {counts}; the "
+                     "seed-averaged matrix pairs seeds by position (a replaced seed takes the place of the old one)")
+n_seeds = counts[variants[0]]
+# Each run's variant, seed and seed position, in the order of `runs` (variant-major, seeds in config order).
+variant_of = np.repeat(variants, n_seeds)
+seed_of = np.array([seed for variant in variants for seed in seeds[variant]])
+position_of = np.tile(np.arange(n_seeds), len(variants))
 cities = read_cities(snakemake.input.cities)
 atlantis = set(cities.loc[cities.is_atlantis, "city_id"])
 
@@ -35,8 +40,11 @@ pairs, cells = [], []
 for layer in LAYERS:
     for estimator, values in cka_matrices([f[layer] for f in features]).items():
         a, b = np.triu_indices(len(runs), k=1)
-        pairs.append(pd.DataFrame({"layer": layer, "estimator": estimator, "run_a": np.array(runs)[a],
-                                   "run_b": np.array(runs)[b], "cka": values[a, b]}))
+        pairs.append(pd.DataFrame({
+            "layer": layer, "estimator": estimator, "run_a": np.array(runs)[a], "run_b": np.array(runs)[b],
+            "variant_a": variant_of[a], "variant_b": variant_of[b], "seed_a": seed_of[a], "seed_b": seed_of[b],
+            "position_a": position_of[a], "position_b": position_of[b], "cka": values[a, b],
+        }))
         mean, sem, n = family_matrix(values, variants, list(range(n_seeds)))
         rows, columns = np.indices(mean.shape)
         cells.append(pd.DataFrame({"layer": layer, "estimator": estimator, "row": np.array(variants)[rows.ravel()],

@@ -22,6 +22,13 @@ points = cka.merge(ni, on=["finetuned_task", "evaluated_task"])
 points = points[(points.finetuned_task != points.evaluated_task) & (points.finetuned_task != EXCLUDED)
                 & (points.evaluated_task != EXCLUDED)]
 points = points[["estimator", "finetuned_task", "evaluated_task", "mean", "ni"]].rename(columns={"mean": "cka"})
+# Every non-crossing task with both a single-task and an FTWB1 model must give all its ordered pairs (30 in
+# the paper grid): a silently shorter join would bias r.
+tasks = (set(cka.finetuned_task) & set(ni.finetuned_task) & set(ni.evaluated_task)) - {EXCLUDED}
+expected = len(tasks) * (len(tasks) - 1)
+for estimator, group in points.groupby("estimator"):
+    if len(group) != expected:
+        raise ValueError(f"{estimator} CKA vs generalization: {len(group)} points, expected {expected} for {sorted(tasks)}")
 
 fits = []
 for estimator, group in points.groupby("estimator"):

@@ -22,7 +22,7 @@ rows, split = [], None
 for step, path in sources:
     ids, reps = load_representations(path)
     xy = cities.loc[ids, ["x", "y"]].to_numpy(np.float64)
-    split = split or probe_split(len(ids))  # the same split for every model and checkpoint (§11)
+    split = split or probe_split(len(ids), snakemake.params.seed)  # one split for every model and checkpoint
     for layer, features in reps.items():
         rows.append({"step": step, "layer": layer, **standard_probe(features, xy, split)})
 table = pd.DataFrame(rows)

@@ -123,6 +123,9 @@ BAD = {  # id: (mutation, key path named in the message, problem text on the sam
                                  "'pt7_s1' is not a planned pretraining run"),
     "zero-slots-per-device": (setp("gpu.slots_per_device", 0), "gpu.slots_per_device", "less than the minimum of 1"),
     "missing-gpu-section": (delp("gpu"), "<top level>", "'gpu' is a required property"),
+    "negative-probe-seed": (setp("probes.seed", -3), "probes.seed", "less than the minimum of 0"),
+    "zero-atlantis-baseline": (setp("probes.atlantis_baseline", 0), "probes.atlantis_baseline",
+                               "less than the minimum of 1"),
 }
 
 

@@ -279,6 +279,17 @@ def test_training_setting_change_replans_the_runs_it_shapes(workflow, smoke_conf
     assert planned_jobs(workflow, "config/edited.yaml") == expected
 
 
+def test_probe_seed_change_replans_the_probes_only(workflow, smoke_config):
+    """The probe seed shapes every probe table and the Atlantis reconstruction, nothing upstream (§11)."""
+    edited = yaml.safe_load(yaml.safe_dump(smoke_config))
+    edited["probes"]["seed"] += 1
+    (workflow / "config/edited.yaml").write_text(yaml.safe_dump(edited))
+    mix = smoke_config["mixtures"]
+    runs = [*mix["pretraining"], *mix["with_atlantis"], *mix["finetuning"]["mixes"]]
+    expected = {f"probes[mixture={m},seed=42]" for m in runs} | {"probe_table", "atlantis_reconstruction", "all"}
+    assert planned_jobs(workflow, "config/edited.yaml") == expected
+
+
 def test_gpu_lease_settings_replan_nothing(workflow, smoke_config):
     """Where a job runs is not what it computes: packing and the lock folder never replan."""
     edited = yaml.safe_load(yaml.safe_dump(smoke_config))
