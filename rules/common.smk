@@ -148,6 +148,7 @@ def family_runs(family):
     """A family's runs, variant-major then seed in config order: the layout `cka.family_matrix` expects."""
     return [r.name for m in CKA_FAMILIES[family] for r in PRETRAINING_RUNS if r.mixture == m]
 
+
 # A partial prompt also spells its task's function name and delimiter (the task module). Not listed: the
 # prompt task is always one the model trained on, so an edit of its module already rebuilds the datasets,
 # retrains the model and so reruns this; listing it would re-extract every model after any task edit.

@@ -4,8 +4,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from worldrep.lease import job_lease
 
 sys.stderr = sys.stdout = log = open(snakemake.log[0], "w")
@@ -16,10 +14,10 @@ lease = job_lease(snakemake.config["gpu"], log=lambda line: print(line, file=log
 import torch  # noqa: E402
 
 from worldrep.datasets import load_split  # noqa: E402
-from worldrep.model import ModelSettings, build_model  # noqa: E402
-from worldrep.provenance import provenance  # noqa: E402
 from worldrep.evaluation import resolve_device_precision  # noqa: E402
 from worldrep.grid import seeds_entry  # noqa: E402
+from worldrep.model import ModelSettings, build_model  # noqa: E402
+from worldrep.provenance import provenance  # noqa: E402
 from worldrep.training import Recipe, Validation, file_digest, fingerprint, publish, save_hf_model, train  # noqa: E402
 
 torch.set_num_threads(snakemake.threads)
@@ -29,8 +27,7 @@ recipe = Recipe(**{**p["recipe"], "betas": tuple(p["recipe"]["betas"]),
                    "precision": resolve_device_precision(device, p["precision"])})
 seed = p["seed"]
 mixture_dir = Path(snakemake.input.metadata).parent
-final = Path(snakemake.output.final)
-run_dir = final.parent
+run_dir = Path(snakemake.output.final).parent
 work = run_dir / "in_progress"
 tokenizer_dir = Path(snakemake.input.tokenizer[0]).parent
 base = snakemake.input.get("base")

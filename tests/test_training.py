@@ -3,8 +3,6 @@ checkpoints that load with the Auto classes, atomic publication, and kill-and-re
 from __future__ import annotations
 
 import json
-import math
-import os
 import signal
 import subprocess
 import sys
