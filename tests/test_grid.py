@@ -89,3 +89,19 @@ def test_smoke_grid_has_every_kind_of_run():
     runs = training_runs(SMOKE)
     assert {family(r.mixture) for r in runs} == {"pt1", "pt2", "pt3", "pt7", "pt7-atl", "ftwb1", "ftwb2"}
     assert all(r.seed == 42 for r in runs)
+
+
+def test_quick_grid_has_what_each_claim_needs():
+    """config/quick.yaml (issue 7): every single-task and two-task run, pt7, every FTWB1 teacher, and FTWB2
+    pairs with and without distance, one seed each."""
+    quick = yaml.safe_load((ROOT / "config/quick.yaml").read_text())
+    runs = training_runs(quick)
+    names = {r.mixture for r in runs}
+    assert {f"pt1-{k}" for k in range(1, 8)} | {f"pt2-{k}" for k in range(1, 8)} | {"pt7"} <= names
+    assert {f"ftwb1-{k}" for k in range(1, 8)} <= names
+    pairs = {m: quick["mixtures"]["finetuning"]["mixes"][m] for m in names if m.startswith("ftwb2-")}
+    with_distance = [m for m, tasks in pairs.items() if "distance" in tasks]
+    assert len(with_distance) >= 3 and len(pairs) - len(with_distance) >= 3
+    assert {r.seed for r in runs} == {42} and len(runs) == 30
+    steps = recipe_settings(quick, "pt1-1")["epochs"] * -(-quick["datasets"]["pretraining"]["n_train"] // 128)
+    assert steps < 328_146 / 10  # a tenth of a paper run at most

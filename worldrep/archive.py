@@ -1,0 +1,533 @@
+"""One archive of a run: results, the config, code revision, environment and a SHA-256 manifest (issue 5).
+
+    python -m worldrep.archive create --name NAME [--results results] [--config config/config.yaml]
+                                      [--with-models] [--all] [--out results/archive]
+    python -m worldrep.archive verify ARCHIVE [--no-rederive] [--cores N]
+
+`create` writes `{out}/{name}.tar.gz`, one top folder `{name}/` holding
+  results/...          every results file except work folders (`in_progress/`), `*.partial`, `.snakemake`,
+                       the archive folder, models (unless --with-models) and the big arrays (unless --all:
+                       dataset and mixture splits, representations);
+  provenance/          config.yaml, code_revision.txt (+ code_diff.patch when tracked files differ from HEAD),
+                       pip_freeze.txt, hardware.json, snakemake.json (version, the metadata record of every
+                       existing output, the latest log), archive.json (the options), derived.sha256;
+  MANIFEST.sha256      `sha256  path` of every other member, sorted, `sha256sum -c` format; last member.
+The tar is deterministic (sorted members, mtime 0, owner 0/"", mode 0644, gzip mtime 0, no directory
+members): the same inputs give the same bytes.
+
+`derived.sha256` hashes the cheap deterministic outputs (world, datasets; `sha256sum` format, paths relative
+to the workflow root) even when the big ones are not archived. JSON files are left out of it: their
+`provenance` field holds the code revision and versions, which legitimately differ; `verify` compares the
+regenerated JSON with the archived copy instead, minus that field.
+
+`verify` checks every member against the manifest, then (unless --no-rederive) reruns the world and dataset
+rules of this workflow checkout in a temporary copy under the archived config and compares the hashes.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import gzip
+import hashlib
+import importlib.metadata
+import io
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import yaml
+
+from .config import validate_config
+
+WORKFLOW_ROOT = Path(__file__).resolve().parents[1]
+WORKFLOW_PARTS = ["Snakefile", "rules", "scripts", "config", "worldrep", "profiles", "envs"]
+MANIFEST = "MANIFEST.sha256"
+DERIVED = "provenance/derived.sha256"
+CONFIG = "provenance/config.yaml"
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+MANIFEST_LINE = re.compile(r"^([0-9a-f]{64})  (.+)$")
+# Results that are re-derived, not only stored: the world and every dataset (both cheap and deterministic).
+DERIVED_STAGES = ("world", "datasets")
+
+
+class ArchiveError(RuntimeError):
+    pass
+
+
+# ---- what goes in ----------------------------------------------------------------------------------------
+def is_big_array(rel: PurePosixPath) -> bool:
+    """Files that reach GBs at paper scale: dataset and mixture splits, representations (rel to results/)."""
+    stage = rel.parts[0]
+    return (stage == "datasets" and rel.suffix in (".npz", ".txt")) or (stage == "mixtures" and rel.suffix == ".npz") \
+        or stage == "representations"
+
+
+def is_archived(rel: PurePosixPath, with_models: bool = False, include_all: bool = False) -> bool:
+    """Whether a file under results/ (path relative to it) goes into the archive."""
+    if is_scratch(rel) or rel.parts[0] == "archive":
+        return False
+    if rel.parts[0] == "models" and not with_models:
+        return False
+    return include_all or not is_big_array(rel)
+
+
+def is_scratch(rel: PurePosixPath) -> bool:
+    """Never archived nor hashed: resume work folders, half-written files, Snakemake's own state."""
+    return "in_progress" in rel.parts or ".snakemake" in rel.parts or rel.name.endswith(".partial")
+
+
+def walk_files(root: Path, skip: set[Path] = frozenset()) -> list[Path]:
+    """Every file under root, sorted, not descending into `skip` folders or scratch ones."""
+    files = []
+    for folder, dirs, names in os.walk(root):
+        folder = Path(folder)
+        dirs[:] = sorted(d for d in dirs
+                         if d not in ("in_progress", ".snakemake") and (folder / d).resolve() not in skip)
+        files += [folder / n for n in sorted(names) if (folder / n).is_file()]
+    return files
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checksum_lines(hashes: dict[str, str]) -> bytes:
+    return "".join(f"{h}  {p}\n" for p, h in sorted(hashes.items())).encode()
+
+
+def parse_checksums(text: str, what: str) -> tuple[dict[str, str], list[str]]:
+    hashes, problems = {}, []
+    for number, line in enumerate(text.splitlines(), 1):
+        match = MANIFEST_LINE.match(line)
+        if not match:
+            problems.append(f"{what} line {number} is malformed: {line!r}")
+        elif match.group(2) in hashes:
+            problems.append(f"{what} lists {match.group(2)} twice")
+        else:
+            hashes[match.group(2)] = match.group(1)
+    return hashes, problems
+
+
+def derived_hashes(results: Path) -> dict[str, str]:
+    """sha256 of every non-JSON world and dataset file, keyed by its path from the workflow root."""
+    hashes = {}
+    for stage in DERIVED_STAGES:
+        for path in walk_files(results / stage):
+            rel = PurePosixPath(path.relative_to(results).as_posix())
+            if not is_scratch(rel) and rel.suffix != ".json":
+                hashes[f"results/{rel}"] = sha256_file(path)
+    return hashes
+
+
+def config_mismatches(config: dict, results: Path) -> list[str]:
+    """Settings recorded in the world/dataset metadata that disagree with the config: an archive of results
+    made under another config would fail re-derivation only after minutes of work."""
+    problems = []
+    world = results / "world" / "world.json"
+    if world.exists():
+        meta = json.loads(world.read_text())
+        if meta.get("seeds") != {"atlantis_seed": config["world"]["atlantis"]["seed"],
+                                 "city_id_seed": config["world"]["city_id_seed"]} \
+                or meta.get("min_population") != config["world"]["min_population"]:
+            problems.append(f"{world}: seeds or min_population differ from the config")
+    for path in sorted((results / "datasets").glob("*/*/metadata.json")):
+        params = json.loads(path.read_text()).get("params", {})
+        expected = {"sizes": config["datasets"].get(path.parent.parent.name), "seed": config["datasets"]["seed"]}
+        found = {k: params.get(k) for k in expected}
+        if found != expected:
+            problems.append(f"{path}: made with {found}, the config says {expected}")
+    return problems
+
+
+# ---- provenance ------------------------------------------------------------------------------------------
+def run_text(args: list[str], cwd: Path | None = None) -> str | None:
+    """stdout of a command, or None when it is missing or fails."""
+    try:
+        proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def code_revision(root: Path = WORKFLOW_ROOT) -> tuple[str, str | None]:
+    """(`revision` line + `git status --porcelain`, the diff of tracked files against HEAD or None)."""
+    revision = run_text(["git", "rev-parse", "HEAD"], cwd=root)
+    status = run_text(["git", "status", "--porcelain"], cwd=root)
+    if revision is None or status is None:
+        return "unknown\n", None
+    text = f"{revision.strip()}\n# git status --porcelain ({'dirty' if status.strip() else 'clean'}):\n{status}"
+    diff = run_text(["git", "diff", "HEAD", "--binary"], cwd=root)
+    return text, diff or None
+
+
+def pip_freeze() -> str:
+    text = run_text([sys.executable, "-m", "pip", "freeze"])
+    if text is not None:
+        return text
+    dists = sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions())
+    return "# pip unavailable: installed distributions from importlib.metadata\n" + "\n".join(dists) + "\n"
+
+
+def cpu_model() -> str | None:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
+
+
+def memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def torch_info() -> dict | None:
+    try:
+        import torch  # lazily: seconds to import, and absent from lean installs
+    except ImportError:
+        return None
+    cuda = torch.cuda.is_available()
+    devices = [{"name": torch.cuda.get_device_name(i), "capability": list(torch.cuda.get_device_capability(i)),
+                "memory_bytes": torch.cuda.get_device_properties(i).total_memory}
+               for i in range(torch.cuda.device_count())] if cuda else []
+    return {"version": torch.__version__, "cuda_available": cuda, "cuda_version": torch.version.cuda,
+            "cudnn_version": torch.backends.cudnn.version() if cuda else None, "devices": devices}
+
+
+def hardware_info() -> dict:
+    """Stable facts only (no hostname, load or temperatures), so that two creates give the same bytes."""
+    query = run_text(["nvidia-smi", "--query-gpu=index,name,driver_version,memory.total,compute_cap",
+                      "--format=csv,noheader"])
+    return {
+        "platform": platform.platform(), "machine": platform.machine(), "python": sys.version,
+        "cpu_count": os.cpu_count(), "cpu_model": cpu_model(), "memory_bytes": memory_bytes(),
+        "nvidia_smi": None if query is None else {"gpus": query.strip().splitlines(),
+                                                  "version": (run_text(["nvidia-smi", "--version"]) or "").strip()},
+        "torch": torch_info(),
+    }
+
+
+def snakemake_records(workdir: Path) -> dict[str, dict]:
+    """Snakemake's metadata record (rule, input checksums, params, code, times) of every output that still
+    exists. A record's file name is the urlsafe base64 of the output path, split into '@'-prefixed folders
+    when longer than a file name may be."""
+    records = {}
+    root = workdir / ".snakemake" / "metadata"
+    for path in sorted(root.rglob("*")) if root.is_dir() else []:
+        if path.is_dir():
+            continue
+        encoded = "".join(part.lstrip("@") for part in path.relative_to(root).parts)
+        try:
+            output = base64.urlsafe_b64decode(encoded).decode()
+            record = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if (workdir / output).exists():
+            records[output] = record
+    return records
+
+
+def snakemake_info(workdir: Path) -> dict:
+    logs = sorted((workdir / ".snakemake" / "log").glob("*.snakemake.log"))
+    try:
+        version = importlib.metadata.version("snakemake")
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    return {"version": version, "records": snakemake_records(workdir),
+            "latest_log": {"name": logs[-1].name, "content": logs[-1].read_text(errors="replace")} if logs else None}
+
+
+def to_json(obj) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+
+
+def collect_provenance(config_path: Path, results: Path) -> dict[str, bytes]:
+    """The provenance/ members, except archive.json and derived.sha256 (which `create` adds)."""
+    revision, diff = code_revision()
+    members = {
+        CONFIG: config_path.read_bytes(),
+        "provenance/code_revision.txt": revision.encode(),
+        "provenance/pip_freeze.txt": pip_freeze().encode(),
+        "provenance/hardware.json": to_json(hardware_info()),
+        "provenance/snakemake.json": to_json(snakemake_info(results.resolve().parent)),
+    }
+    if diff:
+        members["provenance/code_diff.patch"] = diff.encode()
+    return members
+
+
+# ---- the deterministic tar -------------------------------------------------------------------------------
+class HashingReader:
+    """A file wrapper that hashes what tarfile reads through it: one pass per file."""
+
+    def __init__(self, handle):
+        self.handle, self.digest = handle, hashlib.sha256()
+
+    def read(self, size=-1):
+        data = self.handle.read(size)
+        self.digest.update(data)
+        return data
+
+
+def tar_info(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.type = size, 0, 0o644, tarfile.REGTYPE
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def write_archive(path: Path, top: str, members: dict[str, bytes | Path]) -> dict[str, str]:
+    """Write members (archive path -> bytes or file) sorted, then MANIFEST.sha256, through a `.partial`
+    sibling. Returns the manifest's hashes."""
+    if any("\n" in name or "\\" in name for name in members):
+        raise ArchiveError("file names with newlines or backslashes cannot be listed in a sha256sum manifest")
+    hashes = {}
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in sorted(members):
+            source = members[name]
+            if isinstance(source, bytes):
+                tar.addfile(tar_info(f"{top}/{name}", len(source)), io.BytesIO(source))
+                hashes[name] = hashlib.sha256(source).hexdigest()
+                continue
+            with open(source, "rb") as handle:
+                reader = HashingReader(handle)
+                tar.addfile(tar_info(f"{top}/{name}", os.fstat(handle.fileno()).st_size), reader)
+                hashes[name] = reader.digest.hexdigest()
+        manifest = checksum_lines(hashes)
+        tar.addfile(tar_info(f"{top}/{MANIFEST}", len(manifest)), io.BytesIO(manifest))
+    os.replace(tmp, path)
+    return hashes
+
+
+def create_archive(name: str, results: Path, config_path: Path, out: Path, with_models: bool = False,
+                   include_all: bool = False, provenance: dict[str, bytes] | None = None, log=print) -> Path:
+    """Write `{out}/{name}.tar.gz`; `provenance` replaces the collected provenance files (tests)."""
+    if not NAME.match(name):
+        raise ArchiveError(f"archive name {name!r}: use letters, digits, '.', '_' and '-' only")
+    if not results.is_dir():
+        raise ArchiveError(f"results folder {results} does not exist")
+    config = validate_config(yaml.safe_load(config_path.read_text()))
+    if mismatches := config_mismatches(config, results):
+        raise ArchiveError(f"the results were not made with {config_path}:\n  " + "\n  ".join(mismatches))
+    members: dict[str, bytes | Path] = {}
+    for path in walk_files(results, skip={out.resolve(), (results / "archive").resolve()}):
+        rel = PurePosixPath(path.relative_to(results).as_posix())
+        if is_archived(rel, with_models, include_all):
+            members[f"results/{rel}"] = path
+    members.update(provenance if provenance is not None else collect_provenance(config_path, results))
+    members["provenance/archive.json"] = to_json({"name": name, "with_models": with_models, "all": include_all})
+    members[DERIVED] = checksum_lines(derived_hashes(results))
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.tar.gz"
+    hashes = write_archive(path, name, members)
+    stored = sum(p.startswith("results/") for p in hashes)
+    log(f"wrote {path}: {stored} results files + {len(hashes) - stored} provenance files + {MANIFEST}, "
+        f"{path.stat().st_size} bytes")
+    return path
+
+
+# ---- verify ----------------------------------------------------------------------------------------------
+@dataclass
+class Contents:
+    top: str
+    hashes: dict[str, str]      # every regular member (path below the top folder) -> sha256
+    small: dict[str, bytes]     # the manifest, provenance files and JSON results, for the checks that read them
+    problems: list[str]
+
+
+def read_archive(path: Path) -> Contents:
+    hashes, small, problems, tops = {}, {}, [], set()
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for member in tar:
+                top, _, rel = member.name.partition("/")
+                tops.add(top)
+                if member.isdir():
+                    continue
+                if not member.isfile() or not rel:
+                    problems.append(f"{member.name}: not a regular file below the archive's top folder")
+                    continue
+                if rel in hashes:
+                    problems.append(f"{rel}: appears twice in the archive")
+                handle = tar.extractfile(member)
+                keep = rel == MANIFEST or rel.startswith("provenance/") or rel.endswith(".json")
+                data, digest = [], hashlib.sha256()
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+                    if keep:
+                        data.append(chunk)
+                hashes[rel] = digest.hexdigest()
+                if keep:
+                    small[rel] = b"".join(data)
+    except (tarfile.TarError, OSError, EOFError) as error:
+        return Contents("", {}, {}, [f"{path}: not a readable .tar.gz ({error})"])
+    if len(tops) != 1:
+        problems.append(f"the archive must hold one top folder, found {sorted(tops)}")
+    return Contents(next(iter(tops), ""), hashes, small, problems)
+
+
+def manifest_problems(contents: Contents) -> list[str]:
+    """Every member against MANIFEST.sha256: changed, missing and unlisted files, each by name."""
+    if MANIFEST not in contents.small:
+        return [f"{MANIFEST} is missing from the archive"]
+    listed, problems = parse_checksums(contents.small[MANIFEST].decode(errors="replace"), MANIFEST)
+    members = {p: h for p, h in contents.hashes.items() if p != MANIFEST}
+    changed = sorted(p for p in listed if p in members and members[p] != listed[p])
+    problems += [f"{p}: sha256 differs from the manifest" for p in changed]
+    problems += [f"{p}: listed in the manifest but missing from the archive"
+                 for p in sorted(set(listed) - set(members))]
+    problems += [f"{p}: in the archive but not in the manifest" for p in sorted(set(members) - set(listed))]
+    return problems
+
+
+def without_provenance(data: bytes) -> dict:
+    obj = json.loads(data)
+    return {k: v for k, v in obj.items() if k != "provenance"} if isinstance(obj, dict) else obj
+
+
+def copy_workflow(dest: Path) -> None:
+    for part in WORKFLOW_PARTS:
+        src = WORKFLOW_ROOT / part
+        if src.is_dir():
+            shutil.copytree(src, dest / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dest / part)
+
+
+def rederive_targets(derived: dict[str, str], archived: set[str]) -> list[str]:
+    """The world and the metadata.json of every dataset folder that the archive hashed or holds."""
+    folders = {str(PurePosixPath(p).parent) for p in [*derived, *archived] if p.startswith("results/datasets/")}
+    targets = [f"{f}/metadata.json" for f in sorted(folders) if len(PurePosixPath(f).parts) == 4]
+    return (["results/world/cities.csv"] if any(p.startswith("results/world/") for p in derived) else []) + targets
+
+
+def compare_derived(workdir: Path, derived: dict[str, str], small: dict[str, bytes]) -> tuple[list[str], int]:
+    """Regenerated files against derived.sha256, regenerated JSON against the archived copy."""
+    problems, checked = [], 0
+    for rel, expected in sorted(derived.items()):
+        path = workdir / rel
+        if not path.is_file():
+            problems.append(f"{rel}: not regenerated")
+        elif sha256_file(path) != expected:
+            problems.append(f"{rel}: regenerated sha256 differs from the archived hash")
+        checked += 1
+    derived_json = (p for p in small if p.endswith(".json") and p.startswith(("results/world/", "results/datasets/")))
+    for rel in sorted(derived_json):
+        path = workdir / rel
+        if not path.is_file():
+            problems.append(f"{rel}: not regenerated")
+            continue
+        old, new = without_provenance(small[rel]), without_provenance(path.read_bytes())
+        if old != new:
+            keys = sorted(k for k in {*old, *new} if old.get(k) != new.get(k)) if isinstance(old, dict) else []
+            problems.append(f"{rel}: regenerated content differs (keys {keys}; `provenance` not compared)")
+        checked += 1
+    return problems, checked
+
+
+def rederive_problems(contents: Contents, cores: int) -> tuple[list[str], int]:
+    """Run the world and dataset rules of this checkout under the archived config; compare."""
+    if CONFIG not in contents.small or DERIVED not in contents.small:
+        return [f"{CONFIG} or {DERIVED} is missing: nothing to re-derive from"], 0
+    derived, problems = parse_checksums(contents.small[DERIVED].decode(errors="replace"), DERIVED)
+    targets = rederive_targets(derived, set(contents.hashes))
+    if problems or not targets:
+        return problems, 0
+    with tempfile.TemporaryDirectory(prefix="worldrep-verify-") as tmp:
+        workdir = Path(tmp)
+        copy_workflow(workdir)
+        (workdir / "archived_config.yaml").write_bytes(contents.small[CONFIG])
+        # Targets first: --configfile takes every following word as another config file.
+        proc = subprocess.run([sys.executable, "-m", "snakemake", *targets, "--cores", str(cores),
+                               "--configfile", "archived_config.yaml"], cwd=workdir, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
+            return [f"re-derivation failed: snakemake exited {proc.returncode}:\n{tail}"], 0
+        return compare_derived(workdir, derived, contents.small)
+
+
+def revision_note(contents: Contents) -> str | None:
+    archived = contents.small.get("provenance/code_revision.txt", b"").decode(errors="replace").split("\n", 1)[0]
+    current = code_revision()[0].split("\n", 1)[0]
+    if archived != current:
+        return f"note: the archive was made at code revision {archived}; re-derivation ran this checkout's {current}"
+    return None
+
+
+def verify_archive(path: Path, rederive: bool = True, cores: int = 1, log=print) -> list[str]:
+    """Every problem found (empty: the archive checks out). Re-derivation runs only on an intact archive."""
+    contents = read_archive(path)
+    problems = contents.problems + (manifest_problems(contents) if contents.hashes else [])
+    if problems:
+        return problems
+    log(f"manifest: all {len(contents.hashes) - 1} files match ({contents.top}/{MANIFEST})")
+    if not rederive:
+        return []
+    if note := revision_note(contents):
+        log(note)
+    problems, checked = rederive_problems(contents, cores)
+    if not problems:
+        log(f"re-derivation: {checked} world and dataset files match" if checked
+            else "re-derivation: no world or dataset files to re-derive")
+    return problems
+
+
+# ---- command line ----------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m worldrep.archive", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    create = commands.add_parser("create", help="write {out}/{name}.tar.gz")
+    create.add_argument("--name", required=True)
+    create.add_argument("--results", type=Path, default=Path("results"))
+    create.add_argument("--config", type=Path, default=Path("config/config.yaml"),
+                        help="the config file the results were made with (default: %(default)s)")
+    create.add_argument("--with-models", action="store_true", help="include results/models (checkpoints)")
+    create.add_argument("--all", action="store_true", dest="include_all",
+                        help="include the big arrays too (dataset and mixture splits, representations)")
+    create.add_argument("--out", type=Path, help="default: {results}/archive")
+    verify = commands.add_parser("verify", help="check an archive against its manifest and re-derive")
+    verify.add_argument("archive", type=Path)
+    verify.add_argument("--rederive", action=argparse.BooleanOptionalAction, default=True,
+                        help="rerun the world and dataset rules under the archived config (default: on)")
+    verify.add_argument("--cores", type=int, default=os.cpu_count() or 1)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.command == "create":
+        try:
+            create_archive(args.name, args.results, args.config, args.out or args.results / "archive",
+                           args.with_models, args.include_all)
+        except (ArchiveError, ValueError, OSError, yaml.YAMLError) as error:
+            print(f"archive create failed: {error}", file=sys.stderr)
+            return 1
+        return 0
+    problems = verify_archive(args.archive, args.rederive, args.cores)
+    if problems:
+        print(f"FAILED: {args.archive}: {len(problems)} problem(s)", file=sys.stderr)
+        print("\n".join(f"  {p}" for p in problems), file=sys.stderr)
+        return 1
+    print(f"OK: {args.archive}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
