@@ -11,8 +11,6 @@ batch runs to max_new_tokens (20, or 30 for trianglearea/angle/perimeter): the w
 defaults are fp16 and batch 2048: `python benchmarks/evaluation.py [--model DIR] [--precision bf16]`.
 """
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -23,28 +21,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.training import hardware, synchronize  # noqa: E402 (one hardware line for every benchmark)
 from worldrep.evaluation import (autocast, decode_text, evaluate_items, left_pad, load_model,  # noqa: E402
                                  max_new_tokens, prompt_tokens, summarize)
 from worldrep.model import ModelSettings, build_model  # noqa: E402
 from worldrep.tokenizer import BOS_ID, EOS_ID, PAD_ID  # noqa: E402
 
 SEED = 42
-
-
-def hardware(device: torch.device) -> str:
-    import transformers
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name")), platform.processor() or "unknown CPU")
-    return (f"{name}; {len(os.sched_getaffinity(0))} CPU cores, torch {torch.__version__} ({torch.get_num_threads()}"
-            f" threads), transformers {transformers.__version__}")
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def generated_test_set(task_name: str, n_items: int) -> dict:

@@ -9,8 +9,6 @@ Cities are the eligible cities of results/world/cities.csv (tiled or cut to --ci
 4-digit IDs. distance has the shortest prompt (13 tokens) and perimeter the longest (18).
 """
 import argparse
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -22,21 +20,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.training import hardware  # noqa: E402 (one hardware line for every benchmark)
 from worldrep.evaluation import load_model  # noqa: E402
 from worldrep.model import build_model  # noqa: E402
 from worldrep.representations import eligible_cities, extract, partial_prompt_tokens, save_representations  # noqa: E402
 from worldrep.world import read_cities  # noqa: E402
-
-
-def hardware(device: torch.device) -> str:
-    import transformers
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name")), platform.processor() or "unknown CPU")
-    return (f"{name}; {len(os.sched_getaffinity(0))} CPU cores (load average {os.getloadavg()[0]:.1f}), torch "
-            f"{torch.__version__} ({torch.get_num_threads()} threads), transformers {transformers.__version__}")
 
 
 def city_ids(n: int) -> tuple[np.ndarray, str]:

@@ -47,8 +47,8 @@ def hardware(device: torch.device) -> str:
     else:
         name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                      if line.startswith("model name")), platform.processor() or "unknown CPU")
-    return (f"{name}; {len(os.sched_getaffinity(0))} CPU cores, torch {torch.__version__} ({torch.get_num_threads()}"
-            f" threads), transformers {transformers.__version__}")
+    return (f"{name}; {len(os.sched_getaffinity(0))} CPU cores (load average {os.getloadavg()[0]:.1f}), torch "
+            f"{torch.__version__} ({torch.get_num_threads()} threads), transformers {transformers.__version__}")
 
 
 def synchronize(device: torch.device) -> None:
