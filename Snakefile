@@ -1,6 +1,6 @@
 # worldrep: "Convergent World Representations and Divergent Tasks" (arXiv 2602.00533), end to end.
 # The pipeline reads off rules/: world -> tokenizer, datasets -> mixtures -> training -> evaluation
-# -> representations -> probes, CKA, generalization.
+# -> representations -> probes, CKA, generalization -> figures.
 # Method: ../shared/spec/METHOD.md.
 import sys
 
@@ -25,6 +25,9 @@ if not workflow.config_settings.configfiles:
 validate_config(config)
 
 
+report: "rules/captions/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/world.smk"
 include: "rules/tokenizer.smk"
@@ -36,6 +39,7 @@ include: "rules/representations.smk"
 include: "rules/probes.smk"
 include: "rules/cka.smk"
 include: "rules/generalization.smk"
+include: "rules/figures.smk"
 
 
 rule all:
@@ -47,4 +51,5 @@ rule all:
         model_targets(),
         evaluation_targets(),
         analysis_targets(),
+        figure_targets(),
     default_target: True

@@ -188,3 +188,39 @@ def analysis_targets():
     if FINETUNING_RUNS and "pt1" in CKA_FAMILIES:
         targets.append("results/cka/cka_vs_generalization_fit.csv")
     return targets
+
+
+# ---- figures -------------------------------------------------------------------------------------------------
+from snakemake.io import report as report_item  # `report` alone is a Snakefile keyword
+
+FIGURE_CODE = [
+    "worldrep/figures.py",
+    "worldrep/generalization.py",
+    "worldrep/world.py",
+    "worldrep/artifacts.py",
+    "worldrep/tasks/__init__.py",
+]
+
+
+def figure_output(name, caption, category, subcategory=None):
+    return [
+        report_item(f"results/figures/{name}.png", caption=f"captions/{caption}.rst", category=category,
+                    subcategory=subcategory),
+        f"results/figures/{name}.pdf",
+        f"results/figures/{name}.csv",
+    ]
+
+
+def figure_targets():
+    """The §13 figures this config has the runs for (PNG; the PDF and CSV come with each)."""
+    estimators = ("biased", "debiased")
+    names = ["world_map"] + [f"cka_{f}_{e}" for f in CKA_FAMILIES for e in estimators]
+    if CKA_FAMILIES:
+        names += [f"cka_task_count_{e}" for e in estimators]
+    if FINETUNING_RUNS:
+        names += ["ftwb1_matrix", "deviation_matrix", "deviation_histogram"]
+    if FINETUNING_RUNS and "pt1" in CKA_FAMILIES:
+        names += [f"cka_vs_generalization_{e}" for e in estimators]
+    if ATLANTIS_RUNS:
+        names.append("atlantis_histogram")
+    return [f"results/figures/{name}.png" for name in names]

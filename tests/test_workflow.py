@@ -100,7 +100,25 @@ def downstream_jobs(config: dict, datasets: set[tuple[str, str]], mixtures: set[
         jobs.add("generalization")
     if evaluated or "pt1" in families:
         jobs.add("cka_vs_generalization")
-    return jobs | ({"all"} if jobs else set())
+    return jobs | figure_jobs(jobs) | ({"all"} if jobs else set())
+
+
+def figure_jobs(jobs: set[str]) -> set[str]:
+    """The §13 figures drawn from the analysis tables that `jobs` rebuild."""
+    estimators = ("biased", "debiased")
+    figures = set()
+    for job in jobs:
+        if m := re.match(r"cka_family\[family=(\w+)\]", job):
+            figures |= {f"figure_cka_matrix[family={m.group(1)},estimator={e}]" for e in estimators}
+    if "cka_task_count" in jobs:
+        figures |= {f"figure_cka_task_count[estimator={e}]" for e in estimators}
+    if "generalization" in jobs:
+        figures |= {"figure_ftwb1_matrix", "figure_deviation_matrix", "figure_deviation_histogram"}
+    if "cka_vs_generalization" in jobs:
+        figures |= {f"figure_cka_vs_generalization[estimator={e}]" for e in estimators}
+    if "atlantis_reconstruction" in jobs:
+        figures.add("figure_atlantis_histogram")
+    return figures
 
 
 def expected_jobs(config: dict, variants: set[str], tasks: set[str]) -> set[str]:
@@ -127,11 +145,12 @@ def expected_jobs(config: dict, variants: set[str], tasks: set[str]) -> set[str]
 
 
 def result_hashes(workdir: Path) -> dict[str, str]:
+    """Every output of the DAG; not logs, benchmarks, or the report (made on demand by another test)."""
     root = workdir / "results"
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.relative_to(root).parts[0] not in ("logs", "benchmarks")
+        if p.is_file() and p.relative_to(root).parts[0] not in ("logs", "benchmarks", "report.html")
     }
 
 
@@ -267,6 +286,34 @@ def test_smoke_run_builds_every_analysis_table(workflow, smoke_config):
     assert atlantis.loc["baseline", "cities"] == 100 and atlantis.control_atlantis_mean.notna().all()
 
 
+def test_smoke_run_draws_every_figure_and_the_report(workflow):
+    """Every §13 figure this grid supports, as a valid PNG of its kind's size plus PDF and CSV; the report
+    lists them all; and with figures and report in place nothing is planned."""
+    import matplotlib.image
+
+    from worldrep import figures
+
+    results = workflow / "results"
+    names = {p.stem for p in (results / "figures").glob("*.png")}
+    estimators = ("biased", "debiased")
+    assert names == {"world_map", "ftwb1_matrix", "deviation_matrix", "deviation_histogram", "atlantis_histogram",
+                     *(f"cka_{f}_{e}" for f in ("pt1", "pt2", "pt3") for e in estimators),
+                     *(f"cka_task_count_{e}" for e in estimators), *(f"cka_vs_generalization_{e}" for e in estimators)}
+    sizes = {tuple(round(v * figures.DPI) for v in size) for size in figures.FIGSIZE.values()}
+    for name in names:
+        png = results / f"figures/{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        height, width = matplotlib.image.imread(png).shape[:2]
+        assert (width, height) in sizes, name
+        assert (results / f"figures/{name}.pdf").read_bytes()[:5] == b"%PDF-"
+        assert (results / f"figures/{name}.csv").stat().st_size > 0
+    assert matplotlib.image.imread(results / "figures/world_map.png").shape[:2] == (825, 1500)
+    snakemake(workflow, "--configfile", SMOKE, "--report", "results/report.html")
+    html = (results / "report.html").read_text(errors="replace")
+    assert all(f"{name}.png" in html for name in names)
+    assert planned_jobs(workflow) == set()
+
+
 def test_training_setting_change_replans_the_runs_it_shapes(workflow, smoke_config):
     """The fine-tuning epochs reach the fine-tuning runs and their evaluations, nothing upstream or beside."""
     edited = yaml.safe_load(yaml.safe_dump(smoke_config))
@@ -274,8 +321,9 @@ def test_training_setting_change_replans_the_runs_it_shapes(workflow, smoke_conf
     (workflow / "config/edited.yaml").write_text(yaml.safe_dump(edited))
     expected = downstream_jobs(smoke_config, set(), set(), set(smoke_config["mixtures"]["finetuning"]["mixes"]))
     # finetune, evaluate, representations and probes per mix; the combined tables, generalization and what
-    # reads it, the Atlantis reconstruction (ftwb2-13), all
-    assert len(expected) == 4 * 3 + 6
+    # reads it, the Atlantis reconstruction (ftwb2-13), all; 6 figures (FTWB1, deviation matrix and histogram,
+    # CKA vs generalization twice, Atlantis histogram)
+    assert len(expected) == 4 * 3 + 6 + 6
     assert planned_jobs(workflow, "config/edited.yaml") == expected
 
 
@@ -286,7 +334,8 @@ def test_probe_seed_change_replans_the_probes_only(workflow, smoke_config):
     (workflow / "config/edited.yaml").write_text(yaml.safe_dump(edited))
     mix = smoke_config["mixtures"]
     runs = [*mix["pretraining"], *mix["with_atlantis"], *mix["finetuning"]["mixes"]]
-    expected = {f"probes[mixture={m},seed=42]" for m in runs} | {"probe_table", "atlantis_reconstruction", "all"}
+    expected = {f"probes[mixture={m},seed=42]" for m in runs} | {"probe_table", "atlantis_reconstruction", "all",
+                                                                "figure_atlantis_histogram"}
     assert planned_jobs(workflow, "config/edited.yaml") == expected
 
 
@@ -330,7 +379,10 @@ def test_one_variant_setting_replans_only_that_variant(workflow, smoke_config):
     assert expected == {"dataset[variant=with_atlantis,task=inside]", "pretraining_mixture[mixture=pt7-atl]", "all",
                         "pretrain[mixture=pt7-atl,seed=42]", "evaluate[mixture=pt7-atl,seed=42]", "evaluation_table",
                         "representations[mixture=pt7-atl,seed=42]", "probes[mixture=pt7-atl,seed=42]", "probe_table",
-                        "atlantis_reconstruction", "generalization", "cka_vs_generalization"}
+                        "atlantis_reconstruction", "generalization", "cka_vs_generalization",
+                        "figure_atlantis_histogram", "figure_ftwb1_matrix", "figure_deviation_matrix",
+                        "figure_deviation_histogram", "figure_cka_vs_generalization[estimator=biased]",
+                        "figure_cka_vs_generalization[estimator=debiased]"}
     assert planned_jobs(workflow, "config/edited.yaml") == expected
 
 

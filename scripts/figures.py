@@ -1,0 +1,33 @@
+"""Snakemake adapter: every rule figure_* -> results/figures/{name}.png, .pdf and .csv (the plotted values).
+
+Reads tables and draws (worldrep/figures.py); computes nothing."""
+import _workflow  # noqa: F401  (this workflow's `worldrep` first on sys.path)
+import sys
+
+import pandas as pd
+
+from worldrep import figures
+from worldrep.world import read_cities
+
+sys.stderr = sys.stdout = log = open(snakemake.log[0], "w")
+inp, w, p = snakemake.input, snakemake.wildcards, snakemake.params
+LAYER = 5  # the paper's analysis layer (§10); every layer's values are in the tables
+
+DRAW = {
+    "figure_world_map": lambda: figures.world_map(read_cities(inp.cities)),
+    "figure_cka_matrix": lambda: figures.cka_matrix(
+        pd.read_csv(inp.matrix), LAYER, w.estimator, labels=figures.mixture_labels(p.task_sets),
+        task_sets=p.task_sets if w.family != "pt1" else None, with_sem=True),
+    "figure_cka_task_count": lambda: figures.cka_vs_task_count(
+        pd.read_csv(inp.values), pd.read_csv(inp.summary), w.estimator),
+    "figure_ftwb1_matrix": lambda: figures.ftwb1_matrix(pd.read_csv(inp.ftwb1)),
+    "figure_cka_vs_generalization": lambda: figures.cka_vs_generalization(
+        pd.read_csv(inp.points), pd.read_csv(inp.fit), w.estimator),
+    "figure_deviation_matrix": lambda: figures.deviation_matrix(pd.read_csv(inp.table)),
+    "figure_deviation_histogram": lambda: figures.deviation_histogram(pd.read_csv(inp.deviation), p.mixes),
+    "figure_atlantis_histogram": lambda: figures.atlantis_histogram(
+        pd.read_csv(inp.errors), pd.read_csv(inp.summary)),
+}
+fig, data = DRAW[snakemake.rule]()
+written = figures.save_figure(fig, snakemake.output[0].removesuffix(".png"), data)
+print("\n".join(map(str, written)), file=log)
