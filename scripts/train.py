@@ -13,12 +13,13 @@ lease = job_lease(snakemake.config["gpu"], log=lambda line: print(line, file=log
 
 import torch  # noqa: E402
 
+from worldrep.artifacts import sha256_file  # noqa: E402
 from worldrep.datasets import load_split  # noqa: E402
 from worldrep.evaluation import resolve_device_precision  # noqa: E402
 from worldrep.grid import seeds_entry  # noqa: E402
 from worldrep.model import ModelSettings, build_model  # noqa: E402
 from worldrep.provenance import provenance  # noqa: E402
-from worldrep.training import Recipe, Validation, file_digest, fingerprint, publish, save_hf_model, train  # noqa: E402
+from worldrep.training import Recipe, Validation, fingerprint, publish, save_hf_model, train  # noqa: E402
 
 torch.set_num_threads(snakemake.threads)
 p = snakemake.params.training
@@ -33,11 +34,11 @@ tokenizer_dir = Path(snakemake.input.tokenizer[0]).parent
 base = snakemake.input.get("base")
 task_names = json.loads(Path(snakemake.input.metadata).read_text())["task_names"]
 
-inputs = {"train": file_digest(mixture_dir / "train.npz"), "val": file_digest(mixture_dir / "val.npz")}
+inputs = {"train": sha256_file(mixture_dir / "train.npz"), "val": sha256_file(mixture_dir / "val.npz")}
 if base:
-    inputs["base"] = file_digest(Path(base) / "model.safetensors")
+    inputs["base"] = sha256_file(Path(base) / "model.safetensors")
 # The code too: a state saved by an older trainer must not be finished by a newer one.
-code = {path: file_digest(path) for path in snakemake.input.code}
+code = {path: sha256_file(path) for path in snakemake.input.code}
 run_fingerprint = fingerprint({"recipe": vars(recipe), "seed": seed, "inputs": inputs, "code": code})
 
 if base:

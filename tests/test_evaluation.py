@@ -16,6 +16,8 @@ from worldrep.evaluation import (decode_text, evaluate_items, greedy_generate, l
 from worldrep.model import build_model
 from worldrep.tokenizer import encode_compact
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 # METHOD §3.7 failure values, restated from the spec's table.
 DIST_FAIL = math.sqrt(3600 ** 2 + 1800 ** 2)  # ≈ 4024.9
 AREA_FAIL = 3_240_000.0
@@ -255,15 +257,6 @@ COMPACT = np.array([b"dist(c_2265,c_0300)=1929", b"angle(c_8935,c_5952,c_8391)=1
                     b"perimeter(c_5464,c_8616,c_9604,c_4496)=2928", b"compass(c_5584,c_8036)=W",
                     b"inside(c_9205;c_5488,c_6599,c_9049,c_6824,c_7170)=TRUE",
                     b"cross(c_7277,c_8232;c_0238,c_5579)=FALSE"])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: threading only costs time, a lot of it on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -22,13 +22,7 @@ SPEC_POSITIONS = {"distance": (11, 12), "trianglearea": (14, 15), "angle": (12, 
 ABBR = {TASKS[t].abbr: t for t in TASK_NAMES}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The CPU is shared: more threads than free cores makes torch's spinning workers many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

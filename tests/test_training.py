@@ -26,12 +26,7 @@ TINY = ModelSettings(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def toy_tokens(n_items: int, seed: int = 0, width: int = 14) -> np.ndarray:

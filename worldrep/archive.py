@@ -45,6 +45,7 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
+from .artifacts import sha256_file
 from .config import validate_config
 
 WORKFLOW_ROOT = Path(__file__).resolve().parents[1]
@@ -93,14 +94,6 @@ def walk_files(root: Path, skip: set[Path] = frozenset()) -> list[Path]:
                          if d not in ("in_progress", ".snakemake") and (folder / d).resolve() not in skip)
         files += [folder / n for n in sorted(names) if (folder / n).is_file()]
     return files
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def checksum_lines(hashes: dict[str, str]) -> bytes:

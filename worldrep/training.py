@@ -128,14 +128,6 @@ def item_losses(model, tokens: torch.Tensor) -> torch.Tensor:
     return (losses * mask).sum(dim=1) / mask.sum(dim=1)
 
 
-def file_digest(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fingerprint(description: dict) -> str:
     """Identity of a run's inputs and settings; a resume state from any other run is never used."""
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
