@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import re
-import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from worldrep.archive import copy_workflow
 from worldrep.grid import evaluation_sets, recipe_settings, training_runs
 from worldrep.tasks import TASK_NAMES
 
@@ -70,8 +70,7 @@ def test_evaluation_sets_follow_the_spec():
 
 def test_paper_dry_run_plans_exactly_the_grid(tmp_path):
     """`snakemake -n` on the paper config: one job per run and per evaluation, named as the grid says."""
-    for part in ("Snakefile", "rules", "scripts", "config", "worldrep"):  # a copy: no results/ of ours
-        (shutil.copytree if (ROOT / part).is_dir() else shutil.copy2)(ROOT / part, tmp_path / part)
+    copy_workflow(tmp_path)  # a copy: no results/ of ours
     out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--quiet", "rules"], cwd=tmp_path, text=True,
                          capture_output=True)
     assert out.returncode == 0, out.stderr

@@ -395,13 +395,16 @@ def without_provenance(data: bytes) -> dict:
     return {k: v for k, v in obj.items() if k != "provenance"} if isinstance(obj, dict) else obj
 
 
-def copy_workflow(dest: Path) -> None:
+def copy_workflow(dest: Path) -> Path:
+    """This workflow's code and configs (no results) copied into `dest`, modification times kept, so that
+    Snakemake plans there as it would here."""
     for part in WORKFLOW_PARTS:
         src = WORKFLOW_ROOT / part
         if src.is_dir():
             shutil.copytree(src, dest / part, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, dest / part)
+    return dest
 
 
 def rederive_targets(derived: dict[str, str], archived: set[str]) -> list[str]:
