@@ -24,7 +24,7 @@ rule cka_family:
     benchmark:
         "results/benchmarks/cka/{family}.tsv"
     conda:
-        CONDA_ENV
+        ENV_ANALYSIS
     script:
         "../scripts/cka_family.py"
 
@@ -37,13 +37,13 @@ rule cka_task_count:
         code=["worldrep/cka.py", "worldrep/artifacts.py"],
     output:
         values="results/cka/task_count.csv",
-        summary="results/cka/task_count_summary.csv",
+        summary=table_output("cka/task_count_summary", "task_count_summary", "3. Convergence (CKA)"),
     params:
         task_sets={f: {m: PRETRAINING_MIXTURES[m] for m in CKA_FAMILIES[f] if not m.endswith("-7")} for f in CKA_FAMILIES},
     log:
         "results/logs/cka/task_count.log",
     conda:
-        CONDA_ENV
+        ENV_ANALYSIS
     script:
         "../scripts/cka_task_count.py"
 
@@ -57,12 +57,12 @@ rule cka_vs_generalization:
         code=["worldrep/artifacts.py"],
     output:
         points="results/cka/cka_vs_generalization.csv",
-        fit="results/cka/cka_vs_generalization_fit.csv",
+        fit=table_output("cka/cka_vs_generalization_fit", "cka_vs_generalization_fit", "4. Fine-tuning generalization"),
     params:
         variant_task={m: PRETRAINING_MIXTURES[m][0] for m in CKA_FAMILIES.get("pt1", [])},
     log:
         "results/logs/cka/cka_vs_generalization.log",
     conda:
-        CONDA_ENV
+        ENV_ANALYSIS
     script:
         "../scripts/cka_vs_generalization.py"

@@ -7,7 +7,13 @@ from worldrep.datasets import SPLITS, VARIANTS
 from worldrep.mixtures import finetuning_sources, pretraining_sources
 from worldrep.tasks import TASK_NAMES, TASKS
 
-CONDA_ENV = "../envs/worldrep.yaml"
+# Pinned conda environments for `--sdm conda`, one per kind of job (envs/; same pins as pyproject.toml).
+ENV_DATA = "../envs/data.yaml"  # world, tokenizer, datasets, mixtures: no torch
+ENV_TRAINING = "../envs/training.yaml"  # training, evaluation, representations: torch + transformers
+# probes, CKA, generalization, tables: numpy, pandas, scipy; and torch, as representation files are read
+# through worldrep.representations, which imports it
+ENV_ANALYSIS = "../envs/analysis.yaml"
+ENV_PLOTTING = "../envs/plotting.yaml"  # figures: matplotlib
 CONFIGURED_TASKS = [t for t in TASK_NAMES if t in config["tasks"]]  # canonical order (METHOD §0)
 FAMILIES = mixture_families(config)
 PRETRAINING_MIXTURES = {**FAMILIES["pretraining"], **FAMILIES["with_atlantis"]}
@@ -178,6 +184,8 @@ def analysis_targets():
     targets = [f"results/probes/{r.name}.csv" for r in RUNS]
     if RUNS:
         targets.append("results/probes/probe_metrics.csv")
+    if PRETRAINING_RUNS:
+        targets.append("results/evaluation/health_report.csv")
     if ATLANTIS_RUNS:
         targets.append("results/probes/atlantis_summary.csv")
     targets += [f"results/cka/{family}/matrix.csv" for family in CKA_FAMILIES]
@@ -192,6 +200,7 @@ def analysis_targets():
 
 # ---- figures -------------------------------------------------------------------------------------------------
 from snakemake.io import report as report_item  # `report` alone is a Snakefile keyword
+from worldrep.generalization import pair_label
 
 FIGURE_CODE = [
     "worldrep/figures.py",
@@ -211,6 +220,53 @@ def figure_output(name, caption, category, subcategory=None):
     ]
 
 
+def table_output(name, caption, category, subcategory=None):
+    """A key table, shown in the report (sortable) with its caption."""
+    return report_item(f"results/{name}.csv", caption=f"captions/{caption}.rst", category=category,
+                       subcategory=subcategory)
+
+
+ANALYSIS_LAYER = 5  # the paper's analysis layer (§10–13; worldrep.representations.DEFAULT_LAYER, not imported: torch)
+FIGURE_SEED = 42  # §13: single-model figures use seed 42 (a config without it falls back to the mixture's first seed)
+
+
+def figure_run(mixture):
+    """The run a single-model figure shows for `mixture`, or None when the config plans none."""
+    runs = [r for r in RUNS if r.mixture == mixture]
+    chosen = [r for r in runs if r.seed == FIGURE_SEED] or runs[:1]
+    return chosen[0].name if chosen else None
+
+
+def view_file(run):
+    return f"results/views/{run}.csv.gz"
+
+
+SINGLE_TASK_MIXTURE = {PRETRAINING_MIXTURES[m][0]: m for m in CKA_FAMILIES.get("pt1", [])}
+
+
+def single_task_runs(tasks):
+    """Figure runs of the single-task models of `tasks` that the config has, in the order given."""
+    return [run for t in tasks if (run := figure_run(SINGLE_TASK_MIXTURE.get(t))) is not None]
+
+
+def run_labels(runs):
+    """Run -> its task-set label ("D", "D,T", ...) for panel titles."""
+    return {run: pair_label(mixture_tasks(RUN_BY_NAME[run].mixture)) for run in runs}
+
+
+# §13.2 panel choices: the main views, the two-task panels (with their single-task insets), the dynamics rows.
+VIEW_RUNS = single_task_runs(["distance", "angle", "compass", "inside"])
+TWO_TASK_RUNS = [run for m in ("pt2-1", "pt2-3") if m in PRETRAINING_MIXTURES and (run := figure_run(m))]
+TWO_TASK_INSETS = {run: single_task_runs(mixture_tasks(RUN_BY_NAME[run].mixture)) for run in TWO_TASK_RUNS}
+DYNAMICS_RUNS = [run for run in single_task_runs(["distance", "angle", "compass"]) if run in CURVE_RUNS]
+GALLERY_RUNS = [r.name for r in PRETRAINING_RUNS
+                if r.mixture in CKA_FAMILIES.get("pt1", []) and PRETRAINING_MIXTURES[r.mixture] != ["crossing"]]
+MODEL_VIEW_RUNS = [run for m in ("pt7", "pt7-atl") if m in PRETRAINING_MIXTURES and (run := figure_run(m))]
+CURVE_FIGURE_RUNS = [run for run in single_task_runs(TASK_NAMES) if run in CURVE_RUNS]
+# §13.12: a well-integrated (A,Co) and an ill-integrated (D,P) two-task fine-tuned model.
+PREDICTION_RUNS = [run for m in ("ftwb2-2", "ftwb2-13") if (run := figure_run(m)) in ATLANTIS_RUNS]
+
+
 def figure_targets():
     """The §13 figures this config has the runs for (PNG; the PDF and CSV come with each)."""
     estimators = ("biased", "debiased")
@@ -223,4 +279,9 @@ def figure_targets():
         names += [f"cka_vs_generalization_{e}" for e in estimators]
     if ATLANTIS_RUNS:
         names.append("atlantis_histogram")
+    names += ["representation_views"] * bool(VIEW_RUNS) + ["two_task_views"] * bool(TWO_TASK_RUNS)
+    names += ["pca_gallery"] * bool(GALLERY_RUNS) + ["dynamics_views"] * bool(DYNAMICS_RUNS)
+    names += [f"views_{run}" for run in MODEL_VIEW_RUNS] + [f"training_curves_{run}" for run in CURVE_FIGURE_RUNS]
+    names += [f"checkpoint_metrics_{run}" for run in config["evaluation"]["checkpoint_runs"]]
+    names += ["atlantis_predictions"] * bool(PREDICTION_RUNS)
     return [f"results/figures/{name}.png" for name in names]

@@ -25,6 +25,6 @@ rule dataset:
     benchmark:
         "results/benchmarks/datasets/{variant}/{task}.tsv"
     conda:
-        CONDA_ENV
+        ENV_DATA
     script:
         "../scripts/dataset.py"

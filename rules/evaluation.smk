@@ -21,7 +21,7 @@ rule evaluate:
     benchmark:
         "results/benchmarks/evaluation/{mixture}_s{seed}.tsv"
     conda:
-        CONDA_ENV
+        ENV_TRAINING
     script:
         "../scripts/evaluate.py"
 
@@ -44,7 +44,7 @@ rule evaluate_checkpoints:
     benchmark:
         "results/benchmarks/evaluation/{mixture}_s{seed}.checkpoints.tsv"
     conda:
-        CONDA_ENV
+        ENV_TRAINING
     script:
         "../scripts/evaluate.py"
 
@@ -54,13 +54,13 @@ rule evaluation_table:
     input:
         metrics=lambda w: [f"results/evaluation/{r.name}/metrics.csv" for r in RUNS],
     output:
-        "results/evaluation/metrics.csv",
+        table_output("evaluation/metrics", "evaluation_metrics", "6. Run health"),
     params:
         runs=[{"run": r.name, "mixture": r.mixture, "kind": r.kind, "seed": r.seed} for r in RUNS],
     log:
         "results/logs/evaluation/metrics.log",
     conda:
-        CONDA_ENV
+        ENV_ANALYSIS
     script:
         "../scripts/run_table.py"
 
@@ -78,6 +78,26 @@ rule trivial_baselines:
     log:
         "results/logs/evaluation/trivial_baselines.log",
     conda:
-        CONDA_ENV
+        ENV_TRAINING
     script:
         "../scripts/trivial_baselines.py"
+
+
+rule health_report:
+    """§14: each pretraining run's final metrics against the trivial predictor, with its final layer-5 probe
+    R² (informational, not a gate)."""
+    input:
+        metrics="results/evaluation/metrics.csv",
+        baselines="results/evaluation/trivial_baselines.csv",
+        probes="results/probes/probe_metrics.csv",
+        code="worldrep/health.py",
+    output:
+        table_output("evaluation/health_report", "health_report", "6. Run health"),
+    params:
+        layer=ANALYSIS_LAYER,
+    log:
+        "results/logs/evaluation/health_report.log",
+    conda:
+        ENV_ANALYSIS
+    script:
+        "../scripts/health_report.py"

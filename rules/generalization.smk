@@ -20,6 +20,6 @@ rule generalization:
     log:
         "results/logs/generalization.log",
     conda:
-        CONDA_ENV
+        ENV_ANALYSIS
     script:
         "../scripts/generalization.py"

@@ -16,7 +16,7 @@ rule pretraining_mixture:
     benchmark:
         "results/benchmarks/mixtures/{mixture}.tsv"
     conda:
-        CONDA_ENV
+        ENV_DATA
     script:
         "../scripts/mixture.py"
 

@@ -2,7 +2,8 @@
 
 
 rule probes:
-    """OLS probes of x and y on the standard city split, per layer; for the curve runs also per checkpoint."""
+    """OLS probes of x and y on the standard city split, per layer; for the curve runs also per checkpoint.
+    Also the layer-5 PCA and probe ("mixed") 3-D views the figures draw (final and dynamics checkpoints)."""
     input:
         final="results/representations/{mixture}_s{seed}/final.npz",
         checkpoints=lambda w: [f"results/representations/{w.mixture}_s{w.seed}/checkpoints"]
@@ -11,13 +12,14 @@ rule probes:
         cities="results/world/cities.csv",
         code=PROBE_CODE,
     output:
-        "results/probes/{mixture}_s{seed}.csv",
+        metrics="results/probes/{mixture}_s{seed}.csv",
+        views="results/views/{mixture}_s{seed}.csv.gz",
     params:
         seed=config["probes"]["seed"],
     log:
         "results/logs/probes/{mixture}_s{seed}.log",
     conda:
-        CONDA_ENV
+        ENV_ANALYSIS
     script:
         "../scripts/probes.py"
 
@@ -33,7 +35,7 @@ rule probe_table:
     log:
         "results/logs/probes/probe_metrics.log",
     conda:
-        CONDA_ENV
+        ENV_ANALYSIS
     script:
         "../scripts/run_table.py"
 
@@ -49,7 +51,7 @@ rule atlantis_reconstruction:
         code=PROBE_CODE,
     output:
         errors="results/probes/atlantis_errors.csv.gz",
-        summary="results/probes/atlantis_summary.csv",
+        summary=table_output("probes/atlantis_summary", "atlantis_summary", "5. Atlantis"),
     params:
         runs=ATLANTIS_RUNS,
         includes_distance=[("distance" in FINETUNING_MIXTURES[RUN_BY_NAME[n].mixture]) for n in ATLANTIS_RUNS],
@@ -60,6 +62,6 @@ rule atlantis_reconstruction:
     log:
         "results/logs/probes/atlantis_reconstruction.log",
     conda:
-        CONDA_ENV
+        ENV_ANALYSIS
     script:
         "../scripts/atlantis_reconstruction.py"

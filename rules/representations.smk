@@ -19,7 +19,7 @@ rule representations:
     benchmark:
         "results/benchmarks/representations/{mixture}_s{seed}.tsv"
     conda:
-        CONDA_ENV
+        ENV_TRAINING
     script:
         "../scripts/representations.py"
 

@@ -8,6 +8,6 @@ rule tokenizer:
     log:
         "results/logs/tokenizer.log",
     conda:
-        CONDA_ENV
+        ENV_DATA
     script:
         "../scripts/tokenizer.py"

@@ -26,7 +26,7 @@ rule pretrain:
     benchmark:
         "results/benchmarks/models/{mixture}_s{seed}.tsv"
     conda:
-        CONDA_ENV
+        ENV_TRAINING
     script:
         "../scripts/train.py"
 
@@ -55,6 +55,6 @@ rule finetune:
     benchmark:
         "results/benchmarks/models/{mixture}_s{seed}.tsv"
     conda:
-        CONDA_ENV
+        ENV_TRAINING
     script:
         "../scripts/train.py"

@@ -14,6 +14,6 @@ rule world:
     log:
         "results/logs/world.log",
     conda:
-        CONDA_ENV
+        ENV_DATA
     script:
         "../scripts/world.py"

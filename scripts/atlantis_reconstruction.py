@@ -1,5 +1,5 @@
 """Snakemake adapter: rule atlantis_reconstruction -> results/probes/atlantis_errors.csv.gz (per model and
-city) and atlantis_summary.csv (the pooled groups of §11 and the Mann–Whitney U test)."""
+city: true and predicted x/y, error) and atlantis_summary.csv (the pooled groups of §11 and the Mann–Whitney U test)."""
 import _workflow  # noqa: F401  (this workflow's `worldrep` first on sys.path)
 import sys
 from pathlib import Path
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from worldrep.artifacts import atomic_write_bytes
-from worldrep.probes import atlantis_groups, atlantis_split, atlantis_reconstruction
+from worldrep.probes import atlantis_groups, atlantis_predictions, atlantis_split, euclidean_errors
 from worldrep.representations import DEFAULT_LAYER, load_representations
 from worldrep.world import read_cities
 
@@ -25,11 +25,15 @@ def reconstruct(run, path, baseline_group, atlantis_group):
     ids, reps = load_representations(path)
     is_atlantis = cities.loc[ids, "is_atlantis"].to_numpy(bool)
     xy = cities.loc[ids, ["x", "y"]].to_numpy(np.float64)
-    base, atl = atlantis_reconstruction(reps[DEFAULT_LAYER], xy, is_atlantis, **split)
+    predictions = atlantis_predictions(reps[DEFAULT_LAYER], xy, is_atlantis, **split)
     _, baseline_rows, atlantis_rows = atlantis_split(is_atlantis, **split)
-    for group, rows, values in ((baseline_group, baseline_rows, base), (atlantis_group, atlantis_rows, atl)):
-        errors.append(pd.DataFrame({"run": run, "group": group, "city_id": ids[rows], "error": values}))
-    return base, atl
+    result = []
+    for group, rows, pred in zip((baseline_group, atlantis_group), (baseline_rows, atlantis_rows), predictions):
+        result.append(euclidean_errors(pred, xy[rows]))
+        errors.append(pd.DataFrame({"run": run, "group": group, "city_id": ids[rows], "x": xy[rows, 0],
+                                    "y": xy[rows, 1], "pred_x": pred[:, 0], "pred_y": pred[:, 1],
+                                    "error": result[-1]}))
+    return result
 
 
 for run, path, with_distance in zip(p.runs, snakemake.input.representations, p.includes_distance):

@@ -28,6 +28,25 @@ DRAW = {
     "figure_atlantis_histogram": lambda: figures.atlantis_histogram(
         pd.read_csv(inp.errors), pd.read_csv(inp.summary)),
 }
+
+
+def views(keys=None):
+    """The rule's view tables in input order, keyed by run (or by the `keys` given, in the same order)."""
+    return dict(zip(keys or p.runs, map(pd.read_csv, inp.views)))
+
+
+DRAW |= {
+    "figure_representation_views": lambda: figures.representation_views(views(), p.labels),
+    "figure_two_task_views": lambda: figures.two_task_views(views(), p.labels, p.insets),
+    "figure_pca_gallery": lambda: figures.pca_gallery(views([tuple(k) for k in p.runs]), p.labels),
+    "figure_dynamics_views": lambda: figures.dynamics_views(views(), p.labels),
+    "figure_model_views": lambda: figures.model_views(pd.read_csv(inp.views[0]), p.label),
+    "figure_training_curves": lambda: figures.training_curves(
+        pd.read_csv(inp.training_log), pd.read_csv(inp.validation_log), pd.read_csv(inp.probes), p.task,
+        f"{w.run}: training", p.layer),
+    "figure_checkpoint_metrics": lambda: figures.checkpoint_metrics(pd.read_csv(inp.checkpoints), f"{w.run}: every task"),
+    "figure_atlantis_predictions": lambda: figures.atlantis_predictions(pd.read_csv(inp.errors), views(), p.labels),
+}
 fig, data = DRAW[snakemake.rule]()
 written = figures.save_figure(fig, snakemake.output[0].removesuffix(".png"), data)
 print("\n".join(map(str, written)), file=log)

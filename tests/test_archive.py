@@ -313,3 +313,23 @@ def test_changed_config_with_a_consistent_manifest_fails_only_on_rederivation(re
             for t in ("distance", "compass")} <= named
     assert not any(n.startswith("results/world/") for n in named)  # the world does not use the dataset seed
     assert all("differs" in p for p in problems)
+
+
+def test_code_snapshot_is_the_committed_tree():
+    """provenance/workflow.tar: the committed code, byte for byte, so an archive rebuilds without the repo."""
+    import io
+    import tarfile
+
+    if archive.run_text(["git", "rev-parse", "HEAD"], cwd=archive.WORKFLOW_ROOT) is None:
+        pytest.skip("not a git checkout")
+    snapshot = archive.code_snapshot()
+    with tarfile.open(fileobj=io.BytesIO(snapshot)) as tar:
+        names = set(tar.getnames())
+        committed = subprocess.run(["git", "show", "HEAD:worldrep/archive.py"], cwd=archive.WORKFLOW_ROOT,
+                                   capture_output=True, check=True).stdout
+        assert tar.extractfile("worldrep/archive.py").read() == committed
+    tracked = subprocess.run(["git", "ls-files"], cwd=archive.WORKFLOW_ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
+    assert set(tracked) <= names and "Snakefile" in names and not any(n.startswith("results/") for n in names)
+    assert archive.code_snapshot() == snapshot  # deterministic for one commit
+    assert archive.code_snapshot(Path("/")) is None

@@ -426,3 +426,151 @@ def test_saved_bytes_are_reproducible(tmp_path):
     second = check_saved(F.ftwb1_matrix(table)[0], tmp_path, "ftwb1_matrix")
     assert first == second  # PNG and PDF alike: no dates, no versions
     assert b"CreationDate" not in first[1]
+
+
+# ---- §13.2 representation views --------------------------------------------------------------------------
+
+VIEW_REGIONS = ["Western Europe", "Africa", "China", "Atlantis"]
+
+
+def view_table(seed=0, steps=("final",), n=40):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for step in steps:
+        values = rng.normal(size=(n, 6))
+        rows.append(pd.DataFrame({
+            "step": step, "city_id": np.arange(1000, 1000 + n), "region": np.resize(VIEW_REGIONS, n),
+            "is_atlantis": np.resize(VIEW_REGIONS, n) == "Atlantis", "x": rng.integers(-1800, 1800, n),
+            "y": rng.integers(-900, 900, n), **{c: values[:, i] for i, c in
+                                                enumerate(["pc1", "pc2", "pc3", "mixed1", "mixed2", "mixed3"])}}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def is_3d(ax):
+    return ax.name == "3d"
+
+
+def test_representation_views(tmp_path):
+    views = {"pt1-1_s42": view_table(0), "pt1-3_s42": view_table(1)}
+    fig, data = F.representation_views(views, {"pt1-1_s42": "D", "pt1-3_s42": "A"})
+    panels = [ax for ax in fig.axes if is_3d(ax)]
+    assert len(panels) == 6  # 3 rows (PCA, mixed, rotated) x 2 models
+    assert [ax.get_title() for ax in panels[:2]] == ["D: PCA (PC1–3)", "A: PCA (PC1–3)"]
+    assert panels[4].elev == F.CAMERA["rotated"][0]
+    assert len(data) == 6 * 40 and set(data["view"]) == {"pca", "mixed", "rotated"}
+    pca = data[(data["run"] == "pt1-1_s42") & (data["view"] == "pca")]
+    assert np.allclose(pca[["a", "b", "c"]].to_numpy(), views["pt1-1_s42"][["pc1", "pc2", "pc3"]].to_numpy())
+    rotated = data[(data["run"] == "pt1-3_s42") & (data["view"] == "rotated")]
+    assert np.allclose(rotated["a"], views["pt1-3_s42"]["mixed1"])
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["Western Europe", "Africa", "China", "Atlantis"]  # palette order, display labels
+    check_saved(fig, tmp_path, "representation_views", data)
+
+
+def test_view_rows_names_missing_step():
+    with pytest.raises(ValueError, match=r"no view rows for step 7; steps present: \['final'\]"):
+        F.view_rows(view_table(), 7)
+
+
+def test_two_task_views_insets():
+    views = {"pt2-1_s42": view_table(0), "pt1-1_s42": view_table(1), "pt1-2_s42": view_table(2)}
+    labels = {"pt2-1_s42": "D,T", "pt1-1_s42": "D", "pt1-2_s42": "T"}
+    fig, data = F.two_task_views(views, labels, {"pt2-1_s42": ["pt1-1_s42", "pt1-2_s42"]})
+    (panel,) = [ax for ax in fig.axes if is_3d(ax)]
+    assert [inset.get_title() for inset in panel.child_axes] == ["D", "T"]
+    assert sorted(data.loc[data["inset_of"] == "pt2-1_s42", "run"].unique()) == ["pt1-1_s42", "pt1-2_s42"]
+
+
+def test_pca_gallery_leaves_missing_seeds_blank(tmp_path):
+    views = {("pt1-1", 42): view_table(0), ("pt1-1", 1): view_table(1), ("pt1-2", 42): view_table(2)}
+    fig, data = F.pca_gallery(views, {"pt1-1": "D", "pt1-2": "T"})
+    panels = [ax for ax in fig.axes if is_3d(ax)]
+    assert len(panels) == 4 and [bool(ax.collections) for ax in panels] == [True, True, False, True]  # (T, seed 1)
+    assert set(map(tuple, data[["mixture", "seed"]].drop_duplicates().to_numpy())) == set(views)
+    check_saved(fig, tmp_path, "pca_gallery", data)
+
+
+def test_dynamics_views_orders_steps_then_final():
+    views = {"pt1-1_s42": view_table(0, steps=("final", "3", "1")), "pt1-3_s42": view_table(1, steps=("1", "final"))}
+    fig, data = F.dynamics_views(views, {"pt1-1_s42": "D", "pt1-3_s42": "A"})
+    panels = [ax for ax in fig.axes if is_3d(ax)]
+    assert [ax.get_title() for ax in panels[:3]] == ["D, step 1", "step 3", "final"]
+    assert [ax.get_title() for ax in panels[3:5]] == ["A, step 1", "final"] and not panels[5].collections
+    assert list(data.drop_duplicates(["run", "step"])["step"]) == ["1", "3", "final", "1", "final"]
+
+
+def test_model_views(tmp_path):
+    fig, data = F.model_views(view_table(), "D,T,A,Co,I,P,Cr")
+    assert sum(is_3d(ax) for ax in fig.axes) == 2 and list(data["view"].unique()) == ["pca", "mixed"]
+    check_saved(fig, tmp_path, "model_views", data)
+
+
+# ---- §13.6 training curves ---------------------------------------------------------------------------------
+
+def curve_tables(metric="mean_absolute_error"):
+    training = pd.DataFrame({"step": [10, 20, 30, 40], "epoch": 1, "loss": [4.0, 3.0, 2.5, 2.2], "lr": 1e-3,
+                             "grad_norm": 1.0})
+    validation = pd.DataFrame({"step": [0, 10, 20, 40] * 2, "task": ["distance"] * 4 + ["angle"] * 4, "n": 16,
+                               "loss": [4.6, 3.9, 3.1, 2.3, 9, 9, 9, 9], "metric": metric,
+                               "value": [900.0, 400.0, 100.0, 20.0, 1, 1, 1, 1], "failures": 0})
+    probes = pd.DataFrame({"step": ["0", "20", "40", "final"] * 2, "layer": [5] * 4 + [4] * 4,
+                           "r2_mean": [0.0, 0.4, 0.9, 0.9, 9, 9, 9, 9], "mean_error": [500.0, 200.0, 50.0, 50.0, 1, 1, 1, 1]})
+    return training, validation, probes
+
+
+def test_training_curves(tmp_path):
+    fig, data = F.training_curves(*curve_tables(), task="distance", title="pt1-1_s42: training")
+    loss_ax, metric_ax, error_ax, r2_ax = fig.axes
+    assert error_ax.get_xscale() == "log" and metric_ax.get_yscale() == "log" and error_ax.get_yscale() == "log"
+    lines = {line.get_gid(): line for ax in fig.axes for line in ax.get_lines()}
+    assert list(lines["val-loss"].get_xdata()) == [10, 20, 40]  # step 0 is off a log axis; only its task
+    assert list(lines["probe-r2"].get_xdata()) == [20, 40] and list(lines["probe-r2"].get_ydata()) == [0.4, 0.9]
+    assert list(lines["probe-error"].get_ydata()) == [200.0, 50.0]  # layer 5, checkpoints, not "final"
+    series = data.groupby("series").size().to_dict()
+    assert series == {"train_loss": 4, "validation_loss": 3, "validation_mean_absolute_error": 3,
+                      "probe_r2_mean": 2, "probe_mean_error": 2}
+    check_saved(fig, tmp_path, "training_curves", data)
+
+
+def test_training_curves_accuracy_axis_is_linear():
+    fig, _ = F.training_curves(*curve_tables("accuracy"), task="distance", title="t")
+    assert fig.axes[1].get_yscale() == "linear"
+
+
+def test_checkpoint_metrics(tmp_path):
+    rows = [(step, "standard", task, "accuracy" if task in ("compass", "inside", "crossing") else "mean_absolute_error",
+             value) for step, value in ((0, 0.1), (5, 0.5), (10, 0.9)) for task in TASK_NAMES]
+    table = pd.DataFrame(rows, columns=["step", "test_set", "task", "metric", "value"])
+    fig, data = F.checkpoint_metrics(table, "pt7_s42: every task")
+    error_ax, acc_ax = fig.axes
+    assert sorted(line.get_gid() for line in error_ax.get_lines()) == sorted(
+        f"task:{t}" for t in ("distance", "trianglearea", "angle", "perimeter"))
+    assert all(line.get_linestyle() == "--" for line in acc_ax.get_lines()) and len(acc_ax.get_lines()) == 3
+    assert error_ax.get_yscale() == "log" and len(data) == 14  # steps 5 and 10 for 7 tasks
+    check_saved(fig, tmp_path, "checkpoint_metrics", data)
+
+
+# ---- §13.12 Atlantis predictions -------------------------------------------------------------------------
+
+def test_atlantis_predictions(tmp_path):
+    errors = pd.DataFrame({"run": ["ftwb2-2_s42"] * 3 + ["ftwb2-13_s42"] * 3,
+                           "group": ["baseline", "atlantis_without_distance", "atlantis_without_distance",
+                                     "baseline", "atlantis_with_distance", "atlantis_with_distance"],
+                           "city_id": [1, 2, 3, 1, 2, 3], "x": [0, -350, -340] * 2, "y": [0, 350, 360] * 2,
+                           "pred_x": [1, -352, -338, 5, -100, 40], "pred_y": [1, 351, 361, 5, 200, 300]})
+    errors["error"] = np.hypot(errors["pred_x"] - errors["x"], errors["pred_y"] - errors["y"])
+    views = {"ftwb2-2_s42": view_table(0), "ftwb2-13_s42": view_table(1)}
+    fig, data = F.atlantis_predictions(errors, views, {"ftwb2-2_s42": "A,Co", "ftwb2-13_s42": "D,P"})
+    flat = [ax for ax in fig.axes if not is_3d(ax)]
+    assert len(flat) == 2 and sum(is_3d(ax) for ax in fig.axes) == 2
+    predicted = [c for c in flat[1].collections if c.get_gid() == "predicted"][0]
+    assert np.allclose(predicted.get_offsets(), [[-100, 200], [40, 300]])  # Atlantis rows only
+    assert flat[1].get_title() == f"D,P: Atlantis, mean error {errors['error'].iloc[4:].mean():.0f}"
+    assert (data["panel"] == "predictions").sum() == 4
+    check_saved(fig, tmp_path, "atlantis_predictions", data)
+
+
+def test_atlantis_predictions_names_a_run_without_rows():
+    with pytest.raises(ValueError, match="no Atlantis rows for ftwb2-2_s42"):
+        F.atlantis_predictions(pd.DataFrame(columns=["run", "group", "city_id", "x", "y", "pred_x", "pred_y", "error"]),
+                               {"ftwb2-2_s42": view_table()}, {"ftwb2-2_s42": "A,Co"})

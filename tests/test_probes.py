@@ -149,3 +149,76 @@ def test_atlantis_groups_without_a_distance_pair():
     groups = atlantis_groups([np.ones(3)], [np.ones(2)], [False])
     assert groups["atlantis_with_distance"] == {"models": 0, "cities": 0, "mean": None, "median": None}
     assert groups["mann_whitney"] is None and "control_atlantis_mean" not in groups
+
+
+# ---- 3-D views -------------------------------------------------------------------------------------------------
+
+def planted_reps(n=400, d=12, seed=0):
+    """Cities on a plane; representations carry x, y along two random directions plus one dominant nuisance
+    direction (variance 100x) orthogonal to both, and small noise."""
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(-100, 100, (n, 2))
+    basis, _ = np.linalg.qr(rng.normal(size=(d, 3)))
+    nuisance = rng.normal(0, 1000, n)
+    reps = xy @ basis[:, :2].T + np.outer(nuisance, basis[:, 2]) + rng.normal(0, 1e-3, (n, d))
+    return reps, xy, nuisance
+
+
+def test_pca_view_matches_sklearn_up_to_sign_and_fixes_the_sign():
+    from sklearn.decomposition import PCA
+    from worldrep.probes import pca_view
+    reps = np.random.default_rng(1).normal(size=(200, 8)) * np.arange(1, 9)
+    view = pca_view(reps)
+    reference = PCA(3).fit_transform(reps)
+    for k in range(3):
+        assert min(np.abs(view[:, k] - reference[:, k]).max(), np.abs(view[:, k] + reference[:, k]).max()) < 1e-9
+    # The sign is a property of the direction (largest loading positive), not of the data: negated data gives
+    # the same directions, hence negated coordinates; an SVD-sign view could come back either way.
+    assert np.allclose(pca_view(-reps), -view)
+
+
+def test_mixed_view_recovers_the_map_and_the_nuisance_axis():
+    from worldrep.probes import mixed_view
+    reps, xy, nuisance = planted_reps()
+    view = mixed_view(reps, xy, np.arange(300))
+    assert np.abs(view[:, :2] - xy).max() < 1e-2  # probe-predicted x and y
+    # axis 3: the first PC after removing the probe directions is the nuisance direction (up to sign)
+    assert abs(np.corrcoef(view[:, 2], nuisance)[0, 1]) > 0.999
+
+
+def test_mixed_view_third_axis_is_orthogonal_to_the_probe_directions():
+    from worldrep.probes import fit_ols, mixed_view
+    rng = np.random.default_rng(3)
+    reps, xy = rng.normal(size=(300, 10)), rng.normal(size=(300, 2))
+    view = mixed_view(reps, xy, np.arange(200))
+    W, _ = fit_ols(reps[:200], xy[:200])
+    centred = reps - reps.mean(axis=0)
+    # axis 3 = centred reps @ v with v ⟂ span(W): regress it on the centred reps to read v back
+    v, *_ = np.linalg.lstsq(centred, view[:, 2] - view[:, 2].mean(), rcond=None)
+    assert np.abs(W.T @ v).max() < 1e-8 * np.linalg.norm(W) * np.linalg.norm(v)
+
+
+@pytest.mark.parametrize("steps, expected", [
+    (range(0, 8205 * 41, 8204), [8204, 3 * 8204, 6 * 8204, 15 * 8204, 23 * 8204]),
+    ([0, 1, 2, 3, 4], [1, 3]),  # a short run keeps what it has
+    ([0], []),
+    ([4, 0, 2, 6, 8, 12], [2, 6, 12]),  # unsorted input; s = 2
+])
+def test_view_steps(steps, expected):
+    from worldrep.probes import view_steps
+    assert view_steps(steps) == expected
+
+
+def test_atlantis_predictions_are_the_rows_behind_the_errors():
+    from worldrep.probes import atlantis_predictions, atlantis_reconstruction, atlantis_split, euclidean_errors
+    rng = np.random.default_rng(5)
+    n = 60
+    is_atlantis = np.zeros(n, bool)
+    is_atlantis[-6:] = True
+    reps, xy = rng.normal(size=(n, 5)), rng.normal(size=(n, 2))
+    base_pred, atl_pred = atlantis_predictions(reps, xy, is_atlantis, seed=1, n_train=40, n_baseline=10)
+    _, baseline, test = atlantis_split(is_atlantis, 1, 40, 10)
+    base_err, atl_err = atlantis_reconstruction(reps, xy, is_atlantis, seed=1, n_train=40, n_baseline=10)
+    assert base_pred.shape == (10, 2) and atl_pred.shape == (6, 2)
+    assert np.array_equal(euclidean_errors(base_pred, xy[baseline]), base_err)
+    assert np.array_equal(euclidean_errors(atl_pred, xy[test]), atl_err)

@@ -90,7 +90,7 @@ def downstream_jobs(config: dict, datasets: set[tuple[str, str]], mixtures: set[
         jobs.add("generalization")
     if evaluated or "pt1" in families:
         jobs.add("cka_vs_generalization")
-    return jobs | figure_jobs(jobs) | ({"all"} if jobs else set())
+    return jobs | report_jobs(config, jobs) | ({"all"} if jobs else set())
 
 
 def figure_jobs(jobs: set[str]) -> set[str]:
@@ -108,6 +108,37 @@ def figure_jobs(jobs: set[str]) -> set[str]:
         figures |= {f"figure_cka_vs_generalization[estimator={e}]" for e in estimators}
     if "atlantis_reconstruction" in jobs:
         figures.add("figure_atlantis_histogram")
+    return figures
+
+
+def report_jobs(config: dict, jobs: set[str]) -> set[str]:
+    """Every figure and report table that reads what `jobs` rebuild, with the model choices of METHOD §13
+    written out by hand: views of seed-42 models (the smoke grid has seed 42 only), the main views of the
+    distance/angle/compass/inside single-task models, pt2-1 (D,T) and pt2-3 (I,P) with their single-task
+    insets, the non-crossing single-task gallery, the distance/angle/compass dynamics, the seven-task models,
+    every single-task run's training curves, Fig. 4b of each checkpoint run, ftwb2-2/ftwb2-13 predictions."""
+    pretraining = {**config["mixtures"]["pretraining"], **config["mixtures"].get("with_atlantis", {})}
+    single = {tasks[0]: m for m, tasks in pretraining.items() if m.startswith("pt1-")}
+    probed = {m.group(1) for job in jobs if (m := re.match(r"probes\[mixture=([\w-]+),seed=42\]", job))}
+    trained = {m.group(1) for job in jobs if (m := re.match(r"pretrain\[mixture=([\w-]+),seed=42\]", job))}
+    figures = figure_jobs(jobs)
+    if probed & {single[t] for t in ("distance", "angle", "compass", "inside") if t in single}:
+        figures.add("figure_representation_views")
+    two_task = {m for m in ("pt2-1", "pt2-3") if m in pretraining}
+    if probed & (two_task | {single[t] for m in two_task for t in pretraining[m] if t in single}):
+        figures.add("figure_two_task_views")
+    if probed & {m for t, m in single.items() if t != "crossing"}:
+        figures.add("figure_pca_gallery")
+    if probed & {single[t] for t in ("distance", "angle", "compass") if t in single}:
+        figures.add("figure_dynamics_views")
+    figures |= {f"figure_model_views[run={m}_s42]" for m in ("pt7", "pt7-atl") if m in probed}
+    figures |= {f"figure_training_curves[run={m}_s42]" for m in single.values() if m in probed | trained}
+    figures |= {f"figure_checkpoint_metrics[run={run}]" for run in config["evaluation"]["checkpoint_runs"]
+                if f"evaluate_checkpoints[mixture={run.rsplit('_s', 1)[0]},seed=42]" in jobs}
+    if "atlantis_reconstruction" in jobs or probed & {"ftwb2-2", "ftwb2-13"}:
+        figures.add("figure_atlantis_predictions")
+    if jobs & {"evaluation_table", "trivial_baselines", "probe_table"}:
+        figures.add("health_report")
     return figures
 
 
@@ -135,12 +166,12 @@ def expected_jobs(config: dict, variants: set[str], tasks: set[str]) -> set[str]
 
 
 def result_hashes(workdir: Path) -> dict[str, str]:
-    """Every output of the DAG; not logs, benchmarks, or the report (made on demand by another test)."""
+    """Every output of the DAG; not logs, benchmarks, the report or archives (made on demand by another test)."""
     root = workdir / "results"
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.relative_to(root).parts[0] not in ("logs", "benchmarks", "report.html")
+        if p.is_file() and p.relative_to(root).parts[0] not in ("logs", "benchmarks", "report.html", "archive")
     }
 
 
@@ -288,7 +319,12 @@ def test_smoke_run_draws_every_figure_and_the_report(workflow):
     estimators = ("biased", "debiased")
     assert names == {"world_map", "ftwb1_matrix", "deviation_matrix", "deviation_histogram", "atlantis_histogram",
                      *(f"cka_{f}_{e}" for f in ("pt1", "pt2", "pt3") for e in estimators),
-                     *(f"cka_task_count_{e}" for e in estimators), *(f"cka_vs_generalization_{e}" for e in estimators)}
+                     *(f"cka_task_count_{e}" for e in estimators), *(f"cka_vs_generalization_{e}" for e in estimators),
+                     # §13.2, 13.6, 13.12 with the smoke grid's models: D is its only main-view task, pt2-1 its
+                     # only two-task panel, pt1-1/pt1-6 its non-crossing gallery, ftwb2-13 its only exemplar
+                     "representation_views", "two_task_views", "pca_gallery", "dynamics_views", "views_pt7_s42",
+                     "views_pt7-atl_s42", *(f"training_curves_pt1-{k}_s42" for k in (1, 6, 7)),
+                     "checkpoint_metrics_pt7_s42", "atlantis_predictions"}
     sizes = {tuple(round(v * figures.DPI) for v in size) for size in figures.FIGSIZE.values()}
     for name in names:
         png = results / f"figures/{name}.png"
@@ -301,7 +337,15 @@ def test_smoke_run_draws_every_figure_and_the_report(workflow):
     snakemake(workflow, "--configfile", SMOKE, "--report", "results/report.html")
     html = (results / "report.html").read_text(errors="replace")
     assert all(f"{name}.png" in html for name in names)
-    assert planned_jobs(workflow) == set()
+    tables = ["health_report.csv", "metrics.csv", "atlantis_summary.csv", "task_count_summary.csv",
+              "cka_vs_generalization_fit.csv"]
+    assert all(table in html for table in tables)
+    assert "Made with config" in html and "smoke" in html  # captions name the config
+    proc = subprocess.run([sys.executable, "-m", "worldrep.archive", "create", "--name", "smoke", "--config", SMOKE],
+                          cwd=workflow, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (results / "archive/smoke.tar.gz").stat().st_size > 0
+    assert planned_jobs(workflow) == set()  # report and archive in place: nothing to rebuild
 
 
 def test_training_setting_change_replans_the_runs_it_shapes(workflow, smoke_config):
@@ -312,8 +356,8 @@ def test_training_setting_change_replans_the_runs_it_shapes(workflow, smoke_conf
     expected = downstream_jobs(smoke_config, set(), set(), set(smoke_config["mixtures"]["finetuning"]["mixes"]))
     # finetune, evaluate, representations and probes per mix; the combined tables, generalization and what
     # reads it, the Atlantis reconstruction (ftwb2-13), all; 6 figures (FTWB1, deviation matrix and histogram,
-    # CKA vs generalization twice, Atlantis histogram)
-    assert len(expected) == 4 * 3 + 6 + 6
+    # CKA vs generalization twice, Atlantis histogram), the Atlantis predictions and the health report
+    assert len(expected) == 4 * 3 + 6 + 8
     assert planned_jobs(workflow, "config/edited.yaml") == expected
 
 
@@ -324,8 +368,10 @@ def test_probe_seed_change_replans_the_probes_only(workflow, smoke_config):
     (workflow / "config/edited.yaml").write_text(yaml.safe_dump(edited))
     mix = smoke_config["mixtures"]
     runs = [*mix["pretraining"], *mix["with_atlantis"], *mix["finetuning"]["mixes"]]
-    expected = {f"probes[mixture={m},seed=42]" for m in runs} | {"probe_table", "atlantis_reconstruction", "all",
-                                                                "figure_atlantis_histogram"}
+    expected = {f"probes[mixture={m},seed=42]" for m in runs} | {"probe_table", "atlantis_reconstruction", "all"}
+    # and what draws probes or views: the view figures, training curves, Atlantis figures, health report
+    expected |= report_jobs(smoke_config, expected)
+    assert {"figure_atlantis_histogram", "figure_representation_views", "health_report"} <= expected
     assert planned_jobs(workflow, "config/edited.yaml") == expected
 
 
@@ -372,7 +418,9 @@ def test_one_variant_setting_replans_only_that_variant(workflow, smoke_config):
                         "atlantis_reconstruction", "generalization", "cka_vs_generalization",
                         "figure_atlantis_histogram", "figure_ftwb1_matrix", "figure_deviation_matrix",
                         "figure_deviation_histogram", "figure_cka_vs_generalization[estimator=biased]",
-                        "figure_cka_vs_generalization[estimator=debiased]"}
+                        "figure_cka_vs_generalization[estimator=debiased]",
+                        # the control's own views, the Atlantis predictions (same table), the health report
+                        "figure_model_views[run=pt7-atl_s42]", "figure_atlantis_predictions", "health_report"}
     assert planned_jobs(workflow, "config/edited.yaml") == expected
 
 

@@ -9,6 +9,7 @@
                        the archive folder, models (unless --with-models) and the big arrays (unless --all:
                        dataset and mixture splits, representations);
   provenance/          config.yaml, code_revision.txt (+ code_diff.patch when tracked files differ from HEAD),
+                       workflow.tar (`git archive` of that revision: the code itself, when in a git checkout),
                        pip_freeze.txt, hardware.json, snakemake.json (version, the metadata record of every
                        existing output, the latest log), archive.json (the options), derived.sha256;
   MANIFEST.sha256      `sha256  path` of every other member, sorted, `sha256sum -c` format; last member.
@@ -165,6 +166,16 @@ def code_revision(root: Path = WORKFLOW_ROOT) -> tuple[str, str | None]:
     return text, diff or None
 
 
+def code_snapshot(root: Path = WORKFLOW_ROOT) -> bytes | None:
+    """`git archive` of HEAD: the committed workflow code itself (about 0.7 MB), so an archive can be rebuilt
+    without access to the repository; None outside a git checkout. Uncommitted edits are in code_diff.patch."""
+    try:
+        proc = subprocess.run(["git", "archive", "--format=tar", "HEAD"], cwd=root, capture_output=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
 def pip_freeze() -> str:
     text = run_text([sys.executable, "-m", "pip", "freeze"])
     if text is not None:
@@ -260,6 +271,9 @@ def collect_provenance(config_path: Path, results: Path) -> dict[str, bytes]:
     }
     if diff:
         members["provenance/code_diff.patch"] = diff.encode()
+    snapshot = code_snapshot()
+    if snapshot:
+        members["provenance/workflow.tar"] = snapshot
     return members
 
 

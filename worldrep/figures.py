@@ -13,9 +13,9 @@ from pathlib import Path
 import matplotlib as mpl
 import numpy as np
 import pandas as pd
-from matplotlib import colors
+from matplotlib import colors, ticker
 from matplotlib.figure import Figure
-from matplotlib.patches import Circle, Polygon
+from matplotlib.patches import Circle, Polygon, Rectangle
 
 from .artifacts import atomic_write_bytes
 from .generalization import pair_label
@@ -45,6 +45,9 @@ FIGSIZE = {
     "world_map": (10.0, 5.5), "cka_matrix": (5.5, 4.8), "cka_vs_task_count": (12.0, 3.2),
     "ftwb1_matrix": (5.5, 4.8), "cka_vs_generalization": (5.5, 4.5), "deviation_matrix": (6.0, 9.0),
     "deviation_histogram": (5.5, 3.8), "atlantis_histogram": (6.5, 3.8),
+    "representation_views": (12.0, 10.0), "two_task_views": (10.0, 5.0), "pca_gallery": (8.0, 14.0),
+    "dynamics_views": (14.0, 7.0), "model_views": (10.0, 5.0), "training_curves": (6.0, 7.0),
+    "checkpoint_metrics": (7.5, 4.0), "atlantis_predictions": (9.0, 9.0),
 }
 STYLE = {
     "font.family": "DejaVu Sans", "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9,
@@ -283,7 +286,10 @@ def ftwb1_matrix(ftwb1: pd.DataFrame, seed="mean"):
     for i, task in enumerate(rows):
         if task in columns:
             j = columns.index(task)
-            ax.text(j - 0.42, i - 0.42, "T", ha="left", va="top", fontsize=7, fontweight="bold", gid="trained")
+            # A bold "T" and an outline: the trained cell must stand out whatever its colour.
+            ax.text(j - 0.42, i - 0.42, "T", ha="left", va="top", fontsize=9, fontweight="bold", gid="trained")
+            ax.add_patch(Rectangle((j - 0.47, i - 0.47), 0.94, 0.94, fill=False, edgecolor="black", linewidth=1.5,
+                                   gid="trained-outline"))
     fig.colorbar(image, ax=ax, label="normalized improvement")
     ax.set_xlabel("evaluated task")
     ax.set_ylabel("fine-tuned task")
@@ -431,3 +437,261 @@ def atlantis_histogram(errors: pd.DataFrame, summary: pd.DataFrame):
     ax.legend(loc="upper left")
     data = pd.concat(rows, ignore_index=True)
     return fig, data.assign(control_atlantis_mean=float(control.iloc[0]) if len(control) else np.nan)
+
+
+# ---- §13.2 representation views -------------------------------------------------------------------------
+
+VIEW_AXES = {"pca": ("pc1", "pc2", "pc3"), "mixed": ("mixed1", "mixed2", "mixed3")}
+VIEW_TITLES = {"pca": "PCA (PC1–3)", "mixed": "probe x, y + residual PC", "rotated": "probe view, from above"}
+# Camera (elevation, azimuth) per panel kind; "rotated" looks down onto the probe's x/y plane, where a
+# linearly decodable map reads as the world map.
+CAMERA = {"pca": (25, -60), "mixed": (25, -60), "rotated": (80, -90)}
+
+
+def view_rows(views: pd.DataFrame, step="final") -> pd.DataFrame:
+    """One checkpoint's rows of a `views/<run>.csv.gz` table (step "final" or a step number)."""
+    part = views[views["step"].astype(str) == str(step)]
+    if part.empty:
+        raise ValueError(f"no view rows for step {step!r}; steps present: {sorted(views['step'].astype(str).unique())}")
+    return part
+
+
+def scatter_view(ax, view: pd.DataFrame, kind: str, title: str, size: float = 2.0, label_axes: bool = True) -> pd.DataFrame:
+    """Draw one 3-D view (`kind` pca, mixed or rotated) coloured by region, Atlantis on top and larger;
+    returns the drawn points (city_id, region, a, b, c)."""
+    columns = VIEW_AXES["pca" if kind == "pca" else "mixed"]
+    for region in REGION_COLORS:
+        part = view[view["region"] == region]
+        if len(part):
+            ax.scatter(*(part[c] for c in columns), s=size * (4 if region == "Atlantis" else 1),
+                       color=REGION_COLORS[region], linewidths=0, depthshade=False, gid=f"region:{region}")
+    ax.view_init(*CAMERA[kind])
+    ax.set_title(title, fontsize=8)
+    names = ("PC1", "PC2", "PC3") if kind == "pca" else ("probe x", "probe y", "resid. PC1")
+    if label_axes:
+        for setter, name in zip((ax.set_xlabel, ax.set_ylabel, ax.set_zlabel), names):
+            setter(name, fontsize=6, labelpad=-12)
+    for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
+        axis.set_ticklabels([])
+    data = view[["city_id", "region"]].copy()
+    data[["a", "b", "c"]] = view[list(columns)].to_numpy(float)
+    return data.assign(view=kind)
+
+
+def region_legend(fig: Figure, regions) -> None:
+    """One legend of the regions present, below the panels (region colours are the same in every figure)."""
+    handles = [mpl.lines.Line2D([], [], marker="o", linestyle="", color=REGION_COLORS[r], label=REGION_LABELS[r])
+               for r in REGION_COLORS if r in set(regions)]
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(8, len(handles)), markerscale=1.2)
+
+
+def view_grid(kind: str, nrows: int, ncols: int):
+    fig = Figure(figsize=FIGSIZE[kind], dpi=DPI, layout="constrained")
+    axes = [[fig.add_subplot(nrows, ncols, r * ncols + c + 1, projection="3d") for c in range(ncols)]
+            for r in range(nrows)]
+    return fig, axes
+
+
+@styled
+def representation_views(views: dict[str, pd.DataFrame], labels: dict[str, str]):
+    """§13.2 (Fig. 2a, 3a–b): one column per model (`views`: run -> its views table, in column order), rows raw
+    PCA, the probe "mixed" view and the mixed view from above; final checkpoint, layer 5."""
+    kinds = ("pca", "mixed", "rotated")
+    fig, axes = view_grid("representation_views", len(kinds), len(views))
+    rows = []
+    for c, (run, table) in enumerate(views.items()):
+        final = view_rows(table)
+        for r, kind in enumerate(kinds):
+            title = f"{labels[run]}: {VIEW_TITLES[kind]}" if r == 0 else VIEW_TITLES[kind]
+            rows.append(scatter_view(axes[r][c], final, kind, title).assign(run=run, label=labels[run]))
+    data = pd.concat(rows, ignore_index=True)
+    region_legend(fig, data["region"])
+    return fig, data
+
+
+@styled
+def two_task_views(views: dict[str, pd.DataFrame], labels: dict[str, str], insets: dict[str, list[str]]):
+    """§13.2 (Fig. 3a–b): the mixed view of each two-task model (`views`: run -> table), with small insets of
+    the single-task models of its tasks (`insets`: two-task run -> single-task runs present in `views`)."""
+    two_task = [run for run in views if run in insets]
+    fig, axes = view_grid("two_task_views", 1, len(two_task))
+    rows = []
+    for ax, run in zip(axes[0], two_task):
+        rows.append(scatter_view(ax, view_rows(views[run]), "mixed", labels[run]).assign(run=run, inset_of=""))
+        for k, single in enumerate(insets[run]):
+            inset = ax.inset_axes((k * 0.3, -0.05, 0.3, 0.3), projection="3d")
+            rows.append(scatter_view(inset, view_rows(views[single]), "mixed", labels[single], size=0.6,
+                                     label_axes=False).assign(run=single, inset_of=run))
+    data = pd.concat(rows, ignore_index=True)
+    region_legend(fig, data["region"])
+    return fig, data
+
+
+@styled
+def pca_gallery(views: dict[tuple[str, int], pd.DataFrame], labels: dict[str, str]):
+    """§13.2 appendix: raw 3-D PCA of single-task models, one row per mixture and one column per seed
+    (`views`: (mixture, seed) -> table)."""
+    mixtures = list(dict.fromkeys(m for m, _ in views))
+    seeds = sorted({s for _, s in views})
+    fig, axes = view_grid("pca_gallery", len(mixtures), len(seeds))
+    rows = []
+    for r, mixture in enumerate(mixtures):
+        for c, seed in enumerate(seeds):
+            ax = axes[r][c]
+            if (mixture, seed) not in views:
+                ax.set_axis_off()
+                continue
+            rows.append(scatter_view(ax, view_rows(views[mixture, seed]), "pca", f"{labels[mixture]}, seed {seed}",
+                                     size=1.0, label_axes=False).assign(mixture=mixture, seed=seed))
+    data = pd.concat(rows, ignore_index=True)
+    region_legend(fig, data["region"])
+    return fig, data
+
+
+@styled
+def dynamics_views(views: dict[str, pd.DataFrame], labels: dict[str, str]):
+    """§13.2 appendix: raw 3-D PCA of each model (`views`: run -> table, one row each) at its dynamics
+    checkpoints (s, 3s, 6s, 15s, 23s as extracted) and the final one."""
+    steps = {run: sorted({int(s) for s in t["step"].astype(str) if s != "final"}) + ["final"] for run, t in views.items()}
+    fig, axes = view_grid("dynamics_views", len(views), max(len(s) for s in steps.values()))
+    rows = []
+    for r, (run, table) in enumerate(views.items()):
+        for c, ax in enumerate(axes[r]):
+            if c >= len(steps[run]):
+                ax.set_axis_off()
+                continue
+            step = steps[run][c]
+            title = f"{labels[run]}, " * (c == 0) + ("final" if step == "final" else f"step {step:,}")
+            rows.append(scatter_view(ax, view_rows(table, step), "pca", title, size=1.0, label_axes=False)
+                        .assign(run=run, step=str(step)))
+    data = pd.concat(rows, ignore_index=True)
+    region_legend(fig, data["region"])
+    return fig, data
+
+
+@styled
+def model_views(view: pd.DataFrame, label: str):
+    """§13.2 (Fig. 4a, the pt7-atl appendix panels): raw 3-D PCA and the mixed view of one model."""
+    fig, axes = view_grid("model_views", 1, 2)
+    final = view_rows(view)
+    data = pd.concat([scatter_view(axes[0][0], final, "pca", f"{label}: {VIEW_TITLES['pca']}"),
+                      scatter_view(axes[0][1], final, "mixed", f"{label}: {VIEW_TITLES['mixed']}")],
+                     ignore_index=True)
+    region_legend(fig, data["region"])
+    return fig, data
+
+
+# ---- §13.6 training curves --------------------------------------------------------------------------------
+
+def plain_log_labels(axis) -> None:
+    """Log-axis tick labels as plain numbers ("2000", "0.5"): matplotlib's default "2×10³" on the minor
+    ticks of a short range is hard to read."""
+    plain = ticker.FuncFormatter(lambda value, _: f"{value:,.10g}")
+    low, high = axis.get_view_interval()
+    axis.set_major_formatter(plain)
+    # Minor labels only on a short range, where they are the only labels; over decades they would crowd.
+    axis.set_minor_formatter(plain if 0 < low and high / low < 100 else ticker.NullFormatter())
+    axis.set_minor_locator(ticker.LogLocator(subs=(2, 5)))
+
+
+@styled
+def training_curves(training_log: pd.DataFrame, validation_log: pd.DataFrame, probes: pd.DataFrame, task: str,
+                    title: str, layer: int = 5):
+    """Three rows over log-scaled steps (step 0 cannot be drawn on a log axis and is left out):
+    train and validation loss; the validation metric of `task` (error tasks on a log scale) with the probe's
+    mean coordinate R² on a right axis; the probe's mean Euclidean error. Probe values are the layer-`layer`
+    rows of `probes/<run>.csv` at each checkpoint."""
+    val = validation_log[(validation_log["task"] == task) & (validation_log["step"] > 0)]
+    train = training_log[training_log["step"] > 0]
+    probe = probes[(probes["layer"] == layer) & (probes["step"].astype(str) != "final")]
+    probe = probe.assign(step=probe["step"].astype(int)).query("step > 0").sort_values("step")
+    if val.empty or probe.empty:
+        raise ValueError(f"need validation rows of {task!r} and checkpoint probe rows at layer {layer}")
+    metric = val["metric"].iloc[0]
+    fig = Figure(figsize=FIGSIZE["training_curves"], dpi=DPI, layout="constrained")
+    loss_ax, metric_ax, error_ax = fig.subplots(3, 1, sharex=True)
+    loss_ax.plot(train["step"], train["loss"], color="#7f7f7f", linewidth=0.8, label="train loss", gid="train-loss")
+    loss_ax.plot(val["step"], val["loss"], color="black", linewidth=1.2, label="validation loss", gid="val-loss")
+    loss_ax.set_ylabel("loss (nats/token)")
+    loss_ax.legend(loc="upper right")
+    metric_ax.plot(val["step"], val["value"], color=TASK_COLORS[task], linewidth=1.2, gid="metric")
+    metric_ax.set_ylabel(metric.replace("_", " "), color=TASK_COLORS[task])
+    if metric != "accuracy":
+        metric_ax.set_yscale("log")
+    r2_ax = metric_ax.twinx()
+    r2_ax.spines["right"].set_visible(True)
+    r2_ax.plot(probe["step"], probe["r2_mean"], color="#2ca02c", marker="o", ms=3, linewidth=1, gid="probe-r2")
+    r2_ax.set_ylabel(f"probe R² (layer {layer})", color="#2ca02c")
+    r2_ax.set_ylim(min(0.0, float(probe["r2_mean"].min())), 1.0)
+    error_ax.plot(probe["step"], probe["mean_error"], color="#9467bd", marker="o", ms=3, linewidth=1, gid="probe-error")
+    error_ax.set_yscale("log")
+    error_ax.set_ylabel("probe error (scaled units)")
+    error_ax.set_xscale("log")
+    for axis in (error_ax.xaxis, error_ax.yaxis, metric_ax.yaxis):
+        if axis.get_scale() == "log":
+            plain_log_labels(axis)
+    error_ax.set_xlabel("gradient steps")
+    loss_ax.set_title(title)
+    data = pd.concat([
+        train.assign(series="train_loss", value=train["loss"])[["series", "step", "value"]],
+        val.assign(series="validation_loss", value=val["loss"])[["series", "step", "value"]],
+        val.assign(series=f"validation_{metric}")[["series", "step", "value"]],
+        probe.assign(series="probe_r2_mean", value=probe["r2_mean"])[["series", "step", "value"]],
+        probe.assign(series="probe_mean_error", value=probe["mean_error"])[["series", "step", "value"]],
+    ], ignore_index=True)
+    return fig, data.assign(task=task)
+
+
+@styled
+def checkpoint_metrics(checkpoints: pd.DataFrame, title: str):
+    """Fig. 4b: standard-test metric against step for every task (`evaluation/<run>/checkpoints.csv`): mean
+    absolute error on a log left axis (solid), accuracy on the right axis (dashed); step 0 left out (log x)."""
+    table = checkpoints[(checkpoints["test_set"] == "standard") & (checkpoints["step"] > 0)].sort_values("step")
+    fig, (ax,) = new_figure("checkpoint_metrics")
+    acc_ax = ax.twinx()
+    acc_ax.spines["right"].set_visible(True)
+    for task in (t for t in TASK_NAMES if t in set(table["task"])):
+        part = table[table["task"] == task]
+        accuracy = part["metric"].iloc[0] == "accuracy"
+        (acc_ax if accuracy else ax).plot(part["step"], part["value"], color=TASK_COLORS[task],
+                                          linestyle="--" if accuracy else "-", marker="o", ms=2.5, linewidth=1.2,
+                                          label=TASK_ABBR[task], gid=f"task:{task}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    plain_log_labels(ax.xaxis)
+    ax.set_xlabel("gradient steps")
+    ax.set_ylabel("mean absolute error (solid)")
+    acc_ax.set_ylabel("accuracy (dashed)")
+    acc_ax.set_ylim(0, 1)
+    handles = ax.get_legend_handles_labels()[0] + acc_ax.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.12, 0.5))
+    ax.set_title(title)
+    return fig, table[["step", "task", "metric", "value"]].reset_index(drop=True)
+
+
+# ---- §13.12 Atlantis predictions ----------------------------------------------------------------------------
+
+@styled
+def atlantis_predictions(errors: pd.DataFrame, views: dict[str, pd.DataFrame], labels: dict[str, str]):
+    """Fig. 6b: per model (`views`: run -> views table, one column each), its 3-D mixed view on top and, below,
+    its real-city probe's predicted Atlantis positions (orange-red) against the true ones (black ×), from
+    the Atlantis rows of `probes/atlantis_errors.csv.gz`."""
+    fig = Figure(figsize=FIGSIZE["atlantis_predictions"], dpi=DPI, layout="constrained")
+    grid = fig.add_gridspec(2, len(views))
+    rows = []
+    for c, (run, table) in enumerate(views.items()):
+        rows.append(scatter_view(fig.add_subplot(grid[0, c], projection="3d"), view_rows(table), "mixed",
+                                 f"{labels[run]}: {VIEW_TITLES['mixed']}").assign(run=run, panel="mixed_view"))
+        part = errors[(errors["run"] == run) & errors["group"].str.startswith("atlantis")]
+        if part.empty:
+            raise ValueError(f"no Atlantis rows for {run} in the reconstruction table")
+        ax = fig.add_subplot(grid[1, c])
+        ax.scatter(part["pred_x"], part["pred_y"], s=8, color="#e6550d", linewidths=0, label="predicted", gid="predicted")
+        ax.scatter(part["x"], part["y"], s=12, marker="x", color="black", linewidths=0.8, label="true", gid="true")
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.set_xlabel("x (0.1° longitude)")
+        ax.set_ylabel("y (0.1° latitude)")
+        ax.set_title(f"{labels[run]}: Atlantis, mean error {part['error'].mean():.0f}")
+        ax.legend(loc="best")
+        rows.append(part[["city_id", "x", "y", "pred_x", "pred_y", "error"]].assign(run=run, panel="predictions"))
+    return fig, pd.concat(rows, ignore_index=True)

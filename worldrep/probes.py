@@ -87,14 +87,22 @@ def atlantis_split(is_atlantis: np.ndarray, seed: int = PROBE_SEED, n_train: int
     return order[:n_train], order[n_train: n_train + n_baseline], np.flatnonzero(is_atlantis)
 
 
+def atlantis_predictions(reps: np.ndarray, xy: np.ndarray, is_atlantis: np.ndarray, seed: int = PROBE_SEED,
+                         n_train: int = 4000, n_baseline: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """(baseline predictions [n_baseline, 2], Atlantis predictions [n_atlantis, 2]) of x/y probes trained on
+    real cities only; the rows are those of `atlantis_split` with the same arguments."""
+    train, baseline, test = atlantis_split(is_atlantis, seed, n_train, n_baseline)
+    W, b = fit_ols(reps[train], xy[train])
+    return predict(W, b, reps[baseline]), predict(W, b, reps[test])
+
+
 def atlantis_reconstruction(reps: np.ndarray, xy: np.ndarray, is_atlantis: np.ndarray, seed: int = PROBE_SEED,
                             n_train: int = 4000, n_baseline: int = 100) -> tuple[np.ndarray, np.ndarray]:
     """(baseline errors [n_baseline], Atlantis errors [n_atlantis]): per-city Euclidean errors of a probe
     trained on real cities only."""
-    train, baseline, test = atlantis_split(is_atlantis, seed, n_train, n_baseline)
-    W, b = fit_ols(reps[train], xy[train])
-    return (euclidean_errors(predict(W, b, reps[baseline]), xy[baseline]),
-            euclidean_errors(predict(W, b, reps[test]), xy[test]))
+    _, baseline, test = atlantis_split(is_atlantis, seed, n_train, n_baseline)
+    base_pred, atlantis_pred = atlantis_predictions(reps, xy, is_atlantis, seed, n_train, n_baseline)
+    return euclidean_errors(base_pred, xy[baseline]), euclidean_errors(atlantis_pred, xy[test])
 
 
 def error_summary(errors: Sequence[np.ndarray]) -> dict:
@@ -127,3 +135,47 @@ def atlantis_groups(baseline_errors: Sequence[np.ndarray], atlantis_errors: Sequ
     if control_atlantis_errors is not None:
         result["control_atlantis_mean"] = float(np.mean(control_atlantis_errors))
     return result
+
+
+# ---- 3-D views for the figures (§11 "PCA views", "probe (mixed) 3-D view") ---------------------------------
+
+def first_components(X: np.ndarray, k: int) -> np.ndarray:
+    """The top-k principal directions [d, k] of the rows of X (centred here), each signed so that its
+    largest-magnitude loading is positive: SVD signs are arbitrary, and a view must not flip between runs."""
+    X = np.asarray(X, dtype=np.float64)
+    _, _, vt = np.linalg.svd(X - X.mean(axis=0), full_matrices=False)
+    directions = vt[:k].T
+    pivots = np.abs(directions).argmax(axis=0)
+    return directions * np.sign(directions[pivots, np.arange(directions.shape[1])])
+
+
+def pca_view(reps: np.ndarray, k: int = 3) -> np.ndarray:
+    """[n, k]: the centred representations on their top-k principal components."""
+    reps = np.asarray(reps, dtype=np.float64)
+    centred = reps - reps.mean(axis=0)
+    return centred @ first_components(centred, k)
+
+
+def mixed_view(reps: np.ndarray, xy: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """[n, 3]: probe-predicted x and y (probes fitted on the `train` rows), then the first principal component
+    of the representations with their projection onto the span of the two probe weight vectors removed."""
+    reps = np.asarray(reps, dtype=np.float64)
+    W, b = fit_ols(reps[train], np.asarray(xy, dtype=np.float64)[train])
+    basis, _ = np.linalg.qr(W)  # orthonormal basis [d, 2] of span{w_x, w_y}
+    centred = reps - reps.mean(axis=0)
+    residual = centred - (centred @ basis) @ basis.T
+    return np.column_stack([predict(W, b, reps), residual @ first_components(residual, 1)])
+
+
+VIEW_CHECKPOINT_MULTIPLES = (1, 3, 6, 15, 23)  # §13.2 dynamics: checkpoints s, 3s, 6s, 15s, 23s (and the final)
+
+
+def view_steps(checkpoint_steps) -> list[int]:
+    """The checkpoint steps drawn as dynamics views: k·s for k in 1, 3, 6, 15, 23 where s is the save interval
+    (the first step after 0), keeping those the run has (a short run has fewer)."""
+    steps = sorted(int(s) for s in checkpoint_steps)
+    positive = [s for s in steps if s > 0]
+    if not positive:
+        return []
+    interval = positive[0]
+    return [k * interval for k in VIEW_CHECKPOINT_MULTIPLES if k * interval in set(steps)]
