@@ -90,7 +90,7 @@ rule health_report:
         metrics="results/evaluation/metrics.csv",
         baselines="results/evaluation/trivial_baselines.csv",
         probes="results/probes/probe_metrics.csv",
-        code="worldrep/health.py",
+        code=["worldrep/health.py", "worldrep/artifacts.py"],
     output:
         table_output("evaluation/health_report", "health_report", "6. Run health"),
     params:

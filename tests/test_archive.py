@@ -333,3 +333,21 @@ def test_code_snapshot_is_the_committed_tree():
     assert set(tracked) <= names and "Snakefile" in names and not any(n.startswith("results/") for n in names)
     assert archive.code_snapshot() == snapshot  # deterministic for one commit
     assert archive.code_snapshot(Path("/")) is None
+
+
+def test_untracked_workflow_files_are_listed(tmp_path):
+    """A new rule file not yet committed is in neither workflow.tar nor code_diff.patch: it goes to untracked/."""
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules/old.smk").write_text("# committed\n")
+    (tmp_path / ".gitignore").write_text("rules/*.tmp\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init")
+    (tmp_path / "rules/new.smk").write_text("# not yet committed\n")
+    (tmp_path / "rules/scratch.tmp").write_text("ignored\n")
+    (tmp_path / "notes.txt").write_text("outside the workflow parts\n")
+    assert archive.untracked_workflow_files(tmp_path) == ["rules/new.smk"]
+    assert archive.untracked_workflow_files(Path("/")) == []

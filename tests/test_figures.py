@@ -454,9 +454,10 @@ def test_representation_views(tmp_path):
     views = {"pt1-1_s42": view_table(0), "pt1-3_s42": view_table(1)}
     fig, data = F.representation_views(views, {"pt1-1_s42": "D", "pt1-3_s42": "A"})
     panels = [ax for ax in fig.axes if is_3d(ax)]
-    assert len(panels) == 6  # 3 rows (PCA, mixed, rotated) x 2 models
+    flat = [ax for ax in fig.axes if not is_3d(ax)]
+    assert len(panels) == 4 and len(flat) == 2  # rows PCA, mixed (3-D) and from above (2-D) x 2 models
     assert [ax.get_title() for ax in panels[:2]] == ["D: PCA (PC1–3)", "A: PCA (PC1–3)"]
-    assert panels[4].elev == F.CAMERA["rotated"][0]
+    assert flat[0].get_aspect() == 1.0  # equal aspect: the world's 2:1 shape survives
     assert len(data) == 6 * 40 and set(data["view"]) == {"pca", "mixed", "rotated"}
     pca = data[(data["run"] == "pt1-1_s42") & (data["view"] == "pca")]
     assert np.allclose(pca[["a", "b", "c"]].to_numpy(), views["pt1-1_s42"][["pc1", "pc2", "pc3"]].to_numpy())
@@ -476,16 +477,17 @@ def test_two_task_views_insets():
     views = {"pt2-1_s42": view_table(0), "pt1-1_s42": view_table(1), "pt1-2_s42": view_table(2)}
     labels = {"pt2-1_s42": "D,T", "pt1-1_s42": "D", "pt1-2_s42": "T"}
     fig, data = F.two_task_views(views, labels, {"pt2-1_s42": ["pt1-1_s42", "pt1-2_s42"]})
-    (panel,) = [ax for ax in fig.axes if is_3d(ax)]
-    assert [inset.get_title() for inset in panel.child_axes] == ["D", "T"]
+    assert [ax.get_title() for ax in fig.axes] == ["D,T", "single task D", "single task T"]
     assert sorted(data.loc[data["inset_of"] == "pt2-1_s42", "run"].unique()) == ["pt1-1_s42", "pt1-2_s42"]
 
 
 def test_pca_gallery_leaves_missing_seeds_blank(tmp_path):
-    views = {("pt1-1", 42): view_table(0), ("pt1-1", 1): view_table(1), ("pt1-2", 42): view_table(2)}
+    views = {("pt1-1", 42): view_table(0), ("pt1-1", 1): view_table(1), ("pt1-2", 7): view_table(2)}
     fig, data = F.pca_gallery(views, {"pt1-1": "D", "pt1-2": "T"})
     panels = [ax for ax in fig.axes if is_3d(ax)]
-    assert len(panels) == 4 and [bool(ax.collections) for ax in panels] == [True, True, False, True]  # (T, seed 1)
+    # one column per seed position, in the config's order: T's only seed (a replacement, 7) is in column 1
+    assert [ax.get_title() for ax in panels] == ["D, seed 42", "D, seed 1", "T, seed 7", ""]
+    assert [bool(ax.collections) for ax in panels] == [True, True, True, False]
     assert set(map(tuple, data[["mixture", "seed"]].drop_duplicates().to_numpy())) == set(views)
     check_saved(fig, tmp_path, "pca_gallery", data)
 

@@ -24,7 +24,8 @@ def tables():
         # run, mixture, kind, seed, test_set, task, metric, value, failures
         ("pt1-1_s42", "pt1-1", "pretraining", 42, "standard", "distance", "mean_absolute_error", 12.0, 0),
         ("pt1-5_s42", "pt1-5", "pretraining", 42, "standard", "inside", "accuracy", 0.51, 3),
-        ("pt7_s42", "pt7", "pretraining", 42, "atlantis", "inside", "accuracy", 0.8, 0),
+        ("pt7_s42", "pt7", "pretraining", 42, "standard", "inside", "accuracy", 0.8, 0),
+        ("pt7_s42", "pt7", "pretraining", 42, "atlantis", "inside", "accuracy", 0.3, 0),
         ("ftwb1-1_s42", "ftwb1-1", "finetuning", 42, "standard", "distance", "mean_absolute_error", 9.0, 0),
     ], columns=["run", "mixture", "kind", "seed", "test_set", "task", "metric", "value", "failures"]).assign(n=100)
     baselines = pd.DataFrame([
@@ -42,9 +43,10 @@ def tables():
 def test_health_report_joins_pretraining_runs_with_floor_and_final_probe():
     report = health_report(*tables(), layer=5).set_index("run")
     assert list(report.index) == ["pt1-1_s42", "pt1-5_s42", "pt7_s42"]  # fine-tuned runs are not in it
+    assert set(report["test_set"]) == {"standard"}  # pt7's Atlantis test set is not a health criterion (§14)
     assert report.loc["pt1-1_s42", "trivial_value"] == 300.0 and bool(report.loc["pt1-1_s42", "beats_trivial"])
     assert not report.loc["pt1-5_s42", "beats_trivial"]  # 0.51 < majority class 0.6: a failed inside seed
-    assert report.loc["pt7_s42", "trivial_value"] == 0.55  # its own test set's floor
+    assert report.loc["pt7_s42", "trivial_value"] == 0.6 and report.loc["pt7_s42", "trivial_answer"] == "false"
     assert report.loc["pt1-1_s42", "probe_r2_layer5"] == 0.93  # final checkpoint, layer 5 (not step 100, layer 4)
     assert report.loc["pt1-5_s42", "probe_error_layer5"] == 600.0
     assert report.loc["pt1-5_s42", "failures"] == 3
@@ -52,5 +54,5 @@ def test_health_report_joins_pretraining_runs_with_floor_and_final_probe():
 
 def test_health_report_names_a_test_set_without_baseline():
     metrics, baselines, probes = tables()
-    with pytest.raises(ValueError, match=r"no trivial baseline for test sets \[\('atlantis', 'inside'\)\]"):
-        health_report(metrics, baselines.iloc[:2], probes, layer=5)
+    with pytest.raises(ValueError, match=r"no trivial baseline for test sets \[\('standard', 'inside'\)\]"):
+        health_report(metrics, baselines.iloc[[0, 2]], probes, layer=5)

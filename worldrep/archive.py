@@ -10,6 +10,7 @@
                        dataset and mixture splits, representations);
   provenance/          config.yaml, code_revision.txt (+ code_diff.patch when tracked files differ from HEAD),
                        workflow.tar (`git archive` of that revision: the code itself, when in a git checkout),
+                       untracked/ (workflow files git neither tracks nor ignores, which the other two miss),
                        pip_freeze.txt, hardware.json, snakemake.json (version, the metadata record of every
                        existing output, the latest log), archive.json (the options), derived.sha256;
   MANIFEST.sha256      `sha256  path` of every other member, sorted, `sha256sum -c` format; last member.
@@ -176,6 +177,12 @@ def code_snapshot(root: Path = WORKFLOW_ROOT) -> bytes | None:
     return proc.stdout if proc.returncode == 0 else None
 
 
+def untracked_workflow_files(root: Path = WORKFLOW_ROOT) -> list[str]:
+    """Workflow files (WORKFLOW_PARTS) that git neither tracks nor ignores, sorted; [] outside a checkout."""
+    listed = run_text(["git", "ls-files", "--others", "--exclude-standard", "--", *WORKFLOW_PARTS], cwd=root)
+    return sorted(line for line in (listed or "").splitlines() if line)
+
+
 def pip_freeze() -> str:
     text = run_text([sys.executable, "-m", "pip", "freeze"])
     if text is not None:
@@ -274,6 +281,9 @@ def collect_provenance(config_path: Path, results: Path) -> dict[str, bytes]:
     snapshot = code_snapshot()
     if snapshot:
         members["provenance/workflow.tar"] = snapshot
+    # Files git does not track are in neither the snapshot nor the diff, yet a new rule or module may have run.
+    for rel in untracked_workflow_files():
+        members[f"provenance/untracked/{rel}"] = (WORKFLOW_ROOT / rel).read_bytes()
     return members
 
 

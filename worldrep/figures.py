@@ -442,10 +442,10 @@ def atlantis_histogram(errors: pd.DataFrame, summary: pd.DataFrame):
 # ---- §13.2 representation views -------------------------------------------------------------------------
 
 VIEW_AXES = {"pca": ("pc1", "pc2", "pc3"), "mixed": ("mixed1", "mixed2", "mixed3")}
-VIEW_TITLES = {"pca": "PCA (PC1–3)", "mixed": "probe x, y + residual PC", "rotated": "probe view, from above"}
-# Camera (elevation, azimuth) per panel kind; "rotated" looks down onto the probe's x/y plane, where a
-# linearly decodable map reads as the world map.
-CAMERA = {"pca": (25, -60), "mixed": (25, -60), "rotated": (80, -90)}
+VIEW_TITLES = {"pca": "PCA (PC1–3)", "mixed": "probe x, y + residual PC", "rotated": "probe x, y from above"}
+# Camera (elevation, azimuth) of the 3-D panels. The "rotated" view looks straight down onto the probe's x/y
+# plane and is drawn in 2-D with equal aspect: a 3-D box would squash the 2:1 world into a square.
+CAMERA = {"pca": (25, -60), "mixed": (25, -60)}
 
 
 def view_rows(views: pd.DataFrame, step="final") -> pd.DataFrame:
@@ -457,21 +457,31 @@ def view_rows(views: pd.DataFrame, step="final") -> pd.DataFrame:
 
 
 def scatter_view(ax, view: pd.DataFrame, kind: str, title: str, size: float = 2.0, label_axes: bool = True) -> pd.DataFrame:
-    """Draw one 3-D view (`kind` pca, mixed or rotated) coloured by region, Atlantis on top and larger;
-    returns the drawn points (city_id, region, a, b, c)."""
+    """Draw one view (`kind` pca or mixed on 3-D axes, rotated on 2-D axes) coloured by region, Atlantis on top
+    and larger; returns the drawn points (city_id, region, a, b, c). Scatters are rasterized: at paper scale a
+    vector PDF of ~100k points is megabytes."""
     columns = VIEW_AXES["pca" if kind == "pca" else "mixed"]
+    drawn = columns[:2] if kind == "rotated" else columns
     for region in REGION_COLORS:
         part = view[view["region"] == region]
         if len(part):
-            ax.scatter(*(part[c] for c in columns), s=size * (4 if region == "Atlantis" else 1),
-                       color=REGION_COLORS[region], linewidths=0, depthshade=False, gid=f"region:{region}")
-    ax.view_init(*CAMERA[kind])
+            extra = {} if kind == "rotated" else {"depthshade": False}
+            ax.scatter(*(part[c] for c in drawn), s=size * (4 if region == "Atlantis" else 1),
+                       color=REGION_COLORS[region], linewidths=0, rasterized=True, gid=f"region:{region}", **extra)
     ax.set_title(title, fontsize=8)
     names = ("PC1", "PC2", "PC3") if kind == "pca" else ("probe x", "probe y", "resid. PC1")
+    if kind == "rotated":
+        ax.set_aspect("equal", adjustable="datalim")
+        axes = (ax.xaxis, ax.yaxis)
+        setters = (ax.set_xlabel, ax.set_ylabel)
+    else:
+        ax.view_init(*CAMERA[kind])
+        axes = (ax.xaxis, ax.yaxis, ax.zaxis)
+        setters = (ax.set_xlabel, ax.set_ylabel, ax.set_zlabel)
     if label_axes:
-        for setter, name in zip((ax.set_xlabel, ax.set_ylabel, ax.set_zlabel), names):
-            setter(name, fontsize=6, labelpad=-12)
-    for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
+        for setter, name in zip(setters, names):
+            setter(name, fontsize=6, labelpad=-12 if kind != "rotated" else 1)
+    for axis in axes:
         axis.set_ticklabels([])
     data = view[["city_id", "region"]].copy()
     data[["a", "b", "c"]] = view[list(columns)].to_numpy(float)
@@ -482,13 +492,16 @@ def region_legend(fig: Figure, regions) -> None:
     """One legend of the regions present, below the panels (region colours are the same in every figure)."""
     handles = [mpl.lines.Line2D([], [], marker="o", linestyle="", color=REGION_COLORS[r], label=REGION_LABELS[r])
                for r in REGION_COLORS if r in set(regions)]
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(8, len(handles)), markerscale=1.2)
+    # About 1.5 inches per legend column, so a narrow figure wraps instead of cutting labels off.
+    columns = max(1, min(8, len(handles), int(fig.get_figwidth() // 1.5)))
+    fig.legend(handles=handles, loc="outside lower center", ncols=columns, markerscale=1.2)
 
 
-def view_grid(kind: str, nrows: int, ncols: int):
+def view_grid(kind: str, nrows: int, ncols: int, flat_rows=()):
+    """A grid of 3-D axes (2-D in the rows listed in `flat_rows`)."""
     fig = Figure(figsize=FIGSIZE[kind], dpi=DPI, layout="constrained")
-    axes = [[fig.add_subplot(nrows, ncols, r * ncols + c + 1, projection="3d") for c in range(ncols)]
-            for r in range(nrows)]
+    axes = [[fig.add_subplot(nrows, ncols, r * ncols + c + 1, projection=None if r in flat_rows else "3d")
+             for c in range(ncols)] for r in range(nrows)]
     return fig, axes
 
 
@@ -497,7 +510,7 @@ def representation_views(views: dict[str, pd.DataFrame], labels: dict[str, str])
     """§13.2 (Fig. 2a, 3a–b): one column per model (`views`: run -> its views table, in column order), rows raw
     PCA, the probe "mixed" view and the mixed view from above; final checkpoint, layer 5."""
     kinds = ("pca", "mixed", "rotated")
-    fig, axes = view_grid("representation_views", len(kinds), len(views))
+    fig, axes = view_grid("representation_views", len(kinds), len(views), flat_rows=(2,))
     rows = []
     for c, (run, table) in enumerate(views.items()):
         final = view_rows(table)
@@ -514,14 +527,17 @@ def two_task_views(views: dict[str, pd.DataFrame], labels: dict[str, str], inset
     """§13.2 (Fig. 3a–b): the mixed view of each two-task model (`views`: run -> table), with small insets of
     the single-task models of its tasks (`insets`: two-task run -> single-task runs present in `views`)."""
     two_task = [run for run in views if run in insets]
-    fig, axes = view_grid("two_task_views", 1, len(two_task))
+    # Each two-task panel spans two columns; its single-task models sit small in the row below it.
+    fig = Figure(figsize=FIGSIZE["two_task_views"], dpi=DPI, layout="constrained")
+    grid = fig.add_gridspec(2, 2 * len(two_task), height_ratios=(3, 1))
     rows = []
-    for ax, run in zip(axes[0], two_task):
+    for c, run in enumerate(two_task):
+        ax = fig.add_subplot(grid[0, 2 * c: 2 * c + 2], projection="3d")
         rows.append(scatter_view(ax, view_rows(views[run]), "mixed", labels[run]).assign(run=run, inset_of=""))
-        for k, single in enumerate(insets[run]):
-            inset = ax.inset_axes((k * 0.3, -0.05, 0.3, 0.3), projection="3d")
-            rows.append(scatter_view(inset, view_rows(views[single]), "mixed", labels[single], size=0.6,
-                                     label_axes=False).assign(run=single, inset_of=run))
+        for k, single in enumerate(insets[run][:2]):
+            inset = fig.add_subplot(grid[1, 2 * c + k], projection="3d")
+            rows.append(scatter_view(inset, view_rows(views[single]), "mixed", f"single task {labels[single]}",
+                                     size=0.6, label_axes=False).assign(run=single, inset_of=run))
     data = pd.concat(rows, ignore_index=True)
     region_legend(fig, data["region"])
     return fig, data
@@ -529,18 +545,18 @@ def two_task_views(views: dict[str, pd.DataFrame], labels: dict[str, str], inset
 
 @styled
 def pca_gallery(views: dict[tuple[str, int], pd.DataFrame], labels: dict[str, str]):
-    """§13.2 appendix: raw 3-D PCA of single-task models, one row per mixture and one column per seed
-    (`views`: (mixture, seed) -> table)."""
+    """§13.2 appendix: raw 3-D PCA of single-task models, one row per mixture and one column per seed position
+    (`views`: (mixture, seed) -> table, in the config's seed order: a replaced seed takes its column)."""
     mixtures = list(dict.fromkeys(m for m, _ in views))
-    seeds = sorted({s for _, s in views})
-    fig, axes = view_grid("pca_gallery", len(mixtures), len(seeds))
+    seeds = {m: [s for mm, s in views if mm == m] for m in mixtures}
+    fig, axes = view_grid("pca_gallery", len(mixtures), max(map(len, seeds.values())))
     rows = []
     for r, mixture in enumerate(mixtures):
-        for c, seed in enumerate(seeds):
-            ax = axes[r][c]
-            if (mixture, seed) not in views:
+        for c, ax in enumerate(axes[r]):
+            if c >= len(seeds[mixture]):
                 ax.set_axis_off()
                 continue
+            seed = seeds[mixture][c]
             rows.append(scatter_view(ax, view_rows(views[mixture, seed]), "pca", f"{labels[mixture]}, seed {seed}",
                                      size=1.0, label_axes=False).assign(mixture=mixture, seed=seed))
     data = pd.concat(rows, ignore_index=True)
@@ -586,7 +602,7 @@ def model_views(view: pd.DataFrame, label: str):
 def plain_log_labels(axis) -> None:
     """Log-axis tick labels as plain numbers ("2000", "0.5"): matplotlib's default "2×10³" on the minor
     ticks of a short range is hard to read."""
-    plain = ticker.FuncFormatter(lambda value, _: f"{value:,.10g}")
+    plain = ticker.FuncFormatter(lambda value, _: f"{value:,.10g}" if 1e-3 <= abs(value) < 1e6 else f"{value:.3g}")
     low, high = axis.get_view_interval()
     axis.set_major_formatter(plain)
     # Minor labels only on a short range, where they are the only labels; over decades they would crowd.
@@ -622,7 +638,7 @@ def training_curves(training_log: pd.DataFrame, validation_log: pd.DataFrame, pr
     r2_ax.spines["right"].set_visible(True)
     r2_ax.plot(probe["step"], probe["r2_mean"], color="#2ca02c", marker="o", ms=3, linewidth=1, gid="probe-r2")
     r2_ax.set_ylabel(f"probe R² (layer {layer})", color="#2ca02c")
-    r2_ax.set_ylim(min(0.0, float(probe["r2_mean"].min())), 1.0)
+    r2_ax.set_ylim(max(-0.5, min(0.0, float(probe["r2_mean"].min()))), 1.0)  # a wild early R² would flatten the rest
     error_ax.plot(probe["step"], probe["mean_error"], color="#9467bd", marker="o", ms=3, linewidth=1, gid="probe-error")
     error_ax.set_yscale("log")
     error_ax.set_ylabel("probe error (scaled units)")
@@ -694,4 +710,6 @@ def atlantis_predictions(errors: pd.DataFrame, views: dict[str, pd.DataFrame], l
         ax.set_title(f"{labels[run]}: Atlantis, mean error {part['error'].mean():.0f}")
         ax.legend(loc="best")
         rows.append(part[["city_id", "x", "y", "pred_x", "pred_y", "error"]].assign(run=run, panel="predictions"))
-    return fig, pd.concat(rows, ignore_index=True)
+    data = pd.concat(rows, ignore_index=True)
+    region_legend(fig, data["region"].dropna())
+    return fig, data
