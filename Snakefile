@@ -42,6 +42,19 @@ include: "rules/generalization.smk"
 include: "rules/figures.smk"
 
 
+# Run by Snakemake itself, never submitted to a cluster (profiles/slurm): each takes seconds on small tables
+# or arrays, less than a job's wait in a queue. Datasets, mixtures, training, evaluation, representations and
+# probes are the cluster's (tests/test_slurm.py checks which rules were submitted).
+localrules:
+    all, world, tokenizer,
+    evaluation_table, trivial_baselines, health_report, probe_table, generalization,
+    cka_family, cka_task_count, cka_vs_generalization,
+    figure_world_map, figure_representation_views, figure_two_task_views, figure_model_views,
+    figure_pca_gallery, figure_dynamics_views, figure_cka_matrix, figure_cka_task_count,
+    figure_training_curves, figure_checkpoint_metrics, figure_ftwb1_matrix, figure_cka_vs_generalization,
+    figure_deviation_matrix, figure_deviation_histogram, figure_atlantis_histogram, figure_atlantis_predictions,
+
+
 rule all:
     input:
         "results/world/cities.csv",

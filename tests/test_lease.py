@@ -1,5 +1,5 @@
 """The GPU lease with fake device names: mutual exclusion across processes, release on SIGKILL, packing,
-CUDA_VISIBLE_DEVICES handling and the SLURM step-aside. No GPU needed."""
+CUDA_VISIBLE_DEVICES handling, the SLURM step-aside and the WORLDREP_DEVICE override. No GPU needed."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from worldrep import lease
-from worldrep.lease import acquire_device, detect_devices, visible_devices
+from worldrep.lease import acquire_device, detect_devices, job_lease, visible_devices
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,6 +44,7 @@ HOLDER = textwrap.dedent("""
 def python(script: str, *args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("SLURM_JOB_ID", None)
+    env.pop("WORLDREP_DEVICE", None)
     return subprocess.Popen([sys.executable, "-c", script, *args], env=env, text=True,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, **kwargs)
 
@@ -212,3 +213,47 @@ def test_slurm_allocation_with_several_gpus_still_leases(tmp_path):
     assert {envs[0]["CUDA_VISIBLE_DEVICES"], envs[1]["CUDA_VISIBLE_DEVICES"]} == {"4", "7"}
     first.release()
     second.release()
+
+
+@pytest.mark.parametrize("env", [
+    {"SLURM_JOB_ID": "42", "CUDA_VISIBLE_DEVICES": "1"},  # a SLURM job given a (fake) GPU
+    {"CUDA_VISIBLE_DEVICES": "0,1"},
+    {},
+])
+def test_worldrep_device_cpu_overrides_any_gpu(tmp_path, env):
+    """A test cluster's fake GPUs: the job runs on the CPU, takes no lease, and its log says what it was given."""
+    env = {**env, "WORLDREP_DEVICE": "cpu"}
+    before = dict(env)
+    got = acquire(tmp_path / "locks", devices=["0"], environ=env)
+    assert (got.device, got.name, got.slot) == ("cpu", None, None)
+    assert "WORLDREP_DEVICE=cpu" in got.reason and env.get("CUDA_VISIBLE_DEVICES", "no GPU") in got.reason
+    assert env == before and not (tmp_path / "locks").exists()
+
+
+def test_unknown_worldrep_device_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="WORLDREP_DEVICE='cuda'"):
+        acquire(tmp_path, devices=["0"], environ={"WORLDREP_DEVICE": "cuda"})
+
+
+def test_job_given_a_gpu_torch_cannot_use_fails_loudly(tmp_path, monkeypatch):
+    """A SLURM job handed a GPU on a node where torch sees no CUDA must not train on the CPU for days."""
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.delenv("WORLDREP_DEVICE", raising=False)
+    config = {"lock_dir": str(tmp_path), "slots_per_device": 1}
+    with pytest.raises(RuntimeError, match="WORLDREP_DEVICE=cpu"):
+        job_lease(config, log=lambda _: None, cuda_available=lambda: False)
+    assert job_lease(config, log=lambda _: None, cuda_available=lambda: True).device == "cuda:0"
+    monkeypatch.setenv("WORLDREP_DEVICE", "cpu")
+    assert job_lease(config, log=lambda _: None, cuda_available=lambda: pytest.fail("not asked")).device == "cpu"
+
+
+def test_job_lease_frees_the_device_it_cannot_use(tmp_path, monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv("WORLDREP_DEVICE", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.setattr(lease, "check_cuda_not_initialised", lambda: None)  # this process may have used torch
+    config = {"lock_dir": str(tmp_path), "slots_per_device": 1}
+    with pytest.raises(RuntimeError, match="leased GPU 0"):
+        job_lease(config, log=lambda _: None, cuda_available=lambda: False)
+    acquire(tmp_path, devices=["0"]).release()  # not left held

@@ -6,6 +6,10 @@ a flock when the last descriptor of its open file closes, so a crashed or SIGKIL
 without cleanup. `slots_per_device` > 1 packs that many small jobs per device; `--resources gpu=N` then
 counts slots. flock is only reliable between processes of one machine: keep lock_dir on a local disk.
 Under SLURM the allocation already chose the device, so the lease steps aside.
+
+WORLDREP_DEVICE=cpu puts a job on the CPU whatever GPUs it is given: for test clusters whose GPUs are fake
+(tests/test_slurm.py). Without it, a job handed a GPU that torch cannot use fails at once (`job_lease`)
+rather than quietly training on the CPU for days.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 NVIDIA_SMI = "nvidia-smi"
+DEVICE_ENV = "WORLDREP_DEVICE"
 
 
 @dataclass
@@ -147,10 +152,21 @@ def wait_for_slot(lock_dir: Path, order, poll_seconds, timeout_seconds, log) -> 
     return found
 
 
+def forced_cpu(environ) -> bool:
+    value = environ.get(DEVICE_ENV, "")
+    if value not in ("", "cpu"):
+        raise ValueError(f"{DEVICE_ENV}={value!r}: the only override is 'cpu' (unset: use the GPU if there is one)")
+    return value == "cpu"
+
+
 def acquire_device(lock_dir, *, devices=None, slots_per_device=1, poll_seconds=1.0, timeout_seconds=None,
                    environ=os.environ, log=print) -> DeviceLease:
     """Lease one free (device, slot), waiting for one if all are held; see the module docstring."""
     check_slots(slots_per_device)
+    if forced_cpu(environ):
+        # What the job was given, for the log: a test checks that SLURM handed each GPU job a device.
+        given = ", ".join(f"{k}={environ[k]}" for k in ("SLURM_JOB_ID", "CUDA_VISIBLE_DEVICES") if k in environ)
+        return DeviceLease("cpu", None, None, f"{DEVICE_ENV}=cpu: running on cpu, no lease taken ({given or 'no GPU'})")
     # A SLURM executor job gets its own GPU: step aside. A whole-node allocation running Snakemake inside it
     # (`sbatch ... snakemake --resources gpu=4`) sees several devices, and its jobs still need leases.
     if "SLURM_JOB_ID" in environ and len(visible_devices(environ) or []) <= 1:
@@ -179,9 +195,20 @@ def default_lock_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"worldrep-gpu-leases-{getpass.getuser()}"
 
 
-def job_lease(gpu_config: dict, log=print) -> DeviceLease:
-    """The lease of one Snakemake job from the config's `gpu` section (lock_dir null -> the default)."""
+def torch_cuda_available() -> bool:
+    import torch  # only once the lease has narrowed CUDA_VISIBLE_DEVICES: CUDA reads it once
+
+    return torch.cuda.is_available()
+
+
+def job_lease(gpu_config: dict, log=print, cuda_available=torch_cuda_available) -> DeviceLease:
+    """The lease of one Snakemake job from the config's `gpu` section (lock_dir null -> the default). A job
+    given a GPU that torch cannot use (no driver, a CPU-only torch, a test cluster's fake GPU) is an error."""
     lock_dir = gpu_config["lock_dir"] or default_lock_dir()
     lease = acquire_device(lock_dir, slots_per_device=gpu_config["slots_per_device"], log=log)
     log(lease.reason)
+    if lease.device != "cpu" and not cuda_available():
+        lease.release()
+        raise RuntimeError(f"{lease.reason}; but torch sees no CUDA device here (no driver, or a CPU-only torch "
+                           f"build). Refusing to run on the CPU instead; set {DEVICE_ENV}=cpu to do that on purpose.")
     return lease
