@@ -13,6 +13,12 @@ sys.stderr = sys.stdout = log = open(snakemake.log[0], "w")
 inp, w, p = snakemake.input, snakemake.wildcards, snakemake.params
 LAYER = 5  # the paper's analysis layer (§10); every layer's values are in the tables
 
+
+def views(keys=None):
+    """The rule's view tables in input order, keyed by run (or by the `keys` given, in the same order)."""
+    return dict(zip(keys or p.runs, map(pd.read_csv, inp.views)))
+
+
 DRAW = {
     "figure_world_map": lambda: figures.world_map(read_cities(inp.cities)),
     "figure_cka_matrix": lambda: figures.cka_matrix(
@@ -27,15 +33,6 @@ DRAW = {
     "figure_deviation_histogram": lambda: figures.deviation_histogram(pd.read_csv(inp.deviation), p.mixes),
     "figure_atlantis_histogram": lambda: figures.atlantis_histogram(
         pd.read_csv(inp.errors), pd.read_csv(inp.summary)),
-}
-
-
-def views(keys=None):
-    """The rule's view tables in input order, keyed by run (or by the `keys` given, in the same order)."""
-    return dict(zip(keys or p.runs, map(pd.read_csv, inp.views)))
-
-
-DRAW |= {
     "figure_representation_views": lambda: figures.representation_views(views(), p.labels),
     "figure_two_task_views": lambda: figures.two_task_views(views(), p.labels, p.insets),
     "figure_pca_gallery": lambda: figures.pca_gallery(views([tuple(k) for k in p.runs]), p.labels),
