@@ -24,14 +24,8 @@ import numpy as np  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from worldrep.archive import cpu_model  # noqa: E402
 from worldrep.cka import cka_matrices, cka_matrix, kernel_cka, kernel_debiased_cka  # noqa: E402
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def best_seconds(fn, repeats: int) -> tuple[float, object]:
@@ -64,7 +58,7 @@ def main():
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     features = random_features(args.n, args.d, args.models)
     pairs = args.models * (args.models - 1) // 2
-    print(f"hardware: {cpu_name()}, 1 core pinned; python {platform.python_version()}, numpy {np.__version__}")
+    print(f"hardware: {cpu_model() or 'unknown CPU'}, 1 core pinned; python {platform.python_version()}, numpy {np.__version__}")
     print(f"{args.models} models x {args.n:,} cities x {args.d} features, {pairs} pairs; best of {args.repeats}")
 
     rows = {}

@@ -23,15 +23,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from worldrep.archive import copy_workflow  # noqa: E402
+from worldrep.archive import copy_workflow, cpu_model  # noqa: E402
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
 def hardware() -> str:
     """benchmarks/training.py's hardware() without torch, which planning never loads."""
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown CPU")
+    cpu = cpu_model() or "unknown CPU"
     version = subprocess.run([*SNAKEMAKE, "--version"], capture_output=True, text=True).stdout.strip()
     return (f"{cpu}; {len(os.sched_getaffinity(0))} CPU cores (load average {os.getloadavg()[0]:.1f}); "
             f"Python {platform.python_version()}, Snakemake {version}")

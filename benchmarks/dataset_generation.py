@@ -24,17 +24,11 @@ import yaml  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from worldrep.archive import cpu_model  # noqa: E402
 from worldrep.datasets import World, generate_dataset, render  # noqa: E402
 from worldrep.tasks import TASKS  # noqa: E402
 from worldrep.tasks.base import compact_text  # noqa: E402
 from worldrep.world import WorldSettings, build_world  # noqa: E402
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def per_item_loop(task, settings, world: World, n: int) -> float:
@@ -83,7 +77,7 @@ def main():
     world = World.from_table(build_world(WorldSettings(100000, 100, (-35.0, 35.0), 3.0, 42, 42)))
     sizes = {"n_train": args.items, "n_val": 128, "n_test": 10_000}
     total = sum(sizes.values())
-    print(f"hardware: {cpu_name()}, 1 core pinned; python {platform.python_version()}, numpy {np.__version__}")
+    print(f"hardware: {cpu_model() or 'unknown CPU'}, 1 core pinned; python {platform.python_version()}, numpy {np.__version__}")
     print(f"pretraining variant, {total:,} items per task (train {args.items:,} + val 128 + test 10,000)")
     print(f"{'task':<13}{'sample+label s/1M':>18}{'text+tokens s/1M':>18}{'total s/1M':>12}"
           f"{'loop s/1M':>12}{'speed-up':>10}")

@@ -18,7 +18,6 @@ import importlib.util
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from worldrep.archive import cpu_model  # noqa: E402
 from worldrep.mixtures import pad_columns  # noqa: E402
 from worldrep.model import ModelSettings, build_model  # noqa: E402
 from worldrep.tokenizer import PAD_ID, build_hf_tokenizer, decode_tokens  # noqa: E402
@@ -45,8 +45,7 @@ def hardware(device: torch.device) -> str:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name")), platform.processor() or "unknown CPU")
+        name = cpu_model() or "unknown CPU"
     return (f"{name}; {len(os.sched_getaffinity(0))} CPU cores (load average {os.getloadavg()[0]:.1f}), torch "
             f"{torch.__version__} ({torch.get_num_threads()} threads), transformers {transformers.__version__}")
 
