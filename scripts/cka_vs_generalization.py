@@ -1,7 +1,7 @@
 """Snakemake adapter: rule cka_vs_generalization -> results/cka/cka_vs_generalization{,_fit}.csv (§12).
 
 Points: ordered pairs (X, Y), X != Y, of non-crossing tasks that have both a single-task model and an FTWB1
-model; x = layer-5 seed-averaged single-task CKA, y = seed-mean FTWB1 NI (fine-tune on X, evaluate Y)."""
+model; x = analysis-layer (5) seed-averaged single-task CKA, y = seed-mean FTWB1 NI (fine-tune on X, evaluate Y)."""
 import _workflow  # noqa: F401  (this workflow's `worldrep` first on sys.path)
 import sys
 from pathlib import Path
@@ -13,7 +13,7 @@ from scipy import stats
 from worldrep.artifacts import atomic_write_bytes
 
 sys.stderr = sys.stdout = log = open(snakemake.log[0], "w")
-LAYER, EXCLUDED = 5, "crossing"  # crossing fails to learn alone (§14)
+LAYER, EXCLUDED = snakemake.params.layer, "crossing"  # the analysis layer (5); crossing fails to learn alone (§14)
 task_of = snakemake.params.variant_task
 cka = pd.read_csv(snakemake.input.cka).query("layer == @LAYER")
 cka = cka.assign(finetuned_task=cka.row.map(task_of), evaluated_task=cka.column.map(task_of))

@@ -11,7 +11,6 @@ from worldrep.world import read_cities
 
 sys.stderr = sys.stdout = log = open(snakemake.log[0], "w")
 inp, w, p = snakemake.input, snakemake.wildcards, snakemake.params
-LAYER = 5  # the paper's analysis layer (§10); every layer's values are in the tables
 
 
 def views(keys=None):
@@ -19,10 +18,22 @@ def views(keys=None):
     return dict(zip(keys or p.runs, map(pd.read_csv, inp.views)))
 
 
+def final_r2():
+    """run -> (R² x, R² y) of its final probe at the analysis layer, from the rule's per-run probe tables."""
+    if "probes" not in inp.keys():
+        return None
+    r2 = {}
+    for run, path in zip(p.runs, inp.probes):
+        table = pd.read_csv(path)
+        row = table[(table["step"].astype(str) == "final") & (table["layer"] == p.layer)].iloc[0]
+        r2[run] = (row["r2_x"], row["r2_y"])
+    return r2
+
+
 DRAW = {
     "figure_world_map": lambda: figures.world_map(read_cities(inp.cities)),
     "figure_cka_matrix": lambda: figures.cka_matrix(
-        pd.read_csv(inp.matrix), LAYER, w.estimator, labels=figures.mixture_labels(p.task_sets),
+        pd.read_csv(inp.matrix), p.layer, w.estimator, labels=figures.mixture_labels(p.task_sets),
         task_sets=p.task_sets if w.family != "pt1" else None, with_sem=True),
     "figure_cka_task_count": lambda: figures.cka_vs_task_count(
         pd.read_csv(inp.values), pd.read_csv(inp.summary), w.estimator),
@@ -33,7 +44,8 @@ DRAW = {
     "figure_deviation_histogram": lambda: figures.deviation_histogram(pd.read_csv(inp.deviation), p.mixes),
     "figure_atlantis_histogram": lambda: figures.atlantis_histogram(
         pd.read_csv(inp.errors), pd.read_csv(inp.summary)),
-    "figure_representation_views": lambda: figures.representation_views(views(), p.labels),
+    "figure_representation_views": lambda: figures.representation_views(views(), p.labels, final_r2(),
+                                                                        p.get("layer")),
     "figure_two_task_views": lambda: figures.two_task_views(views(), p.labels, p.insets),
     "figure_pca_gallery": lambda: figures.pca_gallery(views([tuple(k) for k in p.runs]), p.labels),
     "figure_dynamics_views": lambda: figures.dynamics_views(views(), p.labels),

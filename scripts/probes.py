@@ -1,5 +1,5 @@
 """Snakemake adapter: rule probes -> results/probes/{run}.csv: one row per (step, layer) with the probe
-metrics of §11 on the standard split; step is "final" for the final checkpoint. Also the layer-5 3-D views
+metrics of §11 on the standard split; step is "final" for the final checkpoint. Also the analysis layer's 3-D views
 (PCA and probe "mixed", §11) of the final checkpoint and of the dynamics checkpoints -> results/views/{run}.csv.gz,
 so the figures never refit anything."""
 import _workflow  # noqa: F401  (this workflow's `worldrep` first on sys.path)
@@ -11,7 +11,7 @@ import pandas as pd
 
 from worldrep.artifacts import atomic_write_bytes
 from worldrep.probes import mixed_view, pca_view, probe_split, standard_probe, view_steps
-from worldrep.representations import DEFAULT_LAYER, load_representations
+from worldrep.representations import load_representations
 from worldrep.world import read_cities
 
 sys.stderr = sys.stdout = log = open(snakemake.log[0], "w")
@@ -29,7 +29,7 @@ for step, path in sources:
     for layer, features in reps.items():
         rows.append({"step": step, "layer": layer, **standard_probe(features, xy, split)})
     if step in drawn:
-        pca, mixed = pca_view(reps[DEFAULT_LAYER]), mixed_view(reps[DEFAULT_LAYER], xy, split[0])
+        pca, mixed = pca_view(reps[snakemake.params.layer]), mixed_view(reps[snakemake.params.layer], xy, split[0])
         views.append(pd.DataFrame({
             "step": step, "city_id": ids, "region": cities.loc[ids, "region"].to_numpy(),
             "is_atlantis": cities.loc[ids, "is_atlantis"].to_numpy(bool), "x": xy[:, 0], "y": xy[:, 1],

@@ -22,7 +22,8 @@ device = torch.device("cpu")  # a forward pass over ~5,700 short prompts: second
 
 
 def extract_to(model_dir, path):
-    save_representations(path, city_ids, extract(load_model(model_dir, device), tokens, device=device))
+    save_representations(path, city_ids, extract(load_model(model_dir, device), tokens, layers=p.layers,
+                                                           device=device))
 
 
 if "checkpoints" in snakemake.input.keys():

@@ -39,14 +39,19 @@ if base:
     inputs["base"] = sha256_file(Path(base) / "model.safetensors")
 # The code too: a state saved by an older trainer must not be finished by a newer one.
 code = {path: sha256_file(path) for path in snakemake.input.code}
-run_fingerprint = fingerprint({"recipe": vars(recipe), "seed": seed, "inputs": inputs, "code": code})
+run_fingerprint = fingerprint({"model": p["model"], "recipe": vars(recipe), "seed": seed, "inputs": inputs,
+                               "code": code})
 
 if base:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)  # weights only (§7.1)
+    built = {key: getattr(model.config, key) for key in p["model"] if key != "init_std"}
+    wanted = {key: value for key, value in p["model"].items() if key != "init_std"}
+    if built != wanted:
+        raise SystemExit(f"base model {base} has architecture {built}, but the config's model section is {wanted}")
 else:
-    model = build_model(ModelSettings(), seed)
+    model = build_model(ModelSettings(**p["model"]), seed)
 train_tokens = load_split(mixture_dir, "train")["tokens"]
 val = load_split(mixture_dir, "val")
 validation = Validation(val["tokens"], val["task"], val["answers"], task_names)
@@ -65,7 +70,7 @@ metadata = {
     # an override for a failed seed must not retrain the healthy seeds of that mixture.
     "run": run_dir.name, "mixture": snakemake.wildcards.mixture, "seed": seed,
     "seeds_entry": seeds_entry(snakemake.config, snakemake.wildcards.mixture),
-    "base_model": base, "recipe": vars(recipe), "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+    "base_model": base, "model": p["model"], "recipe": vars(recipe), "device": torch.cuda.get_device_name(device) if device.type == "cuda"
     else "cpu", "weight_decay_groups": "weight matrices and embeddings; no decay on biases and RMSNorm gains",
     "fingerprint": run_fingerprint, "inputs_sha256": inputs, **summary, "provenance": provenance(),
 }

@@ -4,6 +4,7 @@ Every bad config is a deep copy of config/smoke.yaml with one mutation. A case p
 ConfigError message has a line that names the offending key path *and* states the problem on that line.
 """
 import copy
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml", "quick.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml", "quick.yaml", "laptop.yaml"])
 def test_shipped_configs_validate(name):
     config = yaml.safe_load((ROOT / "config" / name).read_text())
     assert validate_config(config) is config
@@ -126,6 +127,21 @@ BAD = {  # id: (mutation, key path named in the message, problem text on the sam
     "negative-probe-seed": (setp("probes.seed", -3), "probes.seed", "less than the minimum of 0"),
     "zero-atlantis-baseline": (setp("probes.atlantis_baseline", 0), "probes.atlantis_baseline",
                                "less than the minimum of 1"),
+    # model and representations (METHOD §6, §10)
+    "heads-not-dividing-hidden": (setp("model.num_attention_heads", 3), "model.num_attention_heads",
+                                  "3 heads do not divide hidden_size 128"),
+    "odd-head-dim": (setp("model.hidden_size", 132), "model.num_attention_heads",
+                     "head_dim 33 (hidden_size / heads) must be even"),
+    "kv-heads-not-dividing-heads": (setp("model.num_key_value_heads", 3), "model.num_key_value_heads",
+                                    "3 kv-heads do not divide 4 attention heads"),
+    "zero-layers": (setp("model.num_hidden_layers", 0), "model.num_hidden_layers", "less than the minimum of 1"),
+    "layer-beyond-depth": (setp("model.num_hidden_layers", 4), "representations.layers",
+                           "[5, 6] lie beyond the model's depth (model.num_hidden_layers = 4"),
+    "analysis-layer-not-extracted": (setp("representations.analysis_layer", 2), "representations.analysis_layer",
+                                     "2 is not one of the extracted layers [3, 4, 5, 6]"),
+    "zero-init-std": (setp("model.init_std", 0), "model.init_std", "less than or equal to the minimum of 0"),
+    "unknown-model-key": (setp("model.hidden", 64), "model", "'hidden' was unexpected"),
+    "missing-model-section": (delp("model"), "<top level>", "'model' is a required property"),
 }
 
 
@@ -168,3 +184,12 @@ def test_snakefile_rejects_bad_config_at_load(tmp_path):
 def test_snakefile_dry_runs_smoke_config():
     proc = dry_run(ROOT / "config" / "smoke.yaml")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_snakefile_dry_runs_laptop_config():
+    """config/laptop.yaml plans its whole DAG: 3 pretraining and 5 fine-tuning runs, through the claims checklist."""
+    proc = dry_run(ROOT / "config" / "laptop.yaml")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, flags=re.MULTILINE))
+    assert (counts["pretrain"], counts["finetune"], counts["claims"]) == ("3", "5", "1"), counts
+    assert counts["checkpoint_representations"] == "3"  # pt1-1, pt1-3 and the checkpoint run pt3-1

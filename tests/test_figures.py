@@ -466,6 +466,9 @@ def test_representation_views(tmp_path):
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend == ["Western Europe", "Africa", "China", "Atlantis"]  # palette order, display labels
     check_saved(fig, tmp_path, "representation_views", data)
+    with_r2, _ = F.representation_views(views, {"pt1-1_s42": "D", "pt1-3_s42": "A"}, {"pt1-3_s42": (0.914, 0.875)}, 3)
+    titles = [ax.get_title() for ax in with_r2.axes if not is_3d(ax)]
+    assert titles == ["probe x, y from above", "probe x, y from above\nlayer 3: R² x 0.91, y 0.88"]
 
 
 def test_view_rows_names_missing_step():

@@ -104,3 +104,38 @@ def test_quick_grid_has_what_each_claim_needs():
     assert {r.seed for r in runs} == {42} and len(runs) == 30
     steps = recipe_settings(quick, "pt1-1")["epochs"] * -(-quick["datasets"]["pretraining"]["n_train"] // 128)
     assert steps < 328_146 / 10  # a tenth of a paper run at most
+
+
+# ---- items per city (docs/METHOD.md §7.4) ---------------------------------------------------------------------
+
+def test_every_paper_pretraining_run_sees_42m_items():
+    """METHOD §7.1 'Budget': 1M × 42 = 2M × 21 = 3M × 14 = 7M × 6 sequences, each task its share."""
+    from worldrep.grid import items_seen, pretraining_mixtures
+
+    for mixture, tasks in pretraining_mixtures(PAPER).items():
+        seen = items_seen(PAPER, mixture)
+        assert list(seen) == tasks and sum(seen.values()) == 42_000_000, mixture
+        assert set(seen.values()) == {42_000_000 // len(tasks)}, mixture
+
+
+def test_short_runs_are_counted_per_task_against_the_rule():
+    from worldrep.grid import items_per_city, short_runs
+
+    laptop = yaml.safe_load((ROOT / "config/laptop.yaml").read_text())
+    assert items_per_city(laptop, "pt1-1", 564) == {"distance": 20 * 100_000 / 564}
+    assert items_per_city(laptop, "pt3-1", 564) == {t: 8 * 100_000 / 564 for t in ("distance", "trianglearea", "angle")}
+    short = short_runs(laptop, 564, rule=2000)
+    assert list(short) == ["pt3-1"]  # 1,418 per task, though 4,255 pooled: the rule counts per task
+    assert short_runs(laptop, 564, rule=1400) == {}
+    assert set(short_runs(SMOKE, 6204)) == set(SMOKE["mixtures"]["pretraining"]) | {"pt7-atl"}
+
+
+def test_planning_warns_about_each_short_run_and_carries_on():
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", "config/smoke.yaml"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    warned = re.findall(r"warning: runs of (\S+) see (.*?) items per real city \(([\d,]+) cities\)", proc.stderr)
+    assert sorted(m for m, _, _ in warned) == sorted([*SMOKE["mixtures"]["pretraining"], "pt7-atl"])
+    seen = {m: items for m, items, _ in warned}
+    assert seen["pt1-1"] == "distance 0.081" and seen["pt2-1"] == "distance 0.04, trianglearea 0.04"
+    assert {cities for _, _, cities in warned} == {"6,204"}

@@ -139,6 +139,11 @@ def report_jobs(config: dict, jobs: set[str]) -> set[str]:
         figures.add("figure_atlantis_predictions")
     if jobs & {"evaluation_table", "trivial_baselines", "probe_table"}:
         figures.add("health_report")
+    # The §15 checklist reads the probe, health, CKA, generalization and Atlantis tables and the single-task views.
+    checklist_inputs = {"probe_table", "cka_family[family=pt1]", "cka_task_count", "cka_vs_generalization",
+                        "generalization", "atlantis_reconstruction"}
+    if (jobs | figures) & (checklist_inputs | {"health_report"}) or probed & set(single.values()):
+        figures.add("claims")
     return figures
 
 
@@ -338,9 +343,14 @@ def test_smoke_run_draws_every_figure_and_the_report(workflow):
     html = (results / "report.html").read_text(errors="replace")
     assert all(f"{name}.png" in html for name in names)
     tables = ["health_report.csv", "metrics.csv", "atlantis_summary.csv", "task_count_summary.csv",
-              "cka_vs_generalization_fit.csv"]
+              "cka_vs_generalization_fit.csv", "claims.csv"]
     assert all(table in html for table in tables)
     assert "Made with config" in html and "smoke" in html  # captions name the config
+    import pandas as pd
+
+    claims = pd.read_csv(results / "claims.csv")  # smoke runs are noise: nothing about maps is decided
+    assert list(claims["claim"]) == list(range(1, 9)) and set(claims["status"]) <= {"not reached", "does not hold"}
+    assert "Claims checklist (METHOD §15): config `smoke`" in (results / "claims.md").read_text()
     proc = subprocess.run([sys.executable, "-m", "worldrep.archive", "create", "--name", "smoke", "--config", SMOKE],
                           cwd=workflow, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -356,8 +366,8 @@ def test_training_setting_change_replans_the_runs_it_shapes(workflow, smoke_conf
     expected = downstream_jobs(smoke_config, set(), set(), set(smoke_config["mixtures"]["finetuning"]["mixes"]))
     # finetune, evaluate, representations and probes per mix; the combined tables, generalization and what
     # reads it, the Atlantis reconstruction (ftwb2-13), all; 6 figures (FTWB1, deviation matrix and histogram,
-    # CKA vs generalization twice, Atlantis histogram), the Atlantis predictions and the health report
-    assert len(expected) == 4 * 3 + 6 + 8
+    # CKA vs generalization twice, Atlantis histogram), the Atlantis predictions, the health report, the claims
+    assert len(expected) == 4 * 3 + 6 + 9
     assert planned_jobs(workflow, "config/edited.yaml") == expected
 
 
@@ -420,7 +430,8 @@ def test_one_variant_setting_replans_only_that_variant(workflow, smoke_config):
                         "figure_deviation_histogram", "figure_cka_vs_generalization[estimator=biased]",
                         "figure_cka_vs_generalization[estimator=debiased]",
                         # the control's own views, the Atlantis predictions (same table), the health report
-                        "figure_model_views[run=pt7-atl_s42]", "figure_atlantis_predictions", "health_report"}
+                        "figure_model_views[run=pt7-atl_s42]", "figure_atlantis_predictions", "health_report",
+                        "claims"}
     assert planned_jobs(workflow, "config/edited.yaml") == expected
 
 

@@ -63,6 +63,29 @@ def semantic_problems(config: dict) -> list[str]:
         if ft[item_key] > have:
             problems.append(f"config key 'mixtures.finetuning.{item_key}': asks for {ft[item_key]} items per task, "
                             f"but 'datasets.{variant}.n_train' is only {have}")
+    return problems + model_problems(config)
+
+
+def model_problems(config: dict) -> list[str]:
+    """The architecture (`model`) and the extracted layers (`representations`) fit together (METHOD §6, §10)."""
+    problems = []
+    model, reps = config["model"], config["representations"]
+    hidden, heads, kv = model["hidden_size"], model["num_attention_heads"], model["num_key_value_heads"]
+    if hidden % heads:
+        problems.append(f"config key 'model.num_attention_heads': {heads} heads do not divide hidden_size {hidden}")
+    elif (hidden // heads) % 2:
+        problems.append(f"config key 'model.num_attention_heads': head_dim {hidden // heads} (hidden_size / heads) "
+                        "must be even for the rotary embedding")
+    if heads % kv:
+        problems.append(f"config key 'model.num_key_value_heads': {kv} kv-heads do not divide {heads} attention heads")
+    depth = model["num_hidden_layers"]
+    beyond = [layer for layer in reps["layers"] if layer > depth]
+    if beyond:
+        problems.append(f"config key 'representations.layers': {beyond} lie beyond the model's depth "
+                        f"(model.num_hidden_layers = {depth}; hidden_states[{depth}] is the last, after the final norm)")
+    if reps["analysis_layer"] not in reps["layers"]:
+        problems.append(f"config key 'representations.analysis_layer': {reps['analysis_layer']} is not one of "
+                        f"the extracted layers {reps['layers']}")
     return problems
 
 

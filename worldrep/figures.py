@@ -506,9 +506,11 @@ def view_grid(kind: str, nrows: int, ncols: int, flat_rows=()):
 
 
 @styled
-def representation_views(views: dict[str, pd.DataFrame], labels: dict[str, str]):
+def representation_views(views: dict[str, pd.DataFrame], labels: dict[str, str],
+                         r2: dict[str, tuple[float, float]] | None = None, layer: int | None = None):
     """§13.2 (Fig. 2a, 3a–b): one column per model (`views`: run -> its views table, in column order), rows raw
-    PCA, the probe "mixed" view and the mixed view from above; final checkpoint, layer 5."""
+    PCA, the probe "mixed" view and the mixed view from above; final checkpoint, analysis layer. With `r2`
+    (run -> the standard-split probe R² of x and y at `layer`), the view from above says how good its map is."""
     kinds = ("pca", "mixed", "rotated")
     fig, axes = view_grid("representation_views", len(kinds), len(views), flat_rows=(2,))
     rows = []
@@ -516,6 +518,8 @@ def representation_views(views: dict[str, pd.DataFrame], labels: dict[str, str])
         final = view_rows(table)
         for r, kind in enumerate(kinds):
             title = f"{labels[run]}: {VIEW_TITLES[kind]}" if r == 0 else VIEW_TITLES[kind]
+            if kind == "rotated" and r2 and run in r2:
+                title += f"\nlayer {layer}: R² x {r2[run][0]:.2f}, y {r2[run][1]:.2f}"
             rows.append(scatter_view(axes[r][c], final, kind, title).assign(run=run, label=labels[run]))
     data = pd.concat(rows, ignore_index=True)
     region_legend(fig, data["region"])

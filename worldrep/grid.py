@@ -75,6 +75,33 @@ def recipe_settings(config: dict, mixture: str) -> dict:
     return {**shared, "peak_lr": kind["peak_lr"], "epochs": epochs}
 
 
+# ---- the items-per-city rule (docs/METHOD.md §7.4) ----------------------------------------------------------
+# A city map appears once a run has seen about this many training items of one task per real city (the
+# paper's Fig. 1: 1,000-1,300; our calibration in evidence/: see §7.4). Planning warns below it; it never stops.
+MAP_ITEMS_PER_CITY = 1500
+
+
+def items_seen(config: dict, mixture: str) -> dict[str, int]:
+    """Training items of each task that a pretraining run of `mixture` sees: its epochs × the task's whole train
+    split (every task contributes its whole split, §4.1)."""
+    families = mixture_families(config)
+    variant = "with_atlantis" if mixture in families["with_atlantis"] else "pretraining"
+    epochs = recipe_settings(config, mixture)["epochs"]
+    return {task: epochs * config["datasets"][variant]["n_train"] for task in pretraining_mixtures(config)[mixture]}
+
+
+def items_per_city(config: dict, mixture: str, n_real: int) -> dict[str, float]:
+    """`items_seen` per real city of the world."""
+    return {task: n / n_real for task, n in items_seen(config, mixture).items()}
+
+
+def short_runs(config: dict, n_real: int, rule: float = MAP_ITEMS_PER_CITY) -> dict[str, dict[str, float]]:
+    """Pretraining mixtures whose runs see fewer than `rule` items of some task per real city: name -> the
+    items per city of each task. Counted per task, not pooled (§7.4)."""
+    return {mixture: per_city for mixture in pretraining_mixtures(config)
+            if min((per_city := items_per_city(config, mixture, n_real)).values()) < rule}
+
+
 def evaluation_sets(config: dict, mixture: str) -> list[tuple[str, str]]:
     """(dataset variant, task) test sets a mixture's models are scored on (§8): models that saw every
     configured task (the 7-task runs) and fine-tuned models get every standard and Atlantis test set; the

@@ -1,9 +1,9 @@
 """Per-city representations: partial prompts, hidden states at layers 3–6, one `.npz` per model (METHOD §10).
 
 Layer convention (the contract with probes and CKA): layer L is `hidden_states[L]` of the pinned `transformers`
-Qwen2, where 0 is the embedding output, 1..5 the outputs of blocks 1..5, and 6 the output of block 6 **after**
-the final RMSNorm (the library puts the normed state there). A city's vector at layer L is
-[h_L(last ID digit), h_L(delimiter)], 2 × hidden_size = 256 numbers.
+Qwen2 with N blocks, where 0 is the embedding output, 1..N-1 the outputs of those blocks, and N the output of
+block N **after** the final RMSNorm (the library puts the normed state there). A city's vector at layer L is
+[h_L(last ID digit), h_L(delimiter)], 2 × hidden_size numbers (256 for the paper's model, layers 3–6 of 6).
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from .world import ELIGIBLE_MIN_ID, MAX_CITY_ID
 
 LAYERS = (3, 4, 5, 6)
 DEFAULT_LAYER = 5
-LAYER_CONVENTION = "hidden_states[L]: 0 = embeddings, 1..5 = block outputs, 6 = block 6 after the final RMSNorm"
+# The default layers are the paper's 6-block model; `representations.layers` in the config chooses others.
+LAYER_CONVENTION = "hidden_states[L]: 0 = embeddings, 1..N-1 = block outputs, N = block N after the final RMSNorm"
 PROMPT_TASK_OF_MANY = "distance"  # §10: pt7, pt7-atl and every ftwb2 model are prompted with distance
 
 

