@@ -25,22 +25,6 @@ if not workflow.config_settings.configfiles:
 validate_config(config)
 
 
-def warn_short_runs():
-    """Planning warns (never stops: smoke and CI runs are short on purpose) about every pretraining mixture
-    below the items-per-city rule (docs/METHOD.md §7.4): its runs will not have a city map to analyse."""
-    from worldrep.grid import MAP_ITEMS_PER_CITY, short_runs
-    from worldrep.world import real_city_count
-
-    n_real = real_city_count(config["world"]["min_population"])
-    for mixture, per_city in short_runs(config, n_real).items():
-        seen = ", ".join(f"{task} {value:,.0f}" if value >= 10 else f"{task} {value:.2g}" for task, value in per_city.items())
-        print(f"warning: runs of {mixture} see {seen} items per real city ({n_real:,} cities), below the "
-              f"{MAP_ITEMS_PER_CITY:,} at which a map appears (docs/METHOD.md §7.4)", file=sys.stderr)
-
-
-warn_short_runs()
-
-
 report: "rules/captions/workflow.rst"
 
 

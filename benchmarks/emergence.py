@@ -102,15 +102,15 @@ def main():
         line = "  ".join(f"L{r['layer']} {r['r2_x']:+.2f}/{r['r2_y']:+.2f}" for r in rows[-len(layers):])
         print(f"step {step:6d}  {step * 128 / n_real:6.0f} items/city  {time.perf_counter() - began:6.0f} s  "
               f"R² x/y: {line}", flush=True)
+        if args.out:  # after every probe: a run stopped early still leaves its curve so far
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            with open(args.out, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
 
     with tempfile.TemporaryDirectory() as work:
         train(model, train_tokens, validation, recipe, args.seed, torch.device("cpu"), Path(work) / "run", "x", probe)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
 
 
 if __name__ == "__main__":

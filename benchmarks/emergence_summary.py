@@ -20,8 +20,26 @@ BATCH = 128
 
 
 def load_calibration(path: Path) -> pd.DataFrame:
-    frame = pd.read_csv(path)
-    return frame.assign(source=path.stem)
+    """A CSV of benchmarks/emergence.py, or its printed log (a run stopped before it wrote the CSV)."""
+    if path.suffix == ".log":
+        return load_log(path)
+    return pd.read_csv(path).assign(source=path.stem)
+
+
+def load_log(path: Path) -> pd.DataFrame:
+    """The probe lines of an emergence.py log: `step N  X items/city  T s  R² x/y: L1 a/b  L2 c/d ...`."""
+    import re
+
+    text = path.read_text(errors="replace").replace("\r", "\n")
+    head = re.search(r"^(\w+): (\d+) real cities \(population >= ([\d,]+)\)", text, flags=re.MULTILINE)
+    task, n_real, min_population = head.group(1), int(head.group(2)), int(head.group(3).replace(",", ""))
+    rows = []
+    for step, layers in re.findall(r"step\s+(\d+)\s+\d+ items/city\s+\d+ s\s+R² x/y: (.*)", text):
+        for layer, x, y in re.findall(r"L(\d+) ([+-][\d.]+)/([+-][\d.]+)", layers):
+            rows.append({"task": task, "min_population": min_population, "n_real": n_real, "step": int(step),
+                         "items": int(step) * BATCH, "items_per_city": int(step) * BATCH / n_real,
+                         "layer": int(layer), "r2_x": float(x), "r2_y": float(y), "r2_mean": (float(x) + float(y)) / 2})
+    return pd.DataFrame(rows).assign(source=path.stem)
 
 
 def load_workflow(spec: str) -> pd.DataFrame:
@@ -81,7 +99,7 @@ def figure(curves: pd.DataFrame, out: Path) -> None:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("csv", nargs="*", type=Path, help="benchmarks/emergence.py outputs")
+    parser.add_argument("csv", nargs="*", type=Path, help="benchmarks/emergence.py outputs (CSV, or its log)")
     parser.add_argument("--workflow", action="append", default=[], help="TASK:MIN_POPULATION:N_REAL:probes CSV")
     parser.add_argument("--out", type=Path, required=True, help="output stem: STEM.csv (table) and STEM.png")
     args = parser.parse_args()

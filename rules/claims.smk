@@ -2,25 +2,6 @@
 # the numbers that decide it, from whichever analysis tables this config plans.
 
 
-def claims_input(wildcards):
-    """The analysis tables the checklist reads: only those this config plans (a missing one leaves its claims
-    'not reached')."""
-    inputs = {"probes": "results/probes/probe_metrics.csv"}
-    if PRETRAINING_RUNS:
-        inputs["health"] = "results/evaluation/health_report.csv"
-    if "pt1" in CKA_FAMILIES:
-        inputs["cka_pt1"] = "results/cka/pt1/matrix.csv"
-    if CKA_FAMILIES:
-        inputs["task_count"] = "results/cka/task_count_summary.csv"
-    if FINETUNING_RUNS and "pt1" in CKA_FAMILIES:
-        inputs["cka_fit"] = "results/cka/cka_vs_generalization_fit.csv"
-    if FINETUNING_RUNS:
-        inputs["deviation"] = "results/generalization/best_teacher_deviation.csv"
-    if ATLANTIS_RUNS:
-        inputs["atlantis"] = "results/probes/atlantis_summary.csv"
-    return inputs
-
-
 rule claims:
     """§15 checklist: claims.csv (shown in the report) and claims.md."""
     input:

@@ -1,6 +1,7 @@
 # Names and paths shared by the rules. Output patterns themselves live in each rule's `output:`.
 import importlib.metadata
 import re
+import sys
 
 from worldrep.config import mixture_families
 from worldrep.datasets import SPLITS, VARIANTS
@@ -90,7 +91,8 @@ def mixture_targets():
 
 
 # ---- training and evaluation -----------------------------------------------------------------------------
-from worldrep.grid import evaluation_sets, recipe_settings, run_name, training_runs
+from worldrep.grid import MAP_ITEMS_PER_CITY, evaluation_sets, recipe_settings, run_name, short_runs, training_runs
+from worldrep.world import real_city_count
 
 RUNS = training_runs(config)
 PRETRAINING_RUNS = [r for r in RUNS if r.kind == "pretraining"]
@@ -288,3 +290,38 @@ def figure_targets():
     names += [f"checkpoint_metrics_{run}" for run in config["evaluation"]["checkpoint_runs"]]
     names += ["atlantis_predictions"] * bool(PREDICTION_RUNS)
     return [f"results/figures/{name}.png" for name in names]
+
+
+# ---- planning and the claims checklist ---------------------------------------------------------------------
+
+def warn_short_runs():
+    """Planning warns (never stops: smoke and CI runs are short on purpose) about every pretraining mixture
+    short of the items per city at which a map appears (docs/METHOD.md §7.4), whose runs will have no map."""
+    n_real = real_city_count(config["world"]["min_population"])
+    for mixture, per_city in short_runs(config, n_real).items():
+        seen = ", ".join(f"{task} {value:,.0f}" if value >= 10 else f"{task} {value:.2g}"
+                         for task, value in per_city.items())
+        print(f"warning: runs of {mixture} see {seen} items per real city ({n_real:,} cities), below the "
+              f"{MAP_ITEMS_PER_CITY:,} at which a map appears (docs/METHOD.md §7.4)", file=sys.stderr)
+
+
+warn_short_runs()
+
+
+def claims_input(wildcards):
+    """The analysis tables the checklist reads: only those this config plans (a missing one leaves its claims
+    'not reached')."""
+    inputs = {"probes": "results/probes/probe_metrics.csv"}
+    if PRETRAINING_RUNS:
+        inputs["health"] = "results/evaluation/health_report.csv"
+    if "pt1" in CKA_FAMILIES:
+        inputs["cka_pt1"] = "results/cka/pt1/matrix.csv"
+    if CKA_FAMILIES:
+        inputs["task_count"] = "results/cka/task_count_summary.csv"
+    if FINETUNING_RUNS and "pt1" in CKA_FAMILIES:
+        inputs["cka_fit"] = "results/cka/cka_vs_generalization_fit.csv"
+    if FINETUNING_RUNS:
+        inputs["deviation"] = "results/generalization/best_teacher_deviation.csv"
+    if ATLANTIS_RUNS:
+        inputs["atlantis"] = "results/probes/atlantis_summary.csv"
+    return inputs
