@@ -83,8 +83,8 @@ def with_map(e: Evidence, runs) -> dict[str, float]:
 
 
 def claim_1(e: Evidence) -> dict:
-    """Holds when at least half of the non-crossing single-task runs that learned their task have a map, and
-    no crossing run has one. Not reached when no non-crossing single-task run learned its task."""
+    """Holds when most (more than half) of the non-crossing single-task runs that learned their task have a map,
+    and no crossing run has one. Not reached when no non-crossing single-task run learned its task."""
     singles, r2 = e.single_task_runs(), e.final_r2()
     if not singles or not r2:
         return verdict(1, NOT_REACHED, "no single-task runs")
@@ -95,7 +95,7 @@ def claim_1(e: Evidence) -> dict:
         return verdict(1, NOT_REACHED, f"no non-crossing single-task run beats the trivial predictor; {numbers}")
     mapped = [run for run in learned if r2.get(run, -np.inf) >= MAP_R2]
     crossing_mapped = [run for run in crossing if r2.get(run, -np.inf) >= MAP_R2]
-    ok = 2 * len(mapped) >= len(learned) and not crossing_mapped
+    ok = 2 * len(mapped) > len(learned) and not crossing_mapped
     detail = (f"{len(mapped)} of {len(learned)} learned non-crossing single-task runs reach R² >= {MAP_R2}; "
               f"crossing runs with a map: {len(crossing_mapped)} of {len(crossing)}"
               + ("" if crossing else " (no crossing run: that half is untested)") + f"; {numbers}")
