@@ -1,12 +1,14 @@
 """The items-per-city rule from calibration curves: when does each run's probe R² cross 0.5 and 0.9? (issue 18)
 
-Reads the CSVs of `benchmarks/emergence.py` (one run each: task, world size, R² per layer at every probe
-checkpoint) and, optionally, a workflow run's `probes/{run}.csv` with `--workflow TASK:MIN_POPULATION:N_REAL:CSV`
-(its checkpoint rows; items = step × 128). For each curve it takes, at each checkpoint, the best layer's mean
+Reads the CSVs (or logs) of `benchmarks/emergence.py`, one run each: task, world size, R² per layer at every
+probe checkpoint. Optionally also a workflow run's `probes/{run}.csv`, given as
+`--workflow TASK:MIN_POPULATION:N_REAL:TASKS:CSV`: its checkpoint rows, with that task's items = step × 128 /
+the number of tasks in its mixture. For each curve it takes, at each checkpoint, the best layer's mean
 coordinate R² and its x and y, and reports the first items per real city at which mean R² >= each threshold.
-Writes a figure of mean R² (and x, y) against items per city, and the table as CSV.
+It writes the table as CSV and a figure of mean R² (and x, y) against items per city.
 
-    python benchmarks/emergence_summary.py evidence/calibration/*.csv --out evidence/calibration/summary
+    python benchmarks/emergence_summary.py evidence/2026-12-01-cpu-calibration/*.csv \
+        --workflow distance:1000000:564:1:results/probes/pt1-1_s42.csv --out evidence/2026-12-01-cpu-calibration/summary
 """
 import argparse
 import sys
@@ -43,13 +45,14 @@ def load_log(path: Path) -> pd.DataFrame:
 
 
 def load_workflow(spec: str) -> pd.DataFrame:
-    """TASK:MIN_POPULATION:N_REAL:PATH of a probes/{run}.csv, checkpoint rows only."""
-    task, min_population, n_real, path = spec.split(":", 3)
+    """TASK:MIN_POPULATION:N_REAL:TASKS:PATH of a probes/{run}.csv, checkpoint rows only. TASKS is the number of
+    tasks of the run's mixture (equal shares): items per city count that task's items only (the rule's count)."""
+    task, min_population, n_real, tasks, path = spec.split(":", 4)
     frame = pd.read_csv(path)
     frame = frame[frame["step"].astype(str) != "final"].astype({"step": int})
-    n_real = int(n_real)
-    return frame.assign(task=task, min_population=int(min_population), n_real=n_real, items=frame["step"] * BATCH,
-                        items_per_city=frame["step"] * BATCH / n_real, source=Path(path).stem)
+    items = frame["step"] * BATCH / int(tasks)
+    return frame.assign(task=task, min_population=int(min_population), n_real=int(n_real), items=items,
+                        items_per_city=items / int(n_real), source=Path(path).stem)
 
 
 def best_layer(curves: pd.DataFrame) -> pd.DataFrame:
@@ -100,7 +103,8 @@ def figure(curves: pd.DataFrame, out: Path) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("csv", nargs="*", type=Path, help="benchmarks/emergence.py outputs (CSV, or its log)")
-    parser.add_argument("--workflow", action="append", default=[], help="TASK:MIN_POPULATION:N_REAL:probes CSV")
+    parser.add_argument("--workflow", action="append", default=[],
+                        help="TASK:MIN_POPULATION:N_REAL:TASKS_IN_MIXTURE:probes CSV of a workflow run")
     parser.add_argument("--out", type=Path, required=True, help="output stem: STEM.csv (table) and STEM.png")
     args = parser.parse_args()
     curves = pd.concat([*map(load_calibration, args.csv), *map(load_workflow, args.workflow)], ignore_index=True)
