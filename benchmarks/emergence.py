@@ -5,11 +5,12 @@ code, and fits the standard OLS probes (METHOD §11) at every checkpoint. It is 
 items-per-city rule (docs/METHOD.md §7.4): runs of the same recipe on worlds of different size, read as
 "items per real city" (items seen / real cities), should line up if the rule is right.
 
-    python benchmarks/emergence.py --task distance --min-population 1000000 --items-per-city 2500 \
-        --out evidence/calibration/distance_1M.csv
+    python benchmarks/emergence.py --task distance --min-population 1000000 --items-per-city 2000 \
+        --out evidence/2026-12-01-cpu-calibration/distance_1M_lr1e-3.csv
 
-Prints the hardware, then one line per checkpoint (items, items per city, R² x / y / mean at every layer);
-writes the same rows as CSV. Nothing is written under results/.
+Prints the hardware, then one line per checkpoint (items per city, R² x / y at every layer); writes the rows
+(with the mean R²) as CSV after every probe, so a run stopped early keeps its curve. Nothing is written under
+results/. `benchmarks/emergence_summary.py` turns the CSVs into the rule.
 """
 import argparse
 import csv
