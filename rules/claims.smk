@@ -6,7 +6,7 @@ rule claims:
     """§15 checklist: claims.csv (shown in the report) and claims.md."""
     input:
         unpack(claims_input),
-        views=[view_file(r.name) for r in PRETRAINING_RUNS if len(PRETRAINING_MIXTURES[r.mixture]) == 1],
+        views=[view_file(run) for run in SINGLE_TASK_RUNS],
         code=["worldrep/claims.py", "worldrep/artifacts.py"],
     output:
         table=table_output("claims", "claims", "0. Claims checklist"),
@@ -15,7 +15,7 @@ rule claims:
         tasks={r.name: mixture_tasks(r.mixture) for r in RUNS},
         kind={r.name: r.kind for r in RUNS},
         base_runs=[r.name for r in PRETRAINING_RUNS if r.mixture == config["training"]["base"]],
-        views=[r.name for r in PRETRAINING_RUNS if len(PRETRAINING_MIXTURES[r.mixture]) == 1],
+        views=SINGLE_TASK_RUNS,
         layer=ANALYSIS_LAYER,
         name=config.get("name", "unnamed"),
     log:

@@ -177,6 +177,7 @@ CURVE_RUNS = [r.name for r in PRETRAINING_RUNS if r.mixture in CKA_FAMILIES.get(
 CURVE_RUNS += [name for name in config["evaluation"]["checkpoint_runs"] if name not in CURVE_RUNS]
 ATLANTIS_RUNS = [r.name for r in FINETUNING_RUNS if len(FINETUNING_MIXTURES[r.mixture]) == 2]
 CONTROL_RUNS = [r.name for r in PRETRAINING_RUNS if r.mixture in FAMILIES["with_atlantis"]]
+SINGLE_TASK_RUNS = [r.name for r in PRETRAINING_RUNS if len(PRETRAINING_MIXTURES[r.mixture]) == 1]
 RUN_BY_NAME = {r.name: r for r in RUNS}
 
 

@@ -12,8 +12,8 @@ sys.stderr = sys.stdout = log = open(snakemake.log[0], "w")
 inp, p = snakemake.input, snakemake.params
 tables = {key: pd.read_csv(inp[key]) if key in inp.keys() else None
           for key in ("probes", "health", "cka_pt1", "task_count", "cka_fit", "deviation", "atlantis")}
-evidence = Evidence(tasks=p.tasks, kind=p.kind, layer=p.layer, base_runs=p.base_runs, views=dict(zip(p.views, map(pd.read_csv, inp.views))),
-                    **tables)
+evidence = Evidence(tasks=p.tasks, kind=p.kind, layer=p.layer, base_runs=p.base_runs,
+                    views=dict(zip(p.views, map(pd.read_csv, inp.views))), **tables)
 table = checklist(evidence)
 atomic_write_bytes(Path(snakemake.output.table), lambda handle: table.to_csv(handle, index=False))
 text = markdown(table, p.name)

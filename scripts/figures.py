@@ -20,8 +20,6 @@ def views(keys=None):
 
 def final_r2():
     """run -> (R² x, R² y) of its final probe at the analysis layer, from the rule's per-run probe tables."""
-    if "probes" not in inp.keys():
-        return None
     r2 = {}
     for run, path in zip(p.runs, inp.probes):
         table = pd.read_csv(path)
@@ -44,8 +42,7 @@ DRAW = {
     "figure_deviation_histogram": lambda: figures.deviation_histogram(pd.read_csv(inp.deviation), p.mixes),
     "figure_atlantis_histogram": lambda: figures.atlantis_histogram(
         pd.read_csv(inp.errors), pd.read_csv(inp.summary)),
-    "figure_representation_views": lambda: figures.representation_views(views(), p.labels, final_r2(),
-                                                                        p.get("layer")),
+    "figure_representation_views": lambda: figures.representation_views(views(), p.labels, final_r2(), p.layer),
     "figure_two_task_views": lambda: figures.two_task_views(views(), p.labels, p.insets),
     "figure_pca_gallery": lambda: figures.pca_gallery(views([tuple(k) for k in p.runs]), p.labels),
     "figure_dynamics_views": lambda: figures.dynamics_views(views(), p.labels),

@@ -70,8 +70,8 @@ metadata = {
     # an override for a failed seed must not retrain the healthy seeds of that mixture.
     "run": run_dir.name, "mixture": snakemake.wildcards.mixture, "seed": seed,
     "seeds_entry": seeds_entry(snakemake.config, snakemake.wildcards.mixture),
-    "base_model": base, "model": p["model"], "recipe": vars(recipe), "device": torch.cuda.get_device_name(device) if device.type == "cuda"
-    else "cpu", "weight_decay_groups": "weight matrices and embeddings; no decay on biases and RMSNorm gains",
+    "base_model": base, "model": p["model"], "recipe": vars(recipe),
+    "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "weight_decay_groups": "weight matrices and embeddings; no decay on biases and RMSNorm gains",
     "fingerprint": run_fingerprint, "inputs_sha256": inputs, **summary, "provenance": provenance(),
 }
 save_hf_model(model, work / "final", tokenizer_dir, metadata)

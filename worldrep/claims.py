@@ -49,6 +49,11 @@ class Evidence:
     deviation: pd.DataFrame | None = None        # generalization/best_teacher_deviation.csv
     atlantis: pd.DataFrame | None = None         # probes/atlantis_summary.csv
 
+    def mixture_tasks(self) -> dict[str, list[str]]:
+        """mixture -> its tasks, for the tables keyed by mixture (CKA matrices, deviations). Run names are
+        `{mixture}_s{seed}` (worldrep.grid.run_name; not imported: the analysis env has no jsonschema)."""
+        return {run.rsplit("_s", 1)[0]: tasks for run, tasks in self.tasks.items()}
+
     def single_task_runs(self) -> dict[str, str]:
         return {run: tasks[0] for run, tasks in self.tasks.items()
                 if self.kind[run] == "pretraining" and len(tasks) == 1}
@@ -93,8 +98,7 @@ def claim_1(e: Evidence) -> dict:
     numbers = "final R²: " + fmt({f"{singles[run]} ({run})": r2[run] for run in singles if run in r2})
     if not learned:
         return verdict(1, NOT_REACHED, f"no non-crossing single-task run beats the trivial predictor; {numbers}")
-    mapped = [run for run in learned if r2.get(run, -np.inf) >= MAP_R2]
-    crossing_mapped = [run for run in crossing if r2.get(run, -np.inf) >= MAP_R2]
+    mapped, crossing_mapped = with_map(e, learned), with_map(e, crossing)
     ok = 2 * len(mapped) > len(learned) and not crossing_mapped
     detail = (f"{len(mapped)} of {len(learned)} learned non-crossing single-task runs reach R² >= {MAP_R2}; "
               f"crossing runs with a map: {len(crossing_mapped)} of {len(crossing)}"
@@ -130,7 +134,7 @@ def claim_3(e: Evidence) -> dict:
     singles = e.single_task_runs()
     mapped_tasks = {singles[run] for run in with_map(e, singles)} - {"crossing"}
     m = e.cka_pt1[(e.cka_pt1["layer"] == e.layer) & (e.cka_pt1["estimator"] == ESTIMATOR)]
-    variant_task = {run.rsplit("_s", 1)[0]: task for run, task in singles.items()}
+    variant_task = {mixture: tasks[0] for mixture, tasks in e.mixture_tasks().items() if len(tasks) == 1}
     m = m.assign(row_task=m["row"].map(variant_task), column_task=m["column"].map(variant_task))
     m = m[m["row_task"].isin(mapped_tasks) & m["column_task"].isin(mapped_tasks) & (m["row"] != m["column"])]
     means = m.groupby("row_task")["mean"].mean().to_dict()
@@ -199,7 +203,7 @@ def claim_7(e: Evidence) -> dict:
         return verdict(7, NOT_REACHED, "the fine-tuning base does not beat the trivial predictor on: "
                        + ", ".join(unlearned))
     d = e.deviation.dropna(subset=["deviation"])
-    mixture_tasks = {run.rsplit("_s", 1)[0]: tasks for run, tasks in e.tasks.items()}
+    mixture_tasks = e.mixture_tasks()
     has_d = d["mixture"].map(lambda m: "distance" in mixture_tasks.get(m, []))
     groups = {"with distance": d[has_d]["deviation"], "without distance": d[~has_d]["deviation"]}
     if any(g.empty for g in groups.values()):

@@ -20,7 +20,6 @@ from .tokenizer import BOS_ID, VOCAB
 from .world import ELIGIBLE_MIN_ID, MAX_CITY_ID
 
 LAYERS = (3, 4, 5, 6)
-DEFAULT_LAYER = 5
 # The default layers are the paper's 6-block model; `representations.layers` in the config chooses others.
 LAYER_CONVENTION = "hidden_states[L]: 0 = embeddings, 1..N-1 = block outputs, N = block N after the final RMSNorm"
 PROMPT_TASK_OF_MANY = "distance"  # §10: pt7, pt7-atl and every ftwb2 model are prompted with distance
