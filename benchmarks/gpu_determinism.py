@@ -14,7 +14,7 @@ only at the ends and written nowhere. Then:
 Run 1 against run 2 of each variant: identical weights? max |Δ|, max |Δ| / max |w|, the 5 worst tensors, and
 the first logged training loss that differs. A gradient probe then repeats one forward + backward from the
 same weights and batch and lists the parameters whose gradients change between repeats (which kernels are
-nondeterministic: embedding backward shows in `embed_tokens`, attention backward in q/k/v), once more with
+nondeterministic: attention backward shows in q/k/v), once more with
 attention forced to the math SDPA backend. On the CPU every comparison must come out identical.
 
     python benchmarks/gpu_determinism.py --synthetic 70000             # CUDA: 200 steps, fp16
@@ -40,9 +40,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.training import BATCH, PEAK_LR, SEED, hardware, synthetic_tokens  # noqa: E402
-from worldrep.evaluation import autocast  # noqa: E402
 from worldrep.model import ModelSettings, build_model  # noqa: E402
-from worldrep.training import Recipe, Validation, make_optimizer, token_loss, train  # noqa: E402
+from worldrep.stack import from_hf_models, stacked_token_losses  # noqa: E402
+from worldrep.training import LossScaler, Recipe, Validation, autocast_context, train  # noqa: E402
 
 VARIANTS = {"default": {}, "deterministic": {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}}
 
@@ -76,20 +76,20 @@ def train_once(tokens: np.ndarray, recipe: Recipe, device: torch.device, work: P
 def gradient_probe(tokens: np.ndarray, recipe: Recipe, device: torch.device, repeats: int, math_sdpa: bool) -> dict:
     """Repeat one forward + backward (scaled as in training) from the same init and batch; per parameter,
     the max |Δ grad| against the first pass, and whether the loss ever differed."""
-    model = build_model(ModelSettings(), SEED).to(device).train()
-    _, scaler = make_optimizer(model, recipe, device)
-    batch = torch.from_numpy(tokens[:BATCH]).to(device)
+    stack = from_hf_models([build_model(ModelSettings(), SEED)]).to(device).train()  # the trainer's model
+    scale = LossScaler(1, device, enabled=recipe.precision == "fp16").scale
+    batch = torch.from_numpy(tokens[:BATCH]).to(device)[None]
     backend = nullcontext()
     if math_sdpa:
         from torch.nn.attention import SDPBackend, sdpa_kernel
         backend = sdpa_kernel(SDPBackend.MATH)
     first, loss_differs, worst = None, False, {}
     for _ in range(repeats + 1):
-        model.zero_grad(set_to_none=True)
-        with backend, autocast(device, recipe.precision):
-            loss = token_loss(model, batch.long())
-        scaler.scale(loss).backward()
-        grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+        stack.zero_grad(set_to_none=True)
+        with backend, autocast_context(device, recipe.precision):
+            loss = stacked_token_losses(stack, batch.long())
+        (loss * scale).sum().backward()
+        grads = {n: p.grad.detach().clone() for n, p in stack.named_parameters()}
         if first is None:
             first = (loss.detach().clone(), grads)
             continue

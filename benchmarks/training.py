@@ -1,14 +1,16 @@
 """Training throughput (ms/step, samples/s) of the paper's model at batch 128: our trainer against the HF
 `Trainer` set up like the authors' recipe, same init, same data, same device, measured in the same run.
 
-(a) ours: `worldrep.training.training_step` driven exactly as `train()` drives it (uint8 token matrix on the
-    device once, a batch is an index into it, a host sync every 10 steps for the log).
+(a) ours: `worldrep.training.StackStep` driven exactly as `train_stack()` drives it (uint8 token matrix on the
+    device once, a batch is one gather of row indices, a host sync every 10 steps for the log), for a stack of
+    one or, with `--stack 1,3,7,21`, of K models (per step and per run-step; with CUDA graphs too on a GPU).
 (b) baseline: `transformers.Trainer`, fp16 on CUDA, lr 3e-4 with 50 linear-warmup steps, 2 DataLoader
     workers, a collator that tokenizes the stored text of each batch and pads it to its longest item.
 
     python benchmarks/training.py                      # results/mixtures/pt7, CPU: 20 steps after 3
     python benchmarks/training.py --synthetic 70000    # no results/ needed: a 7-task mixture in memory
     python benchmarks/training.py --processes 4        # K copies of (a) sharing one device
+    python benchmarks/training.py --synthetic 70000 --stack 1,3,7,21   # stacked training (issue 16)
 
 On a GPU (defaults there: 500 timed steps after 50, fp16): `python benchmarks/training.py --synthetic 70000`,
 add `--precision bf16` or `--compile` for the variants, `--processes K` for how many jobs can share the GPU.
@@ -34,8 +36,8 @@ from worldrep.archive import cpu_model  # noqa: E402
 from worldrep.mixtures import pad_columns  # noqa: E402
 from worldrep.model import ModelSettings, build_model  # noqa: E402
 from worldrep.tokenizer import PAD_ID, build_hf_tokenizer, decode_tokens  # noqa: E402
-from worldrep.training import (Recipe, epoch_order, learning_rate, make_optimizer, steps_per_epoch,  # noqa: E402
-                               training_step)
+from worldrep.training import (Recipe, StackData, StackRun, StackStep, learning_rate,  # noqa: E402
+                               steps_per_epoch)
 
 BATCH, SEED, PEAK_LR = 128, 42, 3e-4
 
@@ -78,33 +80,33 @@ def synthetic_tokens(n_items: int) -> np.ndarray:
     return tokens[np.random.default_rng(SEED).permutation(len(tokens))][:n_items]
 
 
-def time_ours(tokens_np: np.ndarray, args, device: torch.device, before_timing=None) -> dict:
-    """The loop of `worldrep.training.train` minus validation and checkpoints; W untimed steps, then N."""
-    model = build_model(ModelSettings(), SEED)
-    n = len(tokens_np)
-    spe = steps_per_epoch(n, BATCH)
+def time_ours(tokens_np: np.ndarray, args, device: torch.device, k: int = 1, cuda_graphs: bool = False,
+              before_timing=None) -> dict:
+    """The loop of `worldrep.training.train_stack` minus validation and checkpoints, for a stack of K paper models
+    (seeds SEED, SEED+1, ...; one shared token matrix, each run its own data order): W untimed steps, then N."""
+    from worldrep.stack import from_hf_models
+
+    stack = from_hf_models([build_model(ModelSettings(), SEED + i) for i in range(k)])
+    spe = steps_per_epoch(len(tokens_np), BATCH)
     recipe = Recipe(peak_lr=PEAK_LR, epochs=math.ceil((args.warmup + args.steps) / spe), precision=args.precision,
                     compile=args.compile)
     total = recipe.epochs * spe
-    model.to(device).train()
-    optimizer, scaler = make_optimizer(model, recipe, device)
-    window = torch.zeros(2, dtype=torch.float64, device=device)
-    tokens = torch.from_numpy(tokens_np).to(device)
-    step_fn = training_step(model, optimizer, scaler, recipe, device)
-    state = {"order": None, "epoch": -1}
+    stack.to(device).train()
+    runs = [StackRun(f"r{i}", SEED + i, tokens_np, None, Path("unused"), "", None) for i in range(k)]
+    data = StackData(runs, BATCH, device)
+    step_fn = StackStep(stack, recipe, device, cuda_graphs)
+    window = torch.zeros(k, 2, dtype=torch.float64, device=device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
 
     def run(steps):
         for step in steps:
-            epoch, position = divmod(step, spe)
-            if epoch != state["epoch"]:
-                state["order"] = torch.from_numpy(epoch_order(SEED, epoch, n)).to(device)
-                state["epoch"] = epoch
             lr = learning_rate(step, recipe.peak_lr, recipe.warmup_steps, total)
-            loss, grad_norm = step_fn(tokens[state["order"][position * BATCH:(position + 1) * BATCH]], lr)
-            window.add_(torch.stack([loss.double(), torch.ones((), dtype=torch.float64, device=device)]))
+            losses, grad_norms = step_fn(data.batch(step), lr)
+            window.add_(torch.stack([losses.double(), torch.ones_like(window[:, 1])], dim=1))
             if (step + 1) % recipe.log_every == 0:
-                mean, count = window.tolist()  # the real loop's one host sync per log line
-                float(grad_norm)
+                window.tolist()  # the real loop's one host sync per log line
+                grad_norms.tolist()
                 window.zero_()
 
     run(range(args.warmup))
@@ -115,8 +117,28 @@ def time_ours(tokens_np: np.ndarray, args, device: torch.device, before_timing=N
     run(range(args.warmup, args.warmup + args.steps))
     synchronize(device)
     seconds = time.perf_counter() - start
-    return {"ms_per_step": 1000 * seconds / args.steps, "samples_per_s": args.steps * BATCH / seconds,
+    memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    return {"ms_per_step": 1000 * seconds / args.steps, "ms_per_run_step": 1000 * seconds / (args.steps * k),
+            "samples_per_s": args.steps * BATCH * k / seconds, "gib": memory, "graph": step_fn.graph is not None,
             "wall_start": wall, "wall_end": wall + seconds}
+
+
+def report_stacks(tokens: np.ndarray, args, device: torch.device) -> None:
+    """ms per step and per run-step of stacks of K paper models (eager, and with CUDA graphs on a GPU), beside
+    the HF Trainer baseline per run-step, all in this run."""
+    graphs = (False, True) if device.type == "cuda" else (False,)
+    rows = [(k, g, time_ours(tokens, args, device, k, g)) for k in args.stack for g in graphs]
+    baseline = time_baseline(tokens, args, device)
+    lone = next(r for k, g, r in rows if k == 1 and not g) if 1 in args.stack else None
+    print(f"{'stack K':>8}{'CUDA graph':>11}{'ms/step':>10}{'ms/run-step':>13}{'samples/s':>12}{'GPU GiB':>9}"
+          f"{'vs lone run':>13}{'vs HF Trainer':>15}")
+    for k, graph, row in rows:
+        versus = f"{lone['ms_per_run_step'] / row['ms_per_run_step']:.2f}x" if lone else "-"
+        graph_text = ("yes" if row["graph"] else "failed") if graph else "no"
+        print(f"{k:>8}{graph_text:>11}{row['ms_per_step']:>10.2f}{row['ms_per_run_step']:>13.3f}"
+              f"{row['samples_per_s']:>12.0f}{row['gib']:>9.2f}{versus:>13}"
+              f"{baseline['ms_per_step'] / row['ms_per_run_step']:>14.1f}x")
+    print(f"HF Trainer ({baseline['optimizer']}, 2 workers): {baseline['ms_per_step']:.2f} ms per step = per run-step")
 
 
 class Collator:
@@ -215,6 +237,8 @@ def parse_args():
     parser.add_argument("--compile", action="store_true", help="torch.compile in our trainer (Recipe.compile)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--processes", type=int, default=0, help="K concurrent copies of our trainer")
+    parser.add_argument("--stack", type=lambda text: [int(k) for k in text.split(",")],
+                        help="stack sizes to time, e.g. 1,3,7,21 (per step and per run-step, beside the baseline)")
     parser.add_argument("--child-barrier", help=argparse.SUPPRESS)
     parser.add_argument("--child-count", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -237,7 +261,8 @@ def main():
     device = torch.device(args.device)
     if args.child_barrier:  # one copy of --processes: time (a) only, answer in JSON
         tokens = np.load(args.mixture / "train.npz")["tokens"]
-        print(json.dumps(time_ours(tokens, args, device, child_barrier(args.child_barrier, args.child_count))))
+        print(json.dumps(time_ours(tokens, args, device,
+                                   before_timing=child_barrier(args.child_barrier, args.child_count))))
         return
     if args.synthetic:
         tokens, what = synthetic_tokens(args.synthetic), f"synthetic pt7-like mixture, {args.synthetic:,} items"
@@ -252,10 +277,13 @@ def main():
                 np.savez(Path(directory, "train.npz"), tokens=tokens)
             report_copies(args.processes, Path(directory) if args.synthetic else args.mixture, args)
         return
+    if args.stack:
+        report_stacks(tokens, args, device)
+        return
     ours = time_ours(tokens, args, device)
     baseline = time_baseline(tokens, args, device)
     print(f"{'trainer':<48}{'ms/step':>10}{'samples/s':>12}")
-    for name, row in (("(a) ours: worldrep.training.training_step", ours),
+    for name, row in (("(a) ours: worldrep.training.StackStep, a stack of one", ours),
                       (f"(b) HF Trainer ({baseline['optimizer']}, 2 workers)", baseline)):
         print(f"{name:<48}{row['ms_per_step']:>10.2f}{row['samples_per_s']:>12.0f}")
     print(f"speed-up (baseline ms/step / ours): {baseline['ms_per_step'] / ours['ms_per_step']:.2f}x")

@@ -3,9 +3,9 @@ import importlib.metadata
 import re
 import sys
 
+from worldrep import grid
 from worldrep.config import mixture_families
 from worldrep.datasets import SPLITS, VARIANTS
-from worldrep.mixtures import finetuning_sources, pretraining_sources
 from worldrep.tasks import TASK_NAMES, TASKS
 
 # Pinned conda environments for `--sdm conda`, one per kind of job (envs/; same pins as pyproject.toml).
@@ -60,11 +60,7 @@ def dataset_files(variant, task):
 
 def mixture_sources(name):
     """The datasets a mixture draws from, in draw order: both this rule's inputs and its `sources` param."""
-    if name in FINETUNING_MIXTURES:
-        ft = config["mixtures"]["finetuning"]
-        return finetuning_sources(FINETUNING_MIXTURES[name], CONFIGURED_TASKS, ft["replay_items"], ft["buffer_items"])
-    variant = "with_atlantis" if name in FAMILIES["with_atlantis"] else "pretraining"
-    return pretraining_sources(PRETRAINING_MIXTURES[name], variant)
+    return grid.mixture_sources(config, name)
 
 
 def city_counts(wildcards):
@@ -91,10 +87,12 @@ def mixture_targets():
 
 
 # ---- training and evaluation -----------------------------------------------------------------------------
-from worldrep.grid import MAP_ITEMS_PER_CITY, evaluation_sets, recipe_settings, run_name, short_runs, training_runs
+from worldrep.grid import (MAP_ITEMS_PER_CITY, evaluation_sets, recipe_settings, run_name, short_runs, training_runs,
+                           training_stacks)
 from worldrep.world import real_city_count
 
 RUNS = training_runs(config)
+STACKS = training_stacks(config)  # the training jobs: runs trained together (`training.stack`)
 PRETRAINING_RUNS = [r for r in RUNS if r.kind == "pretraining"]
 FINETUNING_RUNS = [r for r in RUNS if r.kind == "finetuning"]
 # What the evaluation and training scripts import. worldrep/lease.py decides only where a job runs, but a
@@ -118,14 +116,14 @@ def model_dir(mixture, seed):
     return f"results/models/{run_name(mixture, seed)}"
 
 
-def training_params(wildcards):
-    """What shapes a run's weights, as one param: architecture, recipe, seed and device precisions (§6, §7).
-    The device a job lands on picks the precision at run time; the run records which. A fine-tuning run
-    inherits its base's architecture; it carries `model` too, so that the two never disagree unnoticed."""
+def training_params(mixture, seed):
+    """What shapes a run's weights: architecture, recipe, seed and device precisions (§6, §7). The device a job
+    lands on picks the precision at run time; the run records which. A fine-tuning run inherits its base's
+    architecture; it carries `model` too, so that the two never disagree unnoticed."""
     return canonical({
         "model": config["model"],
-        "recipe": recipe_settings(config, wildcards.mixture),
-        "seed": int(wildcards.seed),
+        "recipe": recipe_settings(config, mixture),
+        "seed": int(seed),
         "precision": config["training"]["precision"],
     })
 

@@ -1,60 +1,60 @@
-# Training grid (METHOD §7): results/models/{mixture}_s{seed}/ per run. A run works in its `in_progress/`
-# folder (resume state, checkpoints, logs) and moves its outputs into place only when it has finished, the
-# final model last; rerunning a killed job resumes from its last checkpoint.
+# Training grid (METHOD §7): results/models/{mixture}_s{seed}/ per run, trained in stacks (issue 16). One job per
+# stack: `training.stack: mixture` puts every seed of a mixture in one job, `family` every run of a family
+# (worldrep.grid.training_stacks). A stack lists every output of every run it trains, so downstream rules see the
+# per-run files they always saw. Each run works in its own `in_progress/` folder (resume state, checkpoints, logs)
+# and moves its outputs into place only when the whole stack has finished, each run's final model last; rerunning a
+# killed job resumes every run from its last checkpoint.
+#
+# Rules are generated, one per stack (pretrain_pt1, finetune_ftwb2_13, ...): a job's outputs are fixed lists, not
+# wildcard patterns, since a family's runs share no pattern. Threads and resources are set here, not in
+# profiles/default, whose per-rule lists cannot name rules that depend on the config.
 
 
-rule pretrain:
-    """A pretraining run from the spec's random init: all checkpoints (the training curves need them)."""
-    input:
-        mixture=expand("results/mixtures/{{mixture}}/{split}.npz", split=("train", "val")),
-        metadata="results/mixtures/{mixture}/metadata.json",
-        tokenizer=TOKENIZER_FILES,
-        code=TRAINING_CODE,
-    output:
-        final=directory("results/models/{mixture}_s{seed}/final"),
-        checkpoints=directory("results/models/{mixture}_s{seed}/checkpoints"),
-        training_log="results/models/{mixture}_s{seed}/training_log.csv",
-        validation_log="results/models/{mixture}_s{seed}/validation_log.csv",
-    wildcard_constraints:
-        mixture=one_of(PRETRAINING_MIXTURES),
-    params:
-        training=training_params,
-    resources:
-        gpu=1,
-    log:
-        "results/logs/models/{mixture}_s{seed}.log",
-    benchmark:
-        "results/benchmarks/models/{mixture}_s{seed}.tsv"
-    conda:
-        ENV_TRAINING
-    script:
-        "../scripts/train.py"
+def stack_outputs(stack):
+    """Every run's outputs: final model, logs, and (pretraining) all checkpoints, which the curves need."""
+    names = ["final", "checkpoints"] if stack.kind == "pretraining" else ["final"]
+    names += ["training_log.csv", "validation_log.csv"]
+    return {f"{run.name}.{name.removesuffix('.csv')}": f"results/models/{run.name}/{name}"
+            for run in stack.runs for name in names}
 
 
-rule finetune:
-    """A fine-tuning run from the same-seed base model's final weights (no optimizer state, §7.1). Only its
-    final model is kept."""
-    input:
-        base=lambda w: f"{model_dir(config['training']['base'], w.seed)}/final",
-        mixture=expand("results/mixtures/{{mixture}}/{split}.npz", split=("train", "val")),
-        metadata="results/mixtures/{mixture}/metadata.json",
-        tokenizer=TOKENIZER_FILES,
-        code=TRAINING_CODE,
-    output:
-        final=directory("results/models/{mixture}_s{seed}/final"),
-        training_log="results/models/{mixture}_s{seed}/training_log.csv",
-        validation_log="results/models/{mixture}_s{seed}/validation_log.csv",
-    wildcard_constraints:
-        mixture=one_of(FINETUNING_MIXTURES),
-    params:
-        training=training_params,
-    resources:
-        gpu=1,
-    log:
-        "results/logs/models/{mixture}_s{seed}.log",
-    benchmark:
-        "results/benchmarks/models/{mixture}_s{seed}.tsv"
-    conda:
-        ENV_TRAINING
-    script:
-        "../scripts/train.py"
+def stack_inputs(stack):
+    """Every run's mixture (train and val splits, metadata) and, for fine-tuning, its same-seed base model."""
+    files = [f"results/mixtures/{m}/{name}" for m in stack.mixtures for name in ("train.npz", "val.npz", "metadata.json")]
+    if stack.kind == "finetuning":
+        files += sorted({f"{model_dir(config['training']['base'], run.seed)}/final" for run in stack.runs})
+    return files
+
+
+for _stack in STACKS:
+
+    rule:
+        name:
+            _stack.rule
+        input:
+            data=stack_inputs(_stack),
+            tokenizer=TOKENIZER_FILES,
+            code=TRAINING_CODE,
+        output:
+            **{key: (directory(path) if path.endswith(("final", "checkpoints")) else path)
+               for key, path in stack_outputs(_stack).items()},
+        params:
+            # One entry per run (name -> architecture, recipe, seed, precisions): editing one run retrains its stack.
+            runs=canonical({run.name: {"mixture": run.mixture, **training_params(run.mixture, run.seed)}
+                            for run in _stack.runs}),
+            stack=_stack.name,
+            kind=_stack.kind,
+        threads: 1
+        resources:
+            gpu=1,
+            # Per job at paper scale: a pt7 mixture is ~7M items; every seed of one mixture shares its matrix.
+            mem_mb=(16000 if _stack.kind == "pretraining" else 8000) + 2000 * (len(_stack.mixtures) - 1),
+            runtime=720 if _stack.kind == "pretraining" else 240,  # minutes; a killed stack resumes
+        log:
+            f"results/logs/stacks/{_stack.name}.log",
+        benchmark:
+            f"results/benchmarks/stacks/{_stack.name}.tsv"
+        conda:
+            ENV_TRAINING
+        script:
+            "../scripts/train.py"

@@ -50,12 +50,14 @@ def env_pins(path):
 
 
 def rule_envs():
-    """{rule: (env file, script)} of every rule in rules/*.smk, read from the ENV_* names of common.smk."""
+    """{rule: (env file, script)} of every rule in rules/*.smk, read from the ENV_* names of common.smk. A rule
+    generated in a loop (`rule:` with a `name:`, the training stacks) is keyed `{file}:generated`."""
     names = dict(re.findall(r'^(ENV_\w+) = "([^"]+)"', (ROOT / "rules/common.smk").read_text(), re.M))
     found = {}
     for smk in sorted((ROOT / "rules").glob("*.smk")):
-        blocks = r"^(?:rule (\w+)|use rule (\w+) as (\w+) with):\n(.*?)(?=^\S|\Z)"
+        blocks = r"^(?:rule (\w+)|use rule (\w+) as (\w+) with|\s+rule):\n(.*?)(?=^\S|\Z)"
         for rule, parent, child, body in re.findall(blocks, smk.read_text(), re.M | re.S):
+            rule = rule or (None if parent else f"{smk.stem}:generated")
             conda = re.search(r"^\s+conda:\s*\n\s+(\S+)", body, re.M)
             script = re.search(r'^\s+script:\s*\n\s+"([^"]+)"', body, re.M)
             env, script = (names.get(conda[1], conda[1].strip("\"'")) if conda else None), script and script[1]
@@ -161,7 +163,8 @@ def test_env_pins_agree_with_pyproject(path):
 
 def test_every_rule_env_exists_and_is_used():
     used = {env for env, _ in RULE_ENVS.values()}
-    assert {"dataset", "pretrain", "cka_family", "figure_world_map"} <= set(RULE_ENVS)  # the parse found rules
+    # the parse found rules, the generated training rules included
+    assert {"dataset", "training:generated", "cka_family", "figure_world_map"} <= set(RULE_ENVS)
     assert [str(e) for e in used if not e.is_file()] == []
     assert set(ENV_FILES) == used, "an env file no rule uses"
 

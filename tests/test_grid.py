@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from worldrep.archive import copy_workflow
-from worldrep.grid import evaluation_sets, recipe_settings, training_runs
+from worldrep.config import ConfigError, validate_config
+from worldrep.grid import evaluation_sets, recipe_settings, stack_problems, training_runs, training_stacks
 from worldrep.tasks import TASK_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,13 +76,50 @@ def test_paper_dry_run_plans_exactly_the_grid(tmp_path):
                          capture_output=True)
     assert out.returncode == 0, out.stderr
     counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", out.stdout, re.M)}
-    assert counts["pretrain"] == 67 and counts["finetune"] == 112
+    # training.stack: family -> one training job per family (pt7-atl has no runs), each training all its runs; the
+    # 179 runs' outputs are listed under --summary below
+    assert {rule: n for rule, n in counts.items() if rule.startswith(("pretrain_", "finetune_"))} == {
+        "pretrain_pt1": 1, "pretrain_pt2": 1, "pretrain_pt3": 1, "pretrain_pt7": 1, "finetune_ftwb1": 1,
+        "finetune_ftwb2": 1}
     assert counts["evaluate"] == 179 and counts["evaluate_checkpoints"] == 1 and counts["evaluation_table"] == 1
     listing = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--summary"], cwd=tmp_path, text=True,
                              capture_output=True)
     assert listing.returncode == 0, listing.stderr
     finals = set(re.findall(r"results/models/([a-z0-9-]+_s\d+)/final\b", listing.stdout))
     assert finals == {r.name for r in training_runs(PAPER)}
+
+
+def test_stacks_group_the_paper_grid_by_family_or_by_mixture():
+    """`training.stack: family`: the six families of METHOD §7.3, every run in exactly one, fine-tuning apart from
+    pretraining; `mixture`: every seed of one mixture together (3 each, 4 for pt7 and its fine-tuning mixes)."""
+    family_stacks = training_stacks(PAPER)
+    assert [(s.rule, s.kind, len(s.runs)) for s in family_stacks] == [
+        ("pretrain_pt1", "pretraining", 21), ("pretrain_pt2", "pretraining", 21), ("pretrain_pt3", "pretraining", 21),
+        ("pretrain_pt7", "pretraining", 4), ("finetune_ftwb1", "finetuning", 28), ("finetune_ftwb2", "finetuning", 84)]
+    runs = [run for stack in family_stacks for run in stack.runs]
+    assert sorted(r.name for r in runs) == sorted(r.name for r in training_runs(PAPER))
+    assert all({family(r.mixture) for r in s.runs} == {s.name} for s in family_stacks)
+    by_mixture = training_stacks({**PAPER, "training": {**PAPER["training"], "stack": "mixture"}})
+    assert len(by_mixture) == 22 + 28 and all({r.mixture for r in s.runs} == {s.name} for s in by_mixture)
+    assert Counter(len(s.runs) for s in by_mixture) == {3: 21, 4: 29}
+    assert by_mixture[0].rule == "pretrain_pt1_1" and by_mixture[-1].rule == "finetune_ftwb2_21"
+
+
+def test_a_family_of_different_step_counts_is_refused_at_planning(monkeypatch):
+    """A stack shares one step count. With today's config every mixture of a family has the same size (one train
+    size per dataset variant), so a larger pt1-6 is made by hand: planning names the stack and each mixture's
+    step counts, under `family` only, before any job."""
+    from worldrep import grid
+
+    sizes = grid.train_items
+    monkeypatch.setattr(grid, "train_items", lambda config, m: sizes(config, m) * (2 if m == "pt1-6" else 1))
+    problems = stack_problems(SMOKE)
+    assert problems == ["config key 'training.stack': stack 'pt1' (pretraining) groups runs of different step counts "
+                        "(pt1-1: 2 epochs x 2 steps, pt1-6: 2 epochs x 4 steps, pt1-7: 2 epochs x 2 steps); use "
+                        "`training.stack: mixture` or equal sizes"]
+    with pytest.raises(ConfigError, match="stack 'pt1'"):
+        validate_config(copy.deepcopy(SMOKE))
+    assert stack_problems({**SMOKE, "training": {**SMOKE["training"], "stack": "mixture"}}) == []
 
 
 def test_smoke_grid_has_every_kind_of_run():

@@ -93,8 +93,10 @@ def local_run(copies) -> Path:
 
 
 def rule_of(job: dict[str, str]) -> str:
-    """The plugin's comment on each job: rule_{name} or rule_{name}_wildcards_{values}."""
-    return re.fullmatch(r"rule_(\w+?)(?:_wildcards_.*)?", job["Comment"]).group(1)
+    """The plugin's comment on each job: rule_{name} or rule_{name}_wildcards_{values}. The training rules are
+    generated, one per stack (pretrain_pt1, finetune_ftwb2, ...): counted as `pretrain` and `finetune`."""
+    name = re.fullmatch(r"rule_(\w+?)(?:_wildcards_.*)?", job["Comment"]).group(1)
+    return re.sub(r"^(pretrain|finetune)_\w+$", r"\1", name)
 
 
 def test_gpu_rules_get_a_gpu_and_cheap_rules_stay_local(slurm_run):
@@ -118,8 +120,9 @@ def test_gpu_jobs_are_given_a_device_and_run_without_a_lease(slurm_run):
     """Every GPU job's log names the device SLURM gave it (the lease stepped aside for WORLDREP_DEVICE=cpu)."""
     workdir, jobs = slurm_run
     gpu_jobs = {job["JobId"] for job in jobs if rule_of(job) in GPU_RULES}
-    logs = [log for folder in ("models", "evaluation") for log in (workdir / "results/logs" / folder).iterdir()
-            if re.fullmatch(r".+_s\d+(\.checkpoints)?\.log", log.name)]  # one per run, not the tables'
+    logs = [*(workdir / "results/logs/stacks").iterdir()]  # one per training stack, and one per run's evaluation
+    logs += [log for log in (workdir / "results/logs/evaluation").iterdir()
+             if re.fullmatch(r".+_s\d+(\.checkpoints)?\.log", log.name)]  # not the tables'
     given = {}
     for log in logs:
         m = re.search(r"WORLDREP_DEVICE=cpu: running on cpu, no lease taken "
@@ -143,5 +146,5 @@ def test_gpu_job_that_cannot_use_its_gpu_fails_loudly(cluster, tmp_path):
     env = {k: v for k, v in cluster.env.items() if k != "WORLDREP_DEVICE"}
     snakemake(workdir, "results/models/pt1-1_s42/final", "--profile", "profiles/slurm", *SLURM_ARGS, "--retries", "0",
               "--configfile", SMOKE, env=env, cluster=cluster, succeed=False)
-    log = (workdir / "results/logs/models/pt1-1_s42.log").read_text()
+    log = (workdir / "results/logs/stacks/pt1.log").read_text()  # the smoke config's pt1 family stack
     assert "torch sees no CUDA device" in log and "set WORLDREP_DEVICE=cpu" in log, log

@@ -1,12 +1,9 @@
 """The trainer against METHOD §7: schedule, step counts, data order, loss, weight decay groups, learning,
-checkpoints that load with the Auto classes, atomic publication, and kill-and-resume bit-identity on CPU."""
+checkpoints that load with the Auto classes, atomic publication, and stop-and-resume bit-identity on CPU (a lone
+run is a stack of one: tests/test_stack.py covers stacks)."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +14,9 @@ from worldrep.evaluation import greedy_generate, prompt_tokens
 from worldrep.model import ModelSettings, build_model
 from worldrep import training
 from worldrep.tokenizer import PAD_ID, save_tokenizer
-from worldrep.training import (Recipe, Validation, batch_indices, checkpoint_steps, epoch_order, every, fingerprint,
-                               learning_rate, parameter_groups, publish, save_hf_model, steps_per_epoch,
-                               token_loss, total_steps, train)
+from worldrep.training import (Recipe, Validation, batch_indices, checkpoint_steps, decays, epoch_order, every,
+                               fingerprint, learning_rate, publish, save_hf_model, steps_per_epoch, token_loss,
+                               total_steps, train)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ModelSettings(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
@@ -128,20 +125,23 @@ def test_padding_to_the_mixture_width_changes_nothing():
         assert float(token_loss(model, wider)) == pytest.approx(float(token_loss(model, tokens)), rel=1e-6)
 
 
-def test_weight_decay_groups_match_the_hf_trainer_rule():
-    """Decay on matrices and embeddings; none on biases or RMSNorm gains (the HF Trainer's name rule)."""
+def test_weight_decay_rule_matches_the_hf_trainer_rule():
+    """Decay on matrices and embeddings; none on biases or RMSNorm gains (the HF Trainer's name rule), for a
+    Hugging Face model and for the same names in a stack."""
     from transformers.trainer_pt_utils import get_parameter_names
 
+    from worldrep.stack import StackedQwen2
+
     model = build_model(seed=0)
-    decay, no_decay = parameter_groups(model, 0.01)
-    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
-    names = {id(p): n for n, p in model.named_parameters()}
+    decay = {n for n, p in model.named_parameters() if decays(n, p)}
     hf_decay = set(get_parameter_names(model, [torch.nn.LayerNorm],
                                        [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]))
-    assert {names[id(p)] for p in decay["params"]} == hf_decay
-    assert sum(p.numel() for p in decay["params"]) + sum(p.numel() for p in no_decay["params"]) == 1_601_920
+    assert decay == hf_decay
+    assert sum(p.numel() for p in model.parameters()) == 1_601_920
     # 6 blocks × (q, k, v biases + 2 norms) + the final norm
-    assert len(no_decay["params"]) == 6 * 5 + 1
+    assert len(set(dict(model.named_parameters())) - decay) == 6 * 5 + 1
+    stack = StackedQwen2(ModelSettings(), 2)
+    assert {n for n, p in stack.named_parameters() if decays(n, p, stacked=True)} == decay
 
 
 def test_recipe_rejects_unknown_precision():
@@ -189,7 +189,7 @@ def test_validation_log_has_one_row_per_task_and_validation_step(tmp_path):
 
 
 def test_stopped_and_resumed_run_ends_bit_identical(tmp_path):
-    """In-process version of kill-and-resume (the subprocess test below kills for real)."""
+    """In-process version of kill-and-resume (tests/test_stack.py kills a stacked process for real)."""
     recipe = Recipe(peak_lr=3e-3, epochs=3, batch_size=8, warmup_steps=3, log_every=4, checkpoint_fraction=0.2,
                     validation_fraction=0.2)  # state and validation at step 6; a log window open across it
     tokens = toy_tokens(40)
@@ -219,48 +219,7 @@ def test_state_of_another_run_is_ignored_and_its_files_dropped(tmp_path):
         assert (tmp_path / "w" / log).read_bytes() == (tmp_path / "fresh" / log).read_bytes()
 
 
-RESUME_DRIVER = textwrap.dedent("""
-    import sys, numpy as np, torch
-    sys.path.insert(0, sys.argv[1])
-    from pathlib import Path
-    from worldrep.model import build_model
-    from worldrep.training import Recipe, train
-    from tests.test_training import TINY, toy_tokens, toy_validation
-    torch.set_num_threads(1)
-    recipe = Recipe(peak_lr=3e-3, epochs=40, batch_size=8, warmup_steps=5, checkpoint_fraction=0.05,
-                    validation_fraction=0.5)
-    model = build_model(TINY, 5)
-    def saved(model, step):
-        print("checkpoint", step, flush=True)
-    train(model, toy_tokens(96), toy_validation(), recipe, 5, torch.device("cpu"), Path(sys.argv[2]), "fp", saved,
-          log=sys.stderr)
-    torch.save(model.state_dict(), Path(sys.argv[2]).parent / (Path(sys.argv[2]).name + ".weights.pt"))
-""")
-
-
-def test_killed_subprocess_resumes_to_bit_identical_weights(tmp_path):
-    """SIGKILL a training process after its second resume state, rerun it: same weights, same logs, as a run
-    that was never interrupted. 480 updates, so the kill lands mid-run."""
-    def command(work):
-        return [sys.executable, "-c", RESUME_DRIVER, str(REPO), str(work)]
-
-    subprocess.run(command(tmp_path / "straight"), check=True, capture_output=True, cwd=REPO)
-    victim = subprocess.Popen(command(tmp_path / "killed"), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              text=True, cwd=REPO)
-    for line in victim.stdout:
-        if line.startswith("checkpoint") and int(line.split()[1]) >= 48:
-            victim.send_signal(signal.SIGKILL)
-            break
-    victim.wait()
-    assert victim.returncode == -signal.SIGKILL
-    assert not (tmp_path / "killed.weights.pt").exists()
-    resumed = subprocess.run(command(tmp_path / "killed"), check=True, capture_output=True, text=True, cwd=REPO)
-    assert "resuming from step" in resumed.stderr and "resuming from step 0" not in resumed.stderr
-    a = torch.load(tmp_path / "straight.weights.pt")
-    b = torch.load(tmp_path / "killed.weights.pt")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    for log in ("training_log.csv", "validation_log.csv"):
-        assert (tmp_path / "straight" / log).read_bytes() == (tmp_path / "killed" / log).read_bytes()
+# The same, killed for real (SIGKILL of a stacked training process): tests/test_stack.py.
 
 
 # ---- outputs ---------------------------------------------------------------------------------------------

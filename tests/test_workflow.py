@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -27,9 +28,9 @@ def snakemake(workdir: Path, *args: str) -> str:
     return out
 
 
-def planned_jobs(workdir: Path, configfile: str = SMOKE) -> set[str]:
+def planned_jobs(workdir: Path, configfile: str = SMOKE, *extra: str) -> set[str]:
     """Job names `rule[wildcards]` that `snakemake -n` plans, parsed from its job blocks."""
-    out = snakemake(workdir, "-n", "--configfile", configfile)
+    out = snakemake(workdir, "-n", *extra, "--configfile", configfile)
     jobs, rule = set(), None
     for line in out.splitlines():
         if m := re.match(r"^(?:local)?rule (\w+):$", line):
@@ -54,14 +55,39 @@ def evaluated_sets(config: dict, mixture: str) -> set[tuple[str, str]]:
     return {("pretraining", t) for t in tasks}
 
 
+def stack_of(config: dict, mixture: str) -> str:
+    """The stack a mixture's runs train in (issue 16), by hand: the mixture itself under `training.stack: mixture`;
+    its family under `family`, i.e. the name without its variant number (pt1-6 -> pt1, ftwb2-13 -> ftwb2, pt7)."""
+    if config["training"]["stack"] == "mixture":
+        return mixture
+    return m.group(1) if (m := re.match(r"^((?:pt|ftwb)\d+)-\d+$", mixture)) else mixture
+
+
+def training_job(config: dict, mixture: str) -> str:
+    """The job name of the stack that trains `mixture`: pretrain_pt1, finetune_ftwb2_13, ..."""
+    kind = "finetune" if mixture in config["mixtures"]["finetuning"]["mixes"] else "pretrain"
+    return f"{kind}_{stack_of(config, mixture).replace('-', '_')}"
+
+
+def trained_mixtures(config: dict, jobs: set[str]) -> set[str]:
+    """Every mixture whose runs a planned training job retrains: all of its stack."""
+    mix = config["mixtures"]
+    every = [*mix["pretraining"], *mix.get("with_atlantis", {}), *mix["finetuning"]["mixes"]]
+    return {m for m in every if training_job(config, m) in jobs}
+
+
 def downstream_jobs(config: dict, datasets: set[tuple[str, str]], mixtures: set[str], retrained: set[str]) -> set[str]:
     """Training and evaluation jobs that must rerun after `datasets` (variant, task) and `mixtures` were rebuilt,
-    plus runs in `retrained` (every smoke run has the one seed 42). Fine-tuning starts from pt7's weights."""
+    plus runs in `retrained` (every smoke run has the one seed 42). A stack retrains all of its runs, and
+    fine-tuning starts from pt7's weights."""
     mix = config["mixtures"]
     pretraining = [*mix["pretraining"], *mix.get("with_atlantis", {})]
-    trained = {m for m in pretraining if m in mixtures or m in retrained}
-    finetuned = {m for m in mix["finetuning"]["mixes"] if m in mixtures or m in retrained or "pt7" in trained}
-    jobs = {f"pretrain[mixture={m},seed=42]" for m in trained} | {f"finetune[mixture={m},seed=42]" for m in finetuned}
+    touched = {training_job(config, m) for m in pretraining if m in mixtures or m in retrained}
+    trained = {m for m in pretraining if training_job(config, m) in touched}
+    touched |= {training_job(config, m) for m in mix["finetuning"]["mixes"]
+                if m in mixtures or m in retrained or "pt7" in trained}
+    finetuned = {m for m in mix["finetuning"]["mixes"] if training_job(config, m) in touched}
+    jobs = set(touched)
     evaluated = {m for m in [*pretraining, *mix["finetuning"]["mixes"]]
                  if m in trained | finetuned or evaluated_sets(config, m) & datasets}
     jobs |= {f"evaluate[mixture={m},seed=42]" for m in evaluated}
@@ -120,7 +146,7 @@ def report_jobs(config: dict, jobs: set[str]) -> set[str]:
     pretraining = {**config["mixtures"]["pretraining"], **config["mixtures"].get("with_atlantis", {})}
     single = {tasks[0]: m for m, tasks in pretraining.items() if m.startswith("pt1-")}
     probed = {m.group(1) for job in jobs if (m := re.match(r"probes\[mixture=([\w-]+),seed=42\]", job))}
-    trained = {m.group(1) for job in jobs if (m := re.match(r"pretrain\[mixture=([\w-]+),seed=42\]", job))}
+    trained = trained_mixtures(config, jobs) & set(pretraining)
     figures = figure_jobs(jobs)
     if probed & {single[t] for t in ("distance", "angle", "compass", "inside") if t in single}:
         figures.add("figure_representation_views")
@@ -364,10 +390,12 @@ def test_training_setting_change_replans_the_runs_it_shapes(workflow, smoke_conf
     edited["training"]["finetuning"]["epochs"] += 1
     (workflow / "config/edited.yaml").write_text(yaml.safe_dump(edited))
     expected = downstream_jobs(smoke_config, set(), set(), set(smoke_config["mixtures"]["finetuning"]["mixes"]))
-    # finetune, evaluate, representations and probes per mix; the combined tables, generalization and what
-    # reads it, the Atlantis reconstruction (ftwb2-13), all; 6 figures (FTWB1, deviation matrix and histogram,
-    # CKA vs generalization twice, Atlantis histogram), the Atlantis predictions, the health report, the claims
-    assert len(expected) == 4 * 3 + 6 + 9
+    # evaluate, representations and probes per mix; the two fine-tuning stacks (ftwb1: ftwb1-1, ftwb1-6; ftwb2:
+    # ftwb2-13); the combined tables, generalization and what reads it, the Atlantis reconstruction (ftwb2-13), all;
+    # 6 figures (FTWB1, deviation matrix and histogram, CKA vs generalization twice, Atlantis histogram), the
+    # Atlantis predictions, the health report, the claims
+    assert {"finetune_ftwb1", "finetune_ftwb2"} <= expected
+    assert len(expected) == 3 * 3 + 2 + 6 + 9
     assert planned_jobs(workflow, "config/edited.yaml") == expected
 
 
@@ -423,7 +451,7 @@ def test_one_variant_setting_replans_only_that_variant(workflow, smoke_config):
     (workflow / "config/edited.yaml").write_text(yaml.safe_dump(edited))
     expected = expected_jobs(smoke_config, {"with_atlantis"}, {"inside"})
     assert expected == {"dataset[variant=with_atlantis,task=inside]", "pretraining_mixture[mixture=pt7-atl]", "all",
-                        "pretrain[mixture=pt7-atl,seed=42]", "evaluate[mixture=pt7-atl,seed=42]", "evaluation_table",
+                        "pretrain_pt7_atl", "evaluate[mixture=pt7-atl,seed=42]", "evaluation_table",
                         "representations[mixture=pt7-atl,seed=42]", "probes[mixture=pt7-atl,seed=42]", "probe_table",
                         "atlantis_reconstruction", "generalization", "cka_vs_generalization",
                         "figure_atlantis_histogram", "figure_ftwb1_matrix", "figure_deviation_matrix",
@@ -454,6 +482,92 @@ def test_task_code_edit_replans_exactly_that_task(workflow, smoke_config):
         module.write_text(original)
         os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert planned_jobs(workflow) == set()
+
+
+# ---- stacks: training.stack family (the smoke config) against mixture -----------------------------------------
+
+MIXTURE = "config/mixture.yaml"
+
+
+@pytest.fixture(scope="module")
+def mixture_workflow(workflow, smoke_config, tmp_path_factory) -> Path:
+    """The smoke results retrained under `training.stack: mixture` (one job per mixture) in a copy of the
+    workflow: training and evaluation run for real; the rest is marked up to date (`--touch`) so that planning
+    after an edit shows exactly what that edit replans in this mode."""
+    import shutil
+
+    workdir = copy_workflow(tmp_path_factory.mktemp("mixture"))
+    for folder in ("results", ".snakemake"):  # copy2 keeps mtimes: Snakemake must see the same ages
+        shutil.copytree(workflow / folder, workdir / folder, symlinks=True)
+    edited = yaml.safe_load(yaml.safe_dump(smoke_config))
+    edited["training"]["stack"] = "mixture"
+    (workdir / MIXTURE).write_text(yaml.safe_dump(edited))
+    snakemake(workdir, "--cores", "2", "results/evaluation/metrics.csv", "--configfile", MIXTURE)
+    snakemake(workdir, "--touch", "--cores", "1", "--configfile", MIXTURE)
+    return workdir
+
+
+def test_family_stacks_plan_fewer_training_jobs_than_mixture_stacks(tmp_path, smoke_config):
+    """From scratch: one training job per family (7) against one per mixture (10), every run in exactly one."""
+    workdir = copy_workflow(tmp_path)
+    edited = yaml.safe_load(yaml.safe_dump(smoke_config))
+    edited["training"]["stack"] = "mixture"
+    (workdir / MIXTURE).write_text(yaml.safe_dump(edited))
+    training = {mode: {job for job in planned_jobs(workdir, config) if job.startswith(("pretrain_", "finetune_"))}
+                for mode, config in (("family", SMOKE), ("mixture", MIXTURE))}
+    assert training["family"] == {"pretrain_pt1", "pretrain_pt2", "pretrain_pt3", "pretrain_pt7", "pretrain_pt7_atl",
+                                  "finetune_ftwb1", "finetune_ftwb2"}
+    mix = smoke_config["mixtures"]
+    every = [*mix["pretraining"], *mix["with_atlantis"], *mix["finetuning"]["mixes"]]
+    assert training["mixture"] == {training_job(edited, m) for m in every} and len(training["mixture"]) == 10
+
+
+def test_family_stacks_train_the_runs_of_mixture_stacks(workflow, mixture_workflow, smoke_config):
+    """Every smoke run trained in its family's stack against the same run in its mixture's stack (alone: one
+    seed per mixture): weights within 1e-5, bit for bit where the family's widest mixture is the run's own (a
+    narrower run is padded to its partners' width: same math, other float rounding), and the same evaluation."""
+    import pandas as pd
+    from safetensors.torch import load_file
+
+    mix = smoke_config["mixtures"]
+    runs = [f"{m}_s42" for m in [*mix["pretraining"], *mix["with_atlantis"], *mix["finetuning"]["mixes"]]]
+    gaps = {}
+    for run in runs:
+        stacks = [json.loads((root / f"results/models/{run}/final/run.json").read_text())["stack"]
+                  for root in (workflow, mixture_workflow)]
+        assert stacks == [stack_of(smoke_config, run[:-4]), run[:-4]]  # both were really trained, in their modes
+        a, b = (load_file(root / f"results/models/{run}/final/model.safetensors")
+                for root in (workflow, mixture_workflow))
+        gaps[run] = max(float((a[name] - b[name]).abs().max()) for name in a)
+    assert max(gaps.values()) <= 1e-5, gaps
+    assert gaps["pt1-6_s42"] == 0.0  # perimeter: pt1's widest mixture, so its batches are the same alone
+    family, mixture = (pd.read_csv(root / "results/evaluation/metrics.csv") for root in (workflow, mixture_workflow))
+    assert family.drop(columns="value").equals(mixture.drop(columns="value"))
+    assert np.allclose(family["value"], mixture["value"], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["family", "mixture"])
+def test_distance_edit_replans_exactly_its_stacks(workflow, mixture_workflow, smoke_config, mode):
+    """An edit of the distance task under each `training.stack`: its datasets, mixtures and descendants, where a
+    retrained stack retrains all of its runs (family: the whole pt1, pt2, pt7 and fine-tuning families; mixture:
+    only the mixtures with distance, pt1-1, pt2-1, pt7 and pt7-atl, and every fine-tuning mix of pt7)."""
+    workdir, configfile = (workflow, SMOKE) if mode == "family" else (mixture_workflow, MIXTURE)
+    config = yaml.safe_load((workdir / configfile).read_text())
+    module = workdir / "worldrep/tasks/distance.py"
+    original, stat = module.read_text(), module.stat()
+    try:
+        module.write_text(original + "\n# an edit\n")
+        expected = expected_jobs(config, {"pretraining", "atlantis_required", "with_atlantis"}, {"distance"})
+        training = {job for job in expected if job.startswith(("pretrain_", "finetune_"))}
+        assert training == ({"pretrain_pt1", "pretrain_pt2", "pretrain_pt7", "pretrain_pt7_atl", "finetune_ftwb1",
+                             "finetune_ftwb2"} if mode == "family" else
+                            {"pretrain_pt1_1", "pretrain_pt2_1", "pretrain_pt7", "pretrain_pt7_atl", "finetune_ftwb1_1",
+                             "finetune_ftwb1_6", "finetune_ftwb2_13"})
+        assert planned_jobs(workdir, configfile) == expected
+    finally:
+        module.write_text(original)
+        os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert planned_jobs(workdir, configfile) == set()
 
 
 def test_second_run_gives_identical_bytes(workflow, tmp_path):

@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 
 from .config import mixture_families
+from .mixtures import finetuning_sources, pretraining_sources
 from .tasks import TASK_NAMES
 
 RUN_NAME = re.compile(r"^(?P<mixture>[a-z0-9][a-z0-9-]*)_s(?P<seed>[0-9]+)$")
@@ -75,6 +76,82 @@ def recipe_settings(config: dict, mixture: str) -> dict:
     return {**shared, "peak_lr": kind["peak_lr"], "epochs": epochs}
 
 
+def mixture_sources(config: dict, mixture: str):
+    """The datasets a mixture draws from, in draw order (METHOD §4): both the mixture rule's inputs and its
+    `sources` param."""
+    families = mixture_families(config)
+    if mixture in families["finetuning.mixes"]:
+        ft = config["mixtures"]["finetuning"]
+        tasks = [t for t in TASK_NAMES if t in config["tasks"]]
+        return finetuning_sources(families["finetuning.mixes"][mixture], tasks, ft["replay_items"], ft["buffer_items"])
+    variant = "with_atlantis" if mixture in families["with_atlantis"] else "pretraining"
+    return pretraining_sources(pretraining_mixtures(config)[mixture], variant)
+
+
+def train_items(config: dict, mixture: str) -> int:
+    """A mixture's train N: each source's slice, or its dataset's whole train split (METHOD §4)."""
+    return sum(s.n_train if s.n_train is not None else config["datasets"][s.variant]["n_train"]
+               for s in mixture_sources(config, mixture))
+
+
+def step_counts(config: dict, mixture: str) -> tuple[int, int]:
+    """(epochs, steps per epoch) of a mixture's runs: the last partial batch is kept (§7.1)."""
+    recipe = recipe_settings(config, mixture)
+    return recipe["epochs"], -(-train_items(config, mixture) // recipe["batch_size"])
+
+
+def family(config: dict, mixture: str) -> str:
+    """pt{k}, pt{k}-atl or ftwb{k}, k = number of tasks: the rows of METHOD §7.3, and the stacks of
+    `training.stack: family`."""
+    families = mixture_families(config)
+    if mixture in families["finetuning.mixes"]:
+        return f"ftwb{len(families['finetuning.mixes'][mixture])}"
+    k = len(pretraining_mixtures(config)[mixture])
+    return f"pt{k}-atl" if mixture in families["with_atlantis"] else f"pt{k}"
+
+
+# ---- stacks: the runs one training job trains together (issue 16) ------------------------------------------
+
+@dataclass(frozen=True)
+class Stack:
+    name: str               # the mixture (training.stack: mixture) or the family (training.stack: family)
+    kind: str               # "pretraining" or "finetuning": a stack never mixes them
+    runs: tuple[Run, ...]
+
+    @property
+    def rule(self) -> str:
+        """The Snakemake rule that trains this stack: pretrain_pt1, finetune_ftwb2_13, ..."""
+        return f"{'pretrain' if self.kind == 'pretraining' else 'finetune'}_{self.name.replace('-', '_')}"
+
+    @property
+    def mixtures(self) -> list[str]:
+        return list(dict.fromkeys(run.mixture for run in self.runs))
+
+
+def training_stacks(config: dict) -> list[Stack]:
+    """The planned runs grouped into training jobs by `training.stack`: `mixture` puts every seed of a mixture in
+    one stack, `family` every run of a family (`family`). Runs keep their `training_runs` order; stacks come in
+    order of their first run. One architecture per config, so every stack has one."""
+    by = config["training"]["stack"]
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in training_runs(config):
+        name = run.mixture if by == "mixture" else family(config, run.mixture)
+        groups.setdefault((name, run.kind), []).append(run)
+    return [Stack(name, kind, tuple(runs)) for (name, kind), runs in groups.items()]
+
+
+def stack_problems(config: dict) -> list[str]:
+    """A stack's runs must share the step count (one lr schedule, one batch of static shape per step)."""
+    problems = []
+    for stack in training_stacks(config):
+        counts = {m: step_counts(config, m) for m in stack.mixtures}
+        if len(set(counts.values())) > 1:
+            shown = ", ".join(f"{m}: {e} epochs x {spe} steps" for m, (e, spe) in counts.items())
+            problems.append(f"config key 'training.stack': stack {stack.name!r} ({stack.kind}) groups runs of "
+                            f"different step counts ({shown}); use `training.stack: mixture` or equal sizes")
+    return problems
+
+
 # ---- the items-per-city rule (docs/METHOD.md §7.4) ----------------------------------------------------------
 # A city map appears once a run has seen about this many training items of one task per real city (the
 # paper's Fig. 1: 1,000-1,300; our calibration in evidence/: see §7.4). Planning warns below it; it never stops.
@@ -140,6 +217,7 @@ def grid_problems(config: dict) -> list[str]:
         if len(tasks) not in epochs:
             problems.append(f"config key 'training.pretraining.epochs': no entry for {len(tasks)} task(s), "
                             f"needed by mixture {mixture!r}")
+    problems += [] if problems else stack_problems(config)
     planned = {run.name for run in training_runs(config) if run.kind == "pretraining"} if not problems else set()
     for name in config["evaluation"]["checkpoint_runs"]:
         if not problems and name not in planned:

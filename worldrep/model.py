@@ -44,6 +44,14 @@ def qwen2_config(settings: ModelSettings = ModelSettings()):
     )
 
 
+def settings_from_config(config) -> ModelSettings:
+    """The `ModelSettings` of a Hugging Face Qwen2 config, the inverse of `qwen2_config` (init_std shapes only a
+    fresh init and is not in the config: the dataclass default is left in place)."""
+    names = [name for name in ModelSettings.__dataclass_fields__ if name not in ("init_std", "rope_theta")]
+    return ModelSettings(**{name: getattr(config, name) for name in names},
+                         rope_theta=config.rope_parameters["rope_theta"])
+
+
 def initialize(model: nn.Module, std: float) -> None:
     """METHOD §6: every Linear and Embedding weight (lm_head and the pad row included) ~ N(0, std²),
     Linear biases 0, RMSNorm gains 1. Applied after construction, overriding the library's init."""

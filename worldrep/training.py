@@ -1,17 +1,21 @@
-"""Our own training loop for the tiny Qwen2 (METHOD §7): the paper's recipe, written for throughput.
+"""Our own training loop for the tiny Qwen2 (METHOD §7): the paper's recipe, written for throughput, training a
+stack of K runs at once (issue 16). A lone run is a stack of one: there is no other loop.
 
-Why not the HF `Trainer`: with a 1.6M-parameter model a step is bound by overhead, not FLOPs. Here the
-mixture's token matrix sits on the device once, a batch is an index into it (no tokenization, no DataLoader),
-and every batch has the mixture's width. Padding to the mixture's longest item instead of the batch's is the
-same math: pads come last, attention is causal, and pad targets are ignored.
+Why not the HF `Trainer`: with a 1.6M-parameter model a step is bound by overhead, not FLOPs. Here every run's
+token matrix sits on the device once, a batch is an index into it (no tokenization, no DataLoader), and every
+batch has the stack's widest mixture's width. Padding to the mixture's longest item instead of the batch's is
+the same math: pads come last, attention is causal, and pad targets are ignored. And K runs of one architecture
+share every kernel (`stack.StackedQwen2`).
 
-The math is the recipe's: AdamW (decay on matrices and embeddings only), linear warmup then linear decay to 0,
-batch 128 with the last partial batch kept, global-norm clipping, loss over every non-pad target token.
+The math is the recipe's, per run: AdamW (decay on matrices and embeddings only), linear warmup then linear
+decay to 0, batch 128 with the last partial batch kept, global-norm clipping, loss over every non-pad target
+token. A run's result never depends on which runs share its stack: its loss, gradient norm and clipping, fp16
+loss scale and skipped updates, data order and resume state are its own.
 
-A run lives in a work directory until it finishes: resume state (weights, optimizer, loss scaler, RNG, log
-window) at every checkpoint step, Hugging Face checkpoints, and the two log files. A rerun of a killed job
-resumes from the last state; on CPU it ends bit-identical to an uninterrupted run. Outputs appear only at the
-end (`publish`), the final model last, so nothing half-written ever looks complete.
+Each run lives in its own work directory until it finishes: resume state (its weights, optimizer moments, loss
+scale, RNG, log window) at every checkpoint step, Hugging Face checkpoints, and the two log files. A rerun of a
+killed job resumes from the last states; on CPU it ends bit-identical to an uninterrupted run. Outputs appear
+only at the end (`publish`), the final model last, so nothing half-written ever looks complete.
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +37,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .evaluation import autocast, evaluate_items, summarize
+from .stack import stacked_token_losses
 from .tokenizer import PAD_ID
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -103,17 +110,15 @@ def batch_indices(seed: int, step: int, n_items: int, batch_size: int) -> np.nda
     return epoch_order(seed, epoch, n_items)[position * batch_size:(position + 1) * batch_size]
 
 
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Decay on weight matrices and embeddings, none on biases or RMSNorm gains (§7.1, the HF Trainer rule)."""
-    decay, no_decay = [], []
-    for _, parameter in model.named_parameters():
-        (decay if parameter.ndim >= 2 else no_decay).append(parameter)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def decays(name: str, tensor: torch.Tensor, stacked: bool = False) -> bool:
+    """Weight decay on weight matrices and embeddings, none on biases or RMSNorm gains (§7.1, the HF Trainer
+    rule): a parameter decays when it has >= 2 dimensions as a Hugging Face tensor (one more in a stack)."""
+    return tensor.dim() - int(stacked) >= 2
 
 
 def token_loss(model, tokens: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy over the whole sequence, pad targets ignored, averaged over the batch's
-    non-pad targets (§7.1). No attention mask: pads come last and attention is causal."""
+    """A Hugging Face model's next-token cross-entropy over the whole sequence, pad targets ignored, averaged
+    over the batch's non-pad targets (§7.1): the per-run loss of `stack.stacked_token_losses`, for one model."""
     logits = model(input_ids=tokens[:, :-1]).logits
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1),
                            ignore_index=PAD_ID)
@@ -133,7 +138,204 @@ def fingerprint(description: dict) -> str:
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
 
 
-# ---- the loop ----------------------------------------------------------------------------------------
+def per_run(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """[K] values shaped to broadcast over a stacked tensor [K, ...]."""
+    return values.view(-1, *[1] * (like.dim() - 1))
+
+
+# ---- optimizer and loss scaling, per run ----------------------------------------------------------------
+
+class StackedAdamW:
+    """AdamW (§7.1) over stacked parameters, with its own step count per run.
+
+    torch's `AdamW` update written out (`_single_tensor_adamw`'s operations in its order, bias corrections in
+    float64 as its Python scalars, per-run values where it has scalars), so a stack of one takes torch's steps to
+    a few ulps (tests/test_stack.py). The one addition is `ok` [K]: it leaves a run's weights, moments and step
+    count untouched when its fp16 gradients overflowed, exactly as a lone run's `GradScaler` skips
+    `optimizer.step()`. The lr is a float64 0-dim tensor and every
+    operation is a tensor op with no host sync, so a whole step can be captured in a CUDA graph."""
+
+    def __init__(self, named_parameters, k: int, recipe: Recipe, device: torch.device):
+        self.params = [(name, p, decays(name, p, stacked=True)) for name, p in named_parameters]
+        self.exp_avg = {name: torch.zeros_like(p) for name, p, _ in self.params}
+        self.exp_avg_sq = {name: torch.zeros_like(p) for name, p, _ in self.params}
+        self.steps = torch.zeros(k, dtype=torch.float64, device=device)
+        self.beta1, self.beta2 = recipe.betas
+        self.eps, self.weight_decay = recipe.eps, recipe.weight_decay
+
+    @torch.no_grad()
+    def step(self, lr: torch.Tensor, ok: torch.Tensor | None = None) -> None:
+        self.steps += 1 if ok is None else ok.to(self.steps.dtype)
+        step_size = (lr / (1 - self.beta1 ** self.steps)).float()
+        correction2 = ((1 - self.beta2 ** self.steps) ** 0.5).float()
+        shrink = 1 - lr * self.weight_decay
+        for name, p, decay in self.params:
+            grad, m, v = p.grad, self.exp_avg[name], self.exp_avg_sq[name]
+            if ok is None:
+                if decay:
+                    p.mul_(shrink)
+                m.lerp_(grad, 1 - self.beta1)
+                v.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
+                p.sub_(m / (v.sqrt() / per_run(correction2, p)).add_(self.eps) * per_run(step_size, p))
+            else:  # the same update, kept only where the run's step is ok
+                keep = per_run(ok, p)
+                new_p = p * shrink if decay else p
+                new_m = torch.lerp(m, grad, 1 - self.beta1)
+                new_v = (v * self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
+                new_p = new_p - new_m / (new_v.sqrt() / per_run(correction2, p)).add_(self.eps) * per_run(step_size, p)
+                p.copy_(torch.where(keep, new_p, p))
+                m.copy_(torch.where(keep, new_m, m))
+                v.copy_(torch.where(keep, new_v, v))
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        return [*self.exp_avg.values(), *self.exp_avg_sq.values(), self.steps]
+
+    def slice_state(self, index: int) -> dict:
+        return {"exp_avg": {n: t[index].cpu() for n, t in self.exp_avg.items()},
+                "exp_avg_sq": {n: t[index].cpu() for n, t in self.exp_avg_sq.items()},
+                "step": float(self.steps[index])}
+
+    @torch.no_grad()
+    def load_slice(self, index: int, state: dict) -> None:
+        for name in self.exp_avg:
+            self.exp_avg[name][index].copy_(state["exp_avg"][name])
+            self.exp_avg_sq[name][index].copy_(state["exp_avg_sq"][name])
+        self.steps[index] = state["step"]
+
+
+class LossScaler:
+    """fp16 dynamic loss scaling with one scale per run: `torch.amp.GradScaler`'s rule (start 2^16, halve on an
+    overflow and skip that update, double after 2,000 clean updates), kept per run so that an overflow in one run
+    skips that run's update only. Disabled (scale 1, nothing skipped) in fp32 and bf16."""
+
+    INIT, GROWTH, BACKOFF, INTERVAL = 2.0 ** 16, 2.0, 0.5, 2000
+
+    def __init__(self, k: int, device: torch.device, enabled: bool):
+        self.enabled = enabled
+        self.scale = torch.full((k,), self.INIT if enabled else 1.0, dtype=torch.float32, device=device)
+        self.growth_tracker = torch.zeros(k, dtype=torch.int32, device=device)
+
+    def inverse(self) -> torch.Tensor:
+        return self.scale.double().reciprocal().float()  # as GradScaler.unscale_
+
+    @torch.no_grad()
+    def update(self, ok: torch.Tensor) -> None:
+        tracker = torch.where(ok, self.growth_tracker + 1, torch.zeros_like(self.growth_tracker))
+        grow = tracker == self.INTERVAL
+        self.scale.copy_(torch.where(ok, torch.where(grow, self.scale * self.GROWTH, self.scale),
+                                     self.scale * self.BACKOFF))
+        self.growth_tracker.copy_(torch.where(grow, torch.zeros_like(tracker), tracker))
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        return [self.scale, self.growth_tracker]
+
+
+# ---- one update of a whole stack -------------------------------------------------------------------------
+
+def autocast_context(device: torch.device, precision: str):
+    """`evaluation.autocast` with the weight-cast cache off: a cached cast would be freed between CUDA graph
+    replays. Costs one cast per use of a weight, nothing else."""
+    if precision == "fp32":
+        return nullcontext()
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=False)
+
+
+class StackStep:
+    """One update of every run of a stack: (uint8 batch [K, B, W] on the device, lr) -> (loss [K], grad norm [K]),
+    both left on the device. Per run, as a lone run would: its own loss, fp16 loss scale and skipped update, and
+    global-norm clipping over its own parameters only. The loop and the throughput benchmark both time exactly
+    this.
+
+    With `cuda_graphs` on a CUDA device the first call captures the whole update (forward, backward, unscaling,
+    clipping, optimizer) into one CUDA graph after three warm-up updates that are then undone, and every later
+    call copies the batch into the graph's input and replays it. If capture fails the step stays eager."""
+
+    WARMUP = 3
+
+    def __init__(self, stack, recipe: Recipe, device: torch.device, cuda_graphs: bool = False, log=None):
+        self.stack, self.recipe, self.device, self.log = stack, recipe, device, log
+        self.parameters = [p for p in stack.parameters()]
+        self.optimizer = StackedAdamW(stack.named_parameters(), stack.k, recipe, device)
+        self.scaler = LossScaler(stack.k, device, enabled=recipe.precision == "fp16")
+        self.lr = torch.zeros((), dtype=torch.float64, device=device)
+        self.forward = torch.compile(stacked_token_losses) if recipe.compile else stacked_token_losses
+        self.use_graph = cuda_graphs and device.type == "cuda"
+        self.graph = None
+
+    def compute(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        for p in self.parameters:
+            p.grad = None
+        with autocast_context(self.device, self.recipe.precision):
+            losses = self.forward(self.stack, batch.long())
+        (losses * self.scaler.scale).sum().backward()  # each run's weights get their own run's gradient only
+        grads = [p.grad for p in self.parameters]
+        with torch.no_grad():
+            if self.scaler.enabled:
+                inverse = self.scaler.inverse()
+                for g in grads:
+                    g.mul_(per_run(inverse, g))
+            norms = torch.stack([torch.linalg.vector_norm(g.reshape(len(g), -1), dim=1) for g in grads], dim=1)
+            total = torch.linalg.vector_norm(norms, dim=1)  # each run's global norm, as clip_grad_norm_
+            clip = (self.recipe.grad_clip / (total + 1e-6)).clamp(max=1.0)
+            for g in grads:
+                g.mul_(per_run(clip, g))
+            # An overflow anywhere in a run's gradients makes its norm inf or nan: GradScaler's found_inf.
+            ok = torch.isfinite(total) if self.scaler.enabled else None
+            self.optimizer.step(self.lr, ok)
+            if ok is not None:
+                self.scaler.update(ok)
+        return losses.detach(), total
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        return [*self.parameters, *self.optimizer.state_tensors(), *self.scaler.state_tensors()]
+
+    def __call__(self, batch: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        self.lr.fill_(lr)
+        if self.use_graph and self.graph is None:
+            self.capture(batch)
+        if self.graph is None:
+            return self.compute(batch)
+        self.static_batch.copy_(batch)
+        self.graph.replay()
+        return self.static_out
+
+    def capture(self, batch: torch.Tensor) -> None:
+        self.use_graph = False  # one attempt
+        saved = [t.detach().clone() for t in self.state_tensors()]
+        try:
+            self.static_batch = batch.clone()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up on a side stream, as torch's whole-network capture recipe
+                for _ in range(self.WARMUP):
+                    self.compute(self.static_batch)
+            torch.cuda.current_stream().wait_stream(side)
+            self.restore(saved)  # the warm-up updates are undone: the run starts from its true state
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.static_out = self.compute(self.static_batch)
+            self.graph = graph
+            if self.log is not None:
+                print("CUDA graph captured: every update is one replay", file=self.log, flush=True)
+        except Exception as error:  # noqa: BLE001 - any capture failure falls back to the eager step
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            for p in self.parameters:  # gradients from a broken capture belong to its memory pool
+                p.grad = None
+            self.restore(saved)
+            self.graph = None
+            if self.log is not None:
+                print(f"CUDA graph capture failed ({type(error).__name__}: {error}); training eagerly",
+                      file=self.log, flush=True)
+
+    @torch.no_grad()
+    def restore(self, saved: list[torch.Tensor]) -> None:
+        for tensor, value in zip(self.state_tensors(), saved):
+            tensor.copy_(value)
+
+
+# ---- the runs of a stack and their data --------------------------------------------------------------------
 
 @dataclass
 class Validation:
@@ -144,6 +346,98 @@ class Validation:
     task_names: list[str]
     batch_size: int = 1024
 
+
+@dataclass
+class StackRun:
+    """One run of a stack: its own data (train tokens, validation split), seed (init is the caller's, data order
+    here), work directory (resume state, logs, checkpoints) and checkpoint writer `save_checkpoint(hf_model,
+    step)`, which gets a Hugging Face model holding this run's weights."""
+    name: str
+    seed: int
+    train_tokens: np.ndarray
+    validation: Validation
+    work: Path
+    fingerprint: str
+    save_checkpoint: Callable
+
+
+class StackData:
+    """The runs' token matrices on the device once (runs that share a mixture share its matrix), padded to the
+    stack's widest mixture, with one all-pad row after each; a batch is one gather of [K, B] row indices. A run
+    whose epoch is shorter than the stack's steps per epoch × B is filled up with the all-pad row, so every
+    batch has the static shape [K, B, W] (all-pad rows add no loss target)."""
+
+    def __init__(self, runs: list[StackRun], batch_size: int, device: torch.device):
+        self.batch_size, self.device = batch_size, device
+        self.seeds = [run.seed for run in runs]
+        self.sizes = [len(run.train_tokens) for run in runs]
+        matrices, index = [], []
+        for run in runs:
+            found = next((i for i, m in enumerate(matrices) if m is run.train_tokens), None)
+            if found is None:
+                matrices.append(run.train_tokens)
+                found = len(matrices) - 1
+            index.append(found)
+        self.pad_row = max(len(m) for m in matrices)
+        width = max(m.shape[1] for m in matrices)
+        tokens = np.full((len(matrices), self.pad_row + 1, width), PAD_ID, dtype=np.uint8)
+        for i, m in enumerate(matrices):
+            tokens[i, :len(m), :m.shape[1]] = m
+        self.tokens = torch.from_numpy(tokens).to(device)  # uint8 keeps a 7M-item mixture under 0.5 GB
+        self.matrix = torch.tensor(index, device=device).view(-1, 1)
+        spe = {run.name: steps_per_epoch(len(run.train_tokens), batch_size) for run in runs}
+        if len(set(spe.values())) > 1:
+            raise ValueError(f"a stack's runs must have the same steps per epoch; got {spe}")
+        self.steps_per_epoch = next(iter(spe.values()))
+        self.order, self.order_epoch = None, -1
+
+    def batch(self, step: int) -> torch.Tensor:
+        epoch, position = divmod(step, self.steps_per_epoch)
+        if epoch != self.order_epoch:
+            span = self.steps_per_epoch * self.batch_size
+            order = np.full((len(self.seeds), span), self.pad_row, dtype=np.int64)
+            for k, (seed, n) in enumerate(zip(self.seeds, self.sizes)):
+                order[k, :n] = epoch_order(seed, epoch, n)
+            self.order, self.order_epoch = torch.from_numpy(order).to(self.device), epoch
+        rows = self.order[:, position * self.batch_size:(position + 1) * self.batch_size]
+        return self.tokens[self.matrix, rows]
+
+
+def stack_memory_bytes(settings, k: int, batch_size: int, width: int, token_bytes: int) -> int:
+    """An upper estimate of a stack's training memory on its device: per run, fp32 weights, gradients and two
+    AdamW moments; the activations autograd keeps for one step of B sequences of `width` tokens (per layer and
+    token ~ 9 hidden-size and 4 intermediate-size fp32 vectors plus the attention row; the logits three times);
+    and the token matrices. Used to refuse a stack that cannot fit before any training."""
+    h, i, layers = settings.hidden_size, settings.intermediate_size, settings.num_hidden_layers
+    heads, vocab = settings.num_attention_heads, settings.vocab_size
+    kv = settings.num_key_value_heads * (h // heads)
+    params = vocab * h * 2 + h + layers * (2 * h + h * h + h + 2 * (kv * h + kv) + h * h + 3 * h * i)
+    tokens = batch_size * width
+    activations = tokens * (layers * (9 * h + 4 * i + heads * width) + 3 * vocab) * 4
+    return k * (16 * params + activations) + token_bytes
+
+
+def available_memory(device: torch.device) -> int:
+    """Free memory of the device: CUDA's free bytes, or the host's MemAvailable."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    with open("/proc/meminfo") as handle:
+        fields = dict(line.split(":", 1) for line in handle)
+    return int(fields["MemAvailable"].split()[0]) * 1024
+
+
+def check_memory(name: str, stack, data: StackData, device: torch.device, available: int | None = None) -> None:
+    """Fail before training, naming the stack, its size and the memory it needs, when it cannot fit."""
+    need = stack_memory_bytes(stack.settings, stack.k, data.batch_size, data.tokens.shape[2],
+                              data.tokens.numel())
+    have = available_memory(device) if available is None else available
+    if need > have:
+        raise MemoryError(f"stack {name} ({stack.k} runs) needs about {need / 2**30:.2f} GiB on {device}, "
+                          f"but only {have / 2**30:.2f} GiB is free: use a smaller stack (training.stack: mixture) "
+                          "or a larger device")
+
+
+# ---- the loop ----------------------------------------------------------------------------------------
 
 class CsvLog:
     """A CSV log in the work directory that a resumed run cuts back to its resume step."""
@@ -171,102 +465,95 @@ class CsvLog:
         self.handle.close()
 
 
-def train(model, train_tokens: np.ndarray, validation: Validation, recipe: Recipe, seed: int,
-          device: torch.device, work: Path, run_fingerprint: str, save_checkpoint, log=None,
-          stop_after: int | None = None) -> dict:
-    """Train `model` in place to the recipe's last step, resuming from `work` when it holds a state of the
-    same run. `save_checkpoint(model, step)` writes a Hugging Face checkpoint (or nothing). `stop_after`
-    ends the loop early (tests of resume). Returns a summary for the run's metadata."""
-    work.mkdir(parents=True, exist_ok=True)
-    n_items = len(train_tokens)
-    total = total_steps(n_items, recipe.batch_size, recipe.epochs)
+def train_stack(stack, runs: list[StackRun], recipe: Recipe, device: torch.device, log=None,
+                stop_after: int | None = None, cuda_graphs: bool = False, name: str = "stack") -> dict:
+    """Train every run of `stack` (slice k is `runs[k]`) in place to the recipe's last step, resuming when every
+    run's work directory holds a state of that run at one common step. Returns the summary every run shares
+    (step counts) for the runs' metadata. `stop_after` ends the loop early (tests of resume)."""
+    if stack.k != len(runs):
+        raise ValueError(f"stack {name} holds {stack.k} models for {len(runs)} runs")
+    for run in runs:
+        run.work.mkdir(parents=True, exist_ok=True)
+    data = StackData(runs, recipe.batch_size, device)
+    check_memory(name, stack, data, device)
+    total = recipe.epochs * data.steps_per_epoch
     checkpoints = set(checkpoint_steps(total, recipe.checkpoint_fraction))
     validate_every = every(total, recipe.validation_fraction)
 
-    model.to(device).train()
-    optimizer, scaler = make_optimizer(model, recipe, device)
-    window = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of losses, updates) since the last log
-
-    start = load_state(work, run_fingerprint, model, optimizer, scaler, window, device, log)
-    if start is None:  # nothing of another configuration (old checkpoints, logs) may reach this run's outputs
-        shutil.rmtree(work)
-        work.mkdir(parents=True)
-    training_log = CsvLog(work / "training_log.csv", TRAINING_LOG_FIELDS, start)
-    validation_log = CsvLog(work / "validation_log.csv", VALIDATION_LOG_FIELDS, start)
+    stack.to(device).train()
+    step_fn = StackStep(stack, recipe, device, cuda_graphs, log)
+    window = torch.zeros(len(runs), 2, dtype=torch.float64, device=device)  # (sum of losses, updates) per run
+    start = load_states(runs, stack, step_fn, window, device, log)
+    if start is None:  # nothing of another configuration (old checkpoints, logs) may reach these runs' outputs
+        for run in runs:
+            shutil.rmtree(run.work)
+            run.work.mkdir(parents=True)
+    logs = [(CsvLog(run.work / "training_log.csv", TRAINING_LOG_FIELDS, start),
+             CsvLog(run.work / "validation_log.csv", VALIDATION_LOG_FIELDS, start)) for run in runs]
     resumed, start = start is not None, start or 0
+    view = stack.hf_model(0).eval()  # one Hugging Face model that each run's weights pass through in turn
 
-    tokens = torch.from_numpy(train_tokens).to(device)  # once; uint8 keeps a 7M-item mixture under 0.5 GB
-    step_fn = training_step(model, optimizer, scaler, recipe, device)
-    order, order_epoch = None, -1
-    spe = steps_per_epoch(n_items, recipe.batch_size)
-    progress = tqdm(total=total, initial=start, desc="train", unit="step", file=log, mininterval=10,
-                    smoothing=0.05)
+    def each_run(action):
+        for k, run in enumerate(runs):
+            stack.export(k, view)
+            action(k, run)
+
+    progress = tqdm(total=total, initial=start, desc=f"train {name} ({len(runs)} runs)", unit="step", file=log,
+                    mininterval=10, smoothing=0.05)
     last = total if stop_after is None else min(total, stop_after)
     began = time.perf_counter()
     for step in range(start, last + 1):
         # A resume state is saved after its step's validation rows, which the logs therefore already hold.
         if (step % validate_every == 0 or step == total) and not (resumed and step == start):
-            write_validation(model, validation, recipe.precision, device, step, validation_log)
+            each_run(lambda k, run: write_validation(view, run.validation, recipe.precision, device, step,
+                                                     logs[k][1]))
         if step in checkpoints and step != start:
-            save_checkpoint(model, step)
-            save_state(work, run_fingerprint, step, model, optimizer, scaler, window)
+            each_run(lambda k, run: run.save_checkpoint(view, step))
+            for k, run in enumerate(runs):
+                save_state(run, k, step, stack, step_fn, window)
         elif step == 0:
-            save_checkpoint(model, step)
+            each_run(lambda k, run: run.save_checkpoint(view, step))
         if step == last:
             break
-        epoch, position = divmod(step, spe)
-        if epoch != order_epoch:
-            order = torch.from_numpy(epoch_order(seed, epoch, n_items)).to(device)
-            order_epoch = epoch
         lr = learning_rate(step, recipe.peak_lr, recipe.warmup_steps, total)
-        loss, grad_norm = step_fn(tokens[order[position * recipe.batch_size:(position + 1) * recipe.batch_size]], lr)
-        window += torch.stack([loss.double(), torch.ones((), dtype=torch.float64, device=device)])
+        losses, grad_norms = step_fn(data.batch(step), lr)
+        window += torch.stack([losses.double(), torch.ones_like(window[:, 1])], dim=1)
         done = step + 1
         if done % recipe.log_every == 0 or done == total:
-            mean, count = window.tolist()  # the only host sync of the loop, every log_every steps
-            training_log.write({"step": done, "epoch": f"{done / spe:.4f}", "loss": f"{mean / count:.6f}",
-                                "lr": f"{lr:.6e}", "grad_norm": f"{float(grad_norm):.6f}"})
+            sums = window.tolist()  # the only host sync of the loop, every log_every steps
+            norms = grad_norms.tolist()
+            for k, (loss_sum, count) in enumerate(sums):
+                logs[k][0].write({"step": done, "epoch": f"{done / data.steps_per_epoch:.4f}",
+                                  "loss": f"{loss_sum / count:.6f}", "lr": f"{lr:.6e}",
+                                  "grad_norm": f"{norms[k]:.6f}"})
             window.zero_()
         progress.update()
     progress.close()
-    training_log.close()
-    validation_log.close()
+    for training_log, validation_log in logs:
+        training_log.close()
+        validation_log.close()
     elapsed = time.perf_counter() - began
     steps_run = last - start
     if log is not None:
-        print(f"{steps_run} steps in {elapsed:.1f} s ({1000 * elapsed / max(1, steps_run):.2f} ms/step)",
-              file=log, flush=True)
-    return {"total_steps": total, "steps_per_epoch": spe, "n_train": n_items,
-            "checkpoint_steps": sorted(checkpoints), "validation_every": validate_every}
+        print(f"{steps_run} steps of {len(runs)} runs in {elapsed:.1f} s ({1000 * elapsed / max(1, steps_run):.2f} "
+              f"ms/step, {1000 * elapsed / max(1, steps_run * len(runs)):.2f} ms/run-step)", file=log, flush=True)
+    return {"total_steps": total, "steps_per_epoch": data.steps_per_epoch, "checkpoint_steps": sorted(checkpoints),
+            "validation_every": validate_every, "stack": name, "stack_runs": [run.name for run in runs]}
 
 
-def training_step(model, optimizer, scaler, recipe: Recipe, device: torch.device):
-    """One update of the recipe as a function of (uint8 batch on the device, lr) -> (loss, grad norm), both
-    left on the device. The loop and the throughput benchmark both time exactly this."""
-    forward = torch.compile(model) if recipe.compile else model
-    parameters = list(model.parameters())
+def train(model, train_tokens: np.ndarray, validation: Validation, recipe: Recipe, seed: int,
+          device: torch.device, work: Path, run_fingerprint: str, save_checkpoint, log=None,
+          stop_after: int | None = None, cuda_graphs: bool = False) -> dict:
+    """Train one Hugging Face `Qwen2ForCausalLM` in place: a stack of one (`train_stack`), its final weights
+    copied back into `model`. `save_checkpoint(model, step)` writes a Hugging Face checkpoint (or nothing)."""
+    from .stack import from_hf_models
 
-    def step(batch: torch.Tensor, lr: float):
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with autocast(device, recipe.precision):
-            loss = token_loss(forward, batch.long())
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)  # clip the true gradients, as the HF Trainer does under fp16
-        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, recipe.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        return loss.detach(), grad_norm
-
-    return step
-
-
-def make_optimizer(model, recipe: Recipe, device: torch.device):
-    """AdamW over the decay groups (fused on CUDA) and the fp16 loss scaler (a no-op in fp32 and bf16)."""
-    optimizer = torch.optim.AdamW(parameter_groups(model, recipe.weight_decay), lr=0.0, betas=recipe.betas,
-                                  eps=recipe.eps, fused=device.type == "cuda")
-    return optimizer, torch.amp.GradScaler(device.type, enabled=recipe.precision == "fp16")
+    stack = from_hf_models([model])
+    run = StackRun("run", seed, train_tokens, validation, work, run_fingerprint, save_checkpoint)
+    summary = train_stack(stack, [run], recipe, device, log, stop_after, cuda_graphs, name=work.name)
+    model.to(device)
+    stack.export(0, model)
+    return {**summary, "n_train": len(train_tokens)}
 
 
 @torch.no_grad()
@@ -294,39 +581,60 @@ def write_validation(model, validation: Validation, precision: str, device: torc
 
 # ---- resume state --------------------------------------------------------------------------------------
 
-def save_state(work: Path, run_fingerprint: str, step: int, model, optimizer, scaler, window) -> None:
+def save_state(run: StackRun, index: int, step: int, stack, step_fn: StackStep, window: torch.Tensor) -> None:
+    """Run `index`'s resume state in its own work directory: its weights, AdamW moments and step count, loss
+    scale, log window and the RNG, all of its own slice, so it never depends on the other runs of the stack."""
     state = {
-        "fingerprint": run_fingerprint, "step": step, "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "window": window.cpu(),
+        "fingerprint": run.fingerprint, "step": step,
+        "model": {name: tensor.cpu().clone() for name, tensor in stack.slice_state_dict(index).items()},
+        "optimizer": step_fn.optimizer.slice_state(index),
+        "scaler": {"scale": float(step_fn.scaler.scale[index]),
+                   "growth_tracker": int(step_fn.scaler.growth_tracker[index])},
+        "window": window[index].cpu().clone(),
         "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
     }
-    partial = work / (STATE_FILE + ".partial")
+    partial = run.work / (STATE_FILE + ".partial")
     torch.save(state, partial)
-    os.replace(partial, work / STATE_FILE)  # a kill during the save leaves the previous state intact
+    os.replace(partial, run.work / STATE_FILE)  # a kill during the save leaves the previous state intact
 
 
-def load_state(work: Path, run_fingerprint: str, model, optimizer, scaler, window, device, log) -> int | None:
-    """Restore the last resume state in `work`; returns its step, or None to start from scratch."""
-    path = work / STATE_FILE
-    if not path.exists():
+def load_states(runs: list[StackRun], stack, step_fn: StackStep, window: torch.Tensor, device, log) -> int | None:
+    """Restore every run's resume state; returns their common step, or None to start the stack from scratch
+    (a run without a state of its own configuration, or states of different steps)."""
+    states = []
+    for run in runs:
+        path = run.work / STATE_FILE
+        # On the CPU first: RNG states must stay CPU tensors; copies into the stack move the rest to the device.
+        state = torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+        if state is not None and state["fingerprint"] != run.fingerprint:
+            if log is not None:
+                print(f"ignoring {path}: it belongs to another configuration of run {run.name}", file=log, flush=True)
+            state = None
+        states.append(state)
+    steps = {state["step"] for state in states if state is not None}
+    if not steps:
         return None
-    # On the CPU first: RNG states must stay CPU tensors; load_state_dict moves the rest to the parameters.
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if state["fingerprint"] != run_fingerprint:
+    if None in states or len(steps) > 1:
         if log is not None:
-            print(f"ignoring {path}: it belongs to another configuration of this run", file=log, flush=True)
+            have = {run.name: state and state["step"] for run, state in zip(runs, states)}
+            print(f"not resuming: the runs' states are not all at one step ({have}); starting over",
+                  file=log, flush=True)
         return None
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scaler.load_state_dict(state["scaler"])
-    window.copy_(state["window"].to(device))
-    torch.set_rng_state(state["rng"])
-    if state["cuda_rng"] is not None and device.type == "cuda":
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    with torch.no_grad():
+        for index, state in enumerate(states):
+            stack.load_slice(index, state["model"])
+            step_fn.optimizer.load_slice(index, state["optimizer"])
+            step_fn.scaler.scale[index] = state["scaler"]["scale"]
+            step_fn.scaler.growth_tracker[index] = state["scaler"]["growth_tracker"]
+            window[index].copy_(state["window"].to(device))
+    torch.set_rng_state(states[0]["rng"])
+    if states[0]["cuda_rng"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state_all(states[0]["cuda_rng"])
+    step = steps.pop()
     if log is not None:
-        print(f"resuming from step {state['step']} ({path})", file=log, flush=True)
-    return state["step"]
+        print(f"resuming {len(runs)} run(s) from step {step}", file=log, flush=True)
+    return step
 
 
 # ---- outputs -------------------------------------------------------------------------------------------

@@ -1,0 +1,358 @@
+"""Stacked training (issue 16): K Qwen2 models as one stacked model, trained by one step, each run exactly as if
+alone. The stack against Hugging Face's own model (logits, loss), the per-run optimizer against torch's AdamW and
+GradScaler, and the invariant itself: a run's weights do not depend on the runs that share its stack."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.test_training import toy_tokens, toy_validation
+from worldrep.model import ModelSettings, build_model
+from worldrep.stack import StackedQwen2, from_hf_models, stacked_token_losses
+from worldrep.tokenizer import PAD_ID
+from worldrep.training import (LossScaler, Recipe, StackData, StackedAdamW, StackRun, StackStep, check_memory,
+                               decays, token_loss, train_stack)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ModelSettings(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                     intermediate_size=64)
+GQA = ModelSettings(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                    intermediate_size=48)
+
+
+def padded_ids(k: int, batch: int, width: int, seed: int = 0) -> torch.Tensor:
+    """Random ids [K, B, W] with right padding of random length and one all-pad row per model."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, 98, (k, batch, width), generator=g)
+    lengths = torch.randint(2, width + 1, (k, batch), generator=g)
+    ids[torch.arange(width) >= lengths[..., None]] = PAD_ID
+    ids[:, -1] = PAD_ID
+    return ids
+
+
+# ---- the stacked model against Hugging Face -------------------------------------------------------------
+
+@pytest.mark.parametrize("settings, k, batch, width", [
+    (ModelSettings(), 1, 4, 17), (ModelSettings(), 3, 5, 23), (TINY, 2, 1, 9), (GQA, 4, 3, 12)])
+def test_each_slice_has_hugging_face_logits(settings, k, batch, width):
+    """Same weights: slice k's logits are HF's logits of model k to <= 1e-5 in fp32, padded rows included."""
+    models = [build_model(settings, seed).eval() for seed in range(k)]
+    stack = from_hf_models(models).eval()
+    ids = padded_ids(k, batch, width)
+    with torch.no_grad():
+        logits = stack(ids)
+        for index, model in enumerate(models):
+            reference = model(input_ids=ids[index]).logits
+            assert logits[index].shape == reference.shape
+            assert float((logits[index] - reference).abs().max()) <= 1e-5
+
+
+def test_slices_convert_exactly_to_and_from_hugging_face_state_dicts():
+    models = [build_model(TINY, seed) for seed in (3, 4)]
+    stack = from_hf_models(models)
+    for index, model in enumerate(models):
+        own = model.state_dict()
+        got = stack.slice_state_dict(index)
+        assert set(got) == set(own) - {k for k in own if "rotary" in k}
+        assert all(torch.equal(got[name], own[name]) for name in got)
+    exported = build_model(TINY, 99)
+    stack.export(1, exported)
+    assert all(torch.equal(a, b) for a, b in zip(exported.state_dict().values(), models[1].state_dict().values()))
+    fresh = StackedQwen2(TINY, 2)
+    fresh.load_slice(0, models[1].state_dict())
+    assert all(torch.equal(fresh.slice_state_dict(0)[n], t) for n, t in stack.slice_state_dict(1).items())
+
+
+def test_a_stack_refuses_models_of_two_architectures():
+    with pytest.raises(ValueError, match="one architecture"):
+        from_hf_models([build_model(TINY, 0), build_model(GQA, 0)])
+
+
+def test_stacked_loss_is_each_runs_hugging_face_loss_and_ignores_all_pad_rows():
+    """§7.1 per run: mean cross-entropy over the run's non-pad targets. All-pad rows (the static-shape padding of
+    a last partial batch) add no target: the loss with them is the loss without, to float rounding (the sum runs
+    over more zeros). Bit for bit does not matter there: a run's last batch has that padding alone or stacked."""
+    models = [build_model(TINY, seed) for seed in range(3)]
+    stack = from_hf_models(models)
+    ids = padded_ids(3, 6, 15, seed=1)
+    ids[:, -1] = ids[:, 0]  # no all-pad row in this batch
+    padded = torch.cat([ids, torch.full((3, 4, 15), PAD_ID)], dim=1)
+    with torch.no_grad():
+        losses = stacked_token_losses(stack, ids)
+        assert torch.allclose(stacked_token_losses(stack, padded), losses, rtol=1e-6, atol=0)
+        for index, model in enumerate(models):
+            assert float(losses[index]) == pytest.approx(float(token_loss(model, ids[index])), rel=1e-6)
+
+
+# ---- per-run optimizer, clipping and loss scaling --------------------------------------------------------
+
+def test_stacked_adamw_takes_torchs_adamw_steps():
+    """A stack of one updated by `StackedAdamW` equals torch's AdamW (HF decay groups) given the same gradients,
+    step after step, to float rounding (a few ulps: torch divides by its Python-scalar bias correction as a
+    multiplication by the reciprocal, ours divides by a per-run tensor)."""
+    model = build_model(TINY, 0)
+    stack = from_hf_models([model])
+    recipe = Recipe(peak_lr=1e-2, epochs=1)
+    groups = [{"params": [p for n, p in model.named_parameters() if decays(n, p)], "weight_decay": 0.01},
+              {"params": [p for n, p in model.named_parameters() if not decays(n, p)], "weight_decay": 0.0}]
+    reference = torch.optim.AdamW(groups, lr=1e-2, betas=recipe.betas, eps=recipe.eps)
+    ours = StackedAdamW(stack.named_parameters(), 1, recipe, torch.device("cpu"))
+    generator = torch.Generator().manual_seed(0)
+    for step in range(5):
+        lr = 1e-2 * (step + 1) / 5
+        for group in reference.param_groups:
+            group["lr"] = lr
+        for (name, p), (_, q) in zip(model.named_parameters(), stack.named_parameters()):
+            p.grad = torch.randn(p.shape, generator=generator) * 10 ** (step - 3)
+            q.grad = p.grad[None].clone()
+        reference.step()
+        ours.step(torch.tensor(lr, dtype=torch.float64))
+        for p, q in zip(model.parameters(), stack.parameters()):
+            torch.testing.assert_close(q.detach()[0], p.detach(), rtol=3e-7, atol=1e-8)
+
+
+def test_loss_scaler_follows_grad_scaler_per_run():
+    """GradScaler's rule per run (halve on an overflow, double after `INTERVAL` clean updates in a row), against
+    the very op `torch.amp.GradScaler.update` calls, run by run."""
+    reference = torch.amp.GradScaler("cpu")
+    scaler = LossScaler(2, torch.device("cpu"), enabled=True)
+    assert (scaler.INIT, scaler.GROWTH, scaler.BACKOFF, scaler.INTERVAL) == (
+        reference.get_scale(), reference.get_growth_factor(), reference.get_backoff_factor(),
+        reference.get_growth_interval())
+    scaler.INTERVAL = 3
+    states = [(torch.full((1,), 2.0 ** 16), torch.zeros(1, dtype=torch.int32)) for _ in range(2)]
+    sequence = ([True, False], [True, True], [True, True], [False, True], [True, True], [True, True], [True, False])
+    for ok in sequence:
+        scaler.update(torch.tensor(ok))
+        for run, (scale, tracker) in enumerate(states):
+            torch._amp_update_scale_(scale, tracker, torch.tensor([0.0 if ok[run] else 1.0]), 2.0, 0.5, 3)
+        assert scaler.scale.tolist() == [float(scale) for scale, _ in states]
+        assert scaler.growth_tracker.tolist() == [int(tracker) for _, tracker in states]
+    assert len(set(scaler.scale.tolist())) == 2  # the runs' scales went their own ways
+
+
+def test_clipping_is_per_run():
+    """Each run's gradient norm and clipping use its own parameters only: beside a partner whose gradient norm is
+    ~75x larger, a run logs the norm it has alone and takes the same step (both are clipped, each by its own
+    norm; a global norm would shrink run 0's step 75 times more)."""
+    recipe = Recipe(peak_lr=1e-2, epochs=1, grad_clip=1.0)
+    batch = padded_ids(1, 4, 10, seed=3)
+    alone = StackStep(from_hf_models([build_model(TINY, 0)]), recipe, torch.device("cpu"))
+    paired = StackStep(from_hf_models([build_model(TINY, 0), build_model(TINY, 1)]), recipe, torch.device("cpu"))
+    with torch.no_grad():  # the partner's weights scaled up: its gradients dwarf run 0's
+        for p in paired.stack.parameters():
+            p[1].mul_(30.0)
+    _, norm_alone = alone(batch, 1e-3)
+    losses, norms = paired(torch.cat([batch, padded_ids(1, 4, 10, seed=4)]), 1e-3)
+    assert float(norms[1]) > 50 * float(norms[0]) > 50 * recipe.grad_clip
+    assert torch.equal(norms[0], norm_alone[0])
+    for a, b in zip(alone.stack.parameters(), paired.stack.parameters()):
+        assert torch.equal(a[0], b[0])
+
+
+def test_warm_up_before_a_cuda_graph_capture_is_undone():
+    """Capture warms up with three real updates, then restores every state tensor (weights, AdamW moments and
+    step counts, loss scales and growth trackers), so the run starts from its true state."""
+    step = StackStep(from_hf_models([build_model(TINY, 0), build_model(TINY, 1)]),
+                     Recipe(peak_lr=1e-2, epochs=1, precision="fp16"), torch.device("cpu"))
+    before = [t.clone() for t in step.state_tensors()]
+    saved = [t.detach().clone() for t in step.state_tensors()]
+    for _ in range(StackStep.WARMUP):
+        step(padded_ids(2, 4, 10, seed=5), 1e-2)
+    assert not all(torch.equal(a, b) for a, b in zip(before, step.state_tensors()))
+    step.restore(saved)
+    assert all(torch.equal(a, b) for a, b in zip(before, step.state_tensors()))
+
+
+def test_a_failed_cuda_graph_capture_trains_eagerly_and_says_so():
+    """Where capture fails (here: no CUDA at all), the step logs why and the run trains exactly as eager."""
+    import io
+
+    recipe = Recipe(peak_lr=1e-2, epochs=1)
+    log = io.StringIO()
+    eager = StackStep(from_hf_models([build_model(TINY, 0)]), recipe, torch.device("cpu"))
+    graphed = StackStep(from_hf_models([build_model(TINY, 0)]), recipe, torch.device("cpu"), log=log)
+    graphed.use_graph = True  # what cuda_graphs=True sets on a CUDA device
+    for seed in range(3):
+        batch = padded_ids(1, 4, 10, seed=seed)
+        assert torch.equal(eager(batch, 1e-3)[0], graphed(batch, 1e-3)[0])
+    assert "CUDA graph capture failed" in log.getvalue() and graphed.graph is None
+    assert all(torch.equal(a, b) for a, b in zip(eager.stack.parameters(), graphed.stack.parameters()))
+
+
+# ---- the invariant ---------------------------------------------------------------------------------------
+
+def train_runs(directory: Path, mixtures: list[np.ndarray], seeds: list[int], recipe: Recipe, settings=TINY,
+               scales: dict[int, float] | None = None) -> tuple[StackedQwen2, StackStep]:
+    """Train one stack of these runs; `scales` sets a run's starting fp16 loss scale (to force overflows)."""
+    stack = from_hf_models([build_model(settings, seed) for seed in seeds])
+    runs = [StackRun(f"r{i}", seed, tokens, toy_validation(), directory / f"r{i}", f"fp{i}", lambda m, s: None)
+            for i, (seed, tokens) in enumerate(zip(seeds, mixtures))]
+    steps = []
+    original = StackStep.__init__
+
+    def keep(self, *args, **kwargs):  # the step object, to read its optimizer and scaler afterwards
+        original(self, *args, **kwargs)
+        for index, scale in (scales or {}).items():
+            self.scaler.scale[index] = scale
+        steps.append(self)
+
+    StackStep.__init__ = keep
+    try:
+        train_stack(stack, runs, recipe, torch.device("cpu"))
+    finally:
+        StackStep.__init__ = original
+    return stack, steps[0]
+
+
+def equal_widths(seed: int, n_items: int) -> np.ndarray:
+    """A toy mixture 14 tokens wide (every toy mixture of one width computes at that width in a stack)."""
+    tokens = toy_tokens(n_items, seed=seed)
+    tokens[0, -1] = tokens[0, -1] or 30  # its widest row reaches the last column
+    return tokens
+
+
+INVARIANT = Recipe(peak_lr=3e-3, epochs=3, batch_size=16, warmup_steps=3, checkpoint_fraction=0.5,
+                   validation_fraction=0.5)
+
+
+def test_a_run_in_a_stack_of_three_ends_exactly_as_alone(tmp_path):
+    """Three runs, three different mixtures of one width (sizes 170, 175, 176: the same 11 steps per epoch, last
+    batches of 10, 15 and 16 items padded to 16 with all-pad rows), three seeds: 33 steps in one stack give each
+    run bit for bit the weights it gets alone."""
+    mixtures = [equal_widths(1, 170), equal_widths(2, 175), equal_widths(3, 176)]
+    seeds = [5, 6, 7]
+    together, _ = train_runs(tmp_path / "stack", mixtures, seeds, INVARIANT)
+    for index in range(3):
+        alone, _ = train_runs(tmp_path / f"alone{index}", mixtures[index:index + 1], seeds[index:index + 1], INVARIANT)
+        for name, weights in alone.slice_state_dict(0).items():
+            assert torch.equal(weights, together.slice_state_dict(index)[name]), (index, name)
+    logs = [(tmp_path / f"{where}/training_log.csv").read_bytes() for where in ("stack/r1", "alone1/r0")]
+    assert logs[0] == logs[1] and len(logs[0].splitlines()) == 1 + 4  # 33 steps, a row every 10 and the last
+
+
+def test_padding_to_a_wider_partner_moves_a_run_by_float_rounding_only(tmp_path):
+    """A partner with wider items pads this run's batches to its width. That is the same math (pads come last,
+    attention is causal, pad targets are ignored) but not the same float reductions, so the run's weights move
+    by rounding: measured here 33 steps on, and bounded far below any learning signal."""
+    narrow, wide = equal_widths(1, 170), toy_tokens(175, seed=2, width=20)
+    together, _ = train_runs(tmp_path / "stack", [narrow, wide], [5, 6], INVARIANT)
+    alone, _ = train_runs(tmp_path / "alone", [narrow], [5], INVARIANT)
+    gap = max(float((w - together.slice_state_dict(0)[n]).abs().max()) for n, w in alone.slice_state_dict(0).items())
+    moved = max(float((w - build_model(TINY, 5).state_dict()[n]).abs().max())
+                for n, w in alone.slice_state_dict(0).items())
+    assert 0 < gap <= 1e-4 and gap < 1e-3 * moved, (gap, moved)
+
+
+def test_an_fp16_overflow_skips_only_that_runs_update(tmp_path):
+    """fp16 on the CPU with a loss scale of 2^40 for run 1: its scaled gradients overflow fp16, so it skips
+    updates (weights, moments and step count untouched) and halves its scale until they fit, exactly as it does
+    alone with that scale; runs 0 and 2 never overflow and end exactly as alone."""
+    recipe = Recipe(**{**vars(INVARIANT), "precision": "fp16"})
+    mixtures = [equal_widths(1, 170), equal_widths(2, 175), equal_widths(3, 176)]
+    seeds = [5, 6, 7]
+    together, step = train_runs(tmp_path / "stack", mixtures, seeds, recipe, scales={1: 2.0 ** 40})
+    skipped = 33 - step.optimizer.steps
+    assert skipped[0] == 0 and skipped[2] == 0 and 0 < skipped[1] < 33
+    assert float(step.scaler.scale[1]) == 2.0 ** 40 * 0.5 ** float(skipped[1])
+    for index in range(3):
+        scales = {0: 2.0 ** 40} if index == 1 else None
+        alone, lone_step = train_runs(tmp_path / f"alone{index}", mixtures[index:index + 1], seeds[index:index + 1],
+                                      recipe, scales=scales)
+        assert float(lone_step.optimizer.steps[0]) == float(step.optimizer.steps[index])
+        for name, weights in alone.slice_state_dict(0).items():
+            assert torch.equal(weights, together.slice_state_dict(index)[name]), (index, name)
+
+
+def test_runs_of_different_step_counts_do_not_share_a_stack(tmp_path):
+    runs = [StackRun(f"r{i}", i, toy_tokens(n), toy_validation(), tmp_path / f"r{i}", "x", None)
+            for i, n in enumerate((32, 40))]
+    with pytest.raises(ValueError, match=r"same steps per epoch.*'r0': 2, 'r1': 3"):
+        StackData(runs, 16, torch.device("cpu"))
+
+
+def test_a_stack_too_large_for_the_device_fails_before_training(tmp_path):
+    runs = [StackRun(f"r{i}", i, toy_tokens(32), toy_validation(), tmp_path / f"r{i}", "x", None) for i in range(7)]
+    stack = from_hf_models([build_model(TINY, i) for i in range(7)])
+    data = StackData(runs, 16, torch.device("cpu"))
+    check_memory("pt1", stack, data, torch.device("cpu"), available=2 ** 40)  # fits
+    with pytest.raises(MemoryError, match=r"stack pt1 \(7 runs\) needs about 0\.\d\d GiB on cpu, but only 0\.00 GiB"):
+        check_memory("pt1", stack, data, torch.device("cpu"), available=2 ** 20)
+
+
+# ---- resume ----------------------------------------------------------------------------------------------
+
+STACK_DRIVER = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, sys.argv[1])
+    from pathlib import Path
+    from tests.test_stack import TINY, equal_widths
+    from tests.test_training import toy_validation
+    from worldrep.model import build_model
+    from worldrep.stack import from_hf_models
+    from worldrep.training import Recipe, StackRun, train_stack
+    torch.set_num_threads(1)
+    recipe = Recipe(peak_lr=3e-3, epochs=40, batch_size=16, warmup_steps=5, checkpoint_fraction=0.05,
+                    validation_fraction=0.5)
+    work = Path(sys.argv[2])
+    def saved(model, step):
+        print("checkpoint", step, flush=True)
+    runs = [StackRun(f"r{i}", seed, equal_widths(seed, 90 + i), toy_validation(), work / f"r{i}", f"fp{i}",
+                     saved if i == 0 else (lambda m, s: None)) for i, seed in enumerate((5, 6))]
+    stack = from_hf_models([build_model(TINY, 5), build_model(TINY, 6)])
+    train_stack(stack, runs, recipe, torch.device("cpu"), log=sys.stderr)
+    torch.save(stack.state_dict(), work.parent / (work.name + ".weights.pt"))
+""")
+
+
+def test_killed_stack_resumes_to_bit_identical_weights(tmp_path):
+    """SIGKILL a two-run stack after its second resume state, rerun it: both runs resume and end with the weights
+    and logs of a stack that was never interrupted. 240 updates, so the kill lands mid-run."""
+    def command(work):
+        return [sys.executable, "-c", STACK_DRIVER, str(REPO), str(work)]
+
+    subprocess.run(command(tmp_path / "straight"), check=True, capture_output=True, cwd=REPO)
+    victim = subprocess.Popen(command(tmp_path / "killed"), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True, cwd=REPO)
+    for line in victim.stdout:
+        if line.startswith("checkpoint") and int(line.split()[1]) >= 24:
+            victim.send_signal(signal.SIGKILL)
+            break
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL
+    assert not (tmp_path / "killed.weights.pt").exists()
+    resumed = subprocess.run(command(tmp_path / "killed"), check=True, capture_output=True, text=True, cwd=REPO)
+    assert "resuming 2 run(s) from step" in resumed.stderr and "from step 0" not in resumed.stderr
+    a = torch.load(tmp_path / "straight.weights.pt")
+    b = torch.load(tmp_path / "killed.weights.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for run in ("r0", "r1"):
+        for log in ("training_log.csv", "validation_log.csv"):
+            assert (tmp_path / "straight" / run / log).read_bytes() == (tmp_path / "killed" / run / log).read_bytes()
+
+
+def test_a_stack_does_not_resume_from_states_of_different_steps(tmp_path):
+    """One run's state from another step (or missing): the stack starts over rather than mixing steps."""
+    recipe = Recipe(peak_lr=3e-3, epochs=2, batch_size=16, warmup_steps=1, checkpoint_fraction=0.25)
+    mixtures = [equal_widths(1, 64), equal_widths(2, 64)]
+    runs = lambda: [StackRun(f"r{i}", 5 + i, m, toy_validation(), tmp_path / f"r{i}", f"fp{i}", lambda *a: None)
+                    for i, m in enumerate(mixtures)]  # noqa: E731
+    stack = from_hf_models([build_model(TINY, 5), build_model(TINY, 6)])
+    train_stack(stack, runs(), recipe, torch.device("cpu"), stop_after=5)  # states at step 4
+    (tmp_path / "r1/state.pt").unlink()
+    import io
+    log = io.StringIO()
+    stack = from_hf_models([build_model(TINY, 5), build_model(TINY, 6)])
+    train_stack(stack, runs(), recipe, torch.device("cpu"), log=log)
+    assert "not resuming" in log.getvalue() and "resuming 2" not in log.getvalue()
+    straight, _ = train_runs(tmp_path / "straight", mixtures, [5, 6], recipe)
+    assert all(torch.equal(a, b) for a, b in zip(stack.state_dict().values(), straight.state_dict().values()))
