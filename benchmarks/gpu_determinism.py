@@ -20,6 +20,7 @@ attention forced to the math SDPA backend. On the CPU every comparison must come
     python benchmarks/gpu_determinism.py --synthetic 70000             # CUDA: 200 steps, fp16
     python benchmarks/gpu_determinism.py --precision bf16 --steps 500
     python benchmarks/gpu_determinism.py --device cpu --threads 1 --steps 4
+    python benchmarks/gpu_determinism.py --synthetic 70000 --stack-invariance 7   # and a stacked run against alone
 """
 import argparse
 import csv
@@ -195,6 +196,30 @@ def conclusion(same: dict, results: dict, device: torch.device) -> str:
             f"(check the probes above). {cost}.")
 
 
+def stack_invariance(tokens: np.ndarray, args, device: torch.device) -> None:
+    """Issue 16's invariant on this device: run 0 (seed SEED) trained in a fused stack of K runs (seeds SEED..,
+    the same rows in each run's own order) against the same run trained alone, same recipe and steps."""
+    from worldrep.stack import from_hf_models
+    from worldrep.training import StackRun, train_stack
+
+    recipe = recipe_for(args)
+    ends = {}
+    with tempfile.TemporaryDirectory() as directory:
+        for k in (args.stack_invariance, 1):
+            stack = from_hf_models([build_model(ModelSettings(), SEED + i) for i in range(k)])
+            runs = [StackRun(f"r{i}", SEED + i, tokens, no_validation(tokens.shape[1]), Path(directory, f"{k}-{i}"),
+                             "invariance", lambda model, step: None) for i in range(k)]
+            train_stack(stack, runs, recipe, device, log=io.StringIO(), fused=True, name=f"invariance-{k}")
+            ends[k] = {n: t.detach().cpu().clone() for n, t in stack.slice_state_dict(0).items()}
+    alone, stacked = ends[1], ends[args.stack_invariance]
+    gap = max(float((alone[n] - stacked[n]).abs().max()) for n in alone)
+    scale = max(float(w.abs().max()) for w in alone.values())
+    same = all(torch.equal(alone[n], stacked[n]) for n in alone)
+    print(f"stack invariance ({device.type}, fused, {args.steps} steps, {args.precision}): run 0 in a stack of "
+          f"{args.stack_invariance} vs alone: " + ("identical weights" if same else
+                                                   f"max |Δw| {gap:.3g} ({gap / scale:.3g} of max |w|)"))
+
+
 def run_children(tokens: np.ndarray, args) -> dict:
     results = {}
     with tempfile.TemporaryDirectory() as directory:
@@ -219,6 +244,8 @@ def parse_args():
     parser.add_argument("--steps", type=int, help="optimizer steps per run (default 200 on CUDA, 4 on CPU)")
     parser.add_argument("--repeats", type=int, help="gradient-probe repeats (default 5 on CUDA, 1 on CPU)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--stack-invariance", type=int, default=0, metavar="K",
+                        help="also train run 0 in a fused stack of K runs and alone, and compare (issue 16)")
     parser.add_argument("--child", choices=tuple(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -269,6 +296,8 @@ def main():
         if "probe_math" in result:
             report_probe(f"  {variant}, SDPA forced to the math backend", result["probe_math"])
     print(f"conclusion: {conclusion(same, results, device)}")
+    if args.stack_invariance:
+        stack_invariance(rows, args, device)
 
 
 if __name__ == "__main__":

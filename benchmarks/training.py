@@ -81,7 +81,7 @@ def synthetic_tokens(n_items: int) -> np.ndarray:
 
 
 def time_ours(tokens_np: np.ndarray, args, device: torch.device, k: int = 1, cuda_graphs: bool = False,
-              before_timing=None) -> dict:
+              before_timing=None, fused: bool | None = None) -> dict:
     """The loop of `worldrep.training.train_stack` minus validation and checkpoints, for a stack of K paper models
     (seeds SEED, SEED+1, ...; one shared token matrix, each run its own data order): W untimed steps, then N."""
     from worldrep.stack import from_hf_models
@@ -94,7 +94,7 @@ def time_ours(tokens_np: np.ndarray, args, device: torch.device, k: int = 1, cud
     stack.to(device).train()
     runs = [StackRun(f"r{i}", SEED + i, tokens_np, None, Path("unused"), "", None) for i in range(k)]
     data = StackData(runs, BATCH, device)
-    step_fn = StackStep(stack, recipe, device, cuda_graphs)
+    step_fn = StackStep(stack, recipe, device, cuda_graphs, fused=fused, widths=data.widths)
     window = torch.zeros(k, 2, dtype=torch.float64, device=device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -124,21 +124,29 @@ def time_ours(tokens_np: np.ndarray, args, device: torch.device, k: int = 1, cud
 
 
 def report_stacks(tokens: np.ndarray, args, device: torch.device) -> None:
-    """ms per step and per run-step of stacks of K paper models (eager, and with CUDA graphs on a GPU), beside
-    the HF Trainer baseline per run-step, all in this run."""
-    graphs = (False, True) if device.type == "cuda" else (False,)
-    rows = [(k, g, time_ours(tokens, args, device, k, g)) for k in args.stack for g in graphs]
-    baseline = time_baseline(tokens, args, device)
-    lone = next(r for k, g, r in rows if k == 1 and not g) if 1 in args.stack else None
-    print(f"{'stack K':>8}{'CUDA graph':>11}{'ms/step':>10}{'ms/run-step':>13}{'samples/s':>12}{'GPU GiB':>9}"
+    """ms per step and per run-step of stacks of K paper models, beside the HF Trainer baseline per run-step, all
+    in this run: on a GPU fused, eager and with CUDA graphs; on a CPU run by run (its default) and fused."""
+    ways = ((("fused", True, False), ("fused + CUDA graph", True, True)) if device.type == "cuda" else
+            (("run by run", False, False), ("fused", True, False)))
+    rows = [(k, way, time_ours(tokens, args, device, k, graph, fused=fused))
+            for k in args.stack for way, fused, graph in ways]
+    baseline = None if args.skip_baseline else time_baseline(tokens, args, device)
+    lone = {way: r["ms_per_run_step"] for k, way, r in rows if k == 1}
+    print(f"{'stack K':>8}  {'step':<20}{'ms/step':>10}{'ms/run-step':>13}{'samples/s':>12}{'GPU GiB':>9}"
           f"{'vs lone run':>13}{'vs HF Trainer':>15}")
-    for k, graph, row in rows:
-        versus = f"{lone['ms_per_run_step'] / row['ms_per_run_step']:.2f}x" if lone else "-"
-        graph_text = ("yes" if row["graph"] else "failed") if graph else "no"
-        print(f"{k:>8}{graph_text:>11}{row['ms_per_step']:>10.2f}{row['ms_per_run_step']:>13.3f}"
-              f"{row['samples_per_s']:>12.0f}{row['gib']:>9.2f}{versus:>13}"
-              f"{baseline['ms_per_step'] / row['ms_per_run_step']:>14.1f}x")
-    print(f"HF Trainer ({baseline['optimizer']}, 2 workers): {baseline['ms_per_step']:.2f} ms per step = per run-step")
+    for k, way, row in rows:
+        versus = f"{lone[way] / row['ms_per_run_step']:.2f}x" if way in lone else "-"
+        if way.endswith("graph") and not row["graph"]:
+            way += " (capture failed)"
+        hf = f"{baseline['ms_per_step'] / row['ms_per_run_step']:.1f}x" if baseline else "-"
+        print(f"{k:>8}  {way:<20}{row['ms_per_step']:>10.2f}{row['ms_per_run_step']:>13.3f}"
+              f"{row['samples_per_s']:>12.0f}{row['gib']:>9.2f}{versus:>13}{hf:>15}")
+    if baseline:
+        print(f"HF Trainer ({baseline['optimizer']}, 2 workers): {baseline['ms_per_step']:.2f} ms per step = per "
+              "run-step")
+    else:
+        print("HF Trainer baseline skipped (--skip-baseline)")
+    print("vs lone run: a stack of 1 of the same way over this row, per run-step (> 1: the stack is cheaper)")
 
 
 class Collator:
@@ -239,6 +247,7 @@ def parse_args():
     parser.add_argument("--processes", type=int, default=0, help="K concurrent copies of our trainer")
     parser.add_argument("--stack", type=lambda text: [int(k) for k in text.split(",")],
                         help="stack sizes to time, e.g. 1,3,7,21 (per step and per run-step, beside the baseline)")
+    parser.add_argument("--skip-baseline", action="store_true", help="with --stack: no HF Trainer baseline")
     parser.add_argument("--child-barrier", help=argparse.SUPPRESS)
     parser.add_argument("--child-count", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -250,7 +259,7 @@ def parse_args():
         args.mixture = REPO / "results/mixtures/pt7"
         if not (args.mixture / "train.npz").exists():
             parser.error(f"{args.mixture} is missing: pass --mixture DIR or --synthetic N")
-    if not (args.processes or args.child_barrier or importlib.util.find_spec("accelerate")):
+    if not (args.processes or args.child_barrier or args.skip_baseline or importlib.util.find_spec("accelerate")):
         parser.error("the HF Trainer baseline needs `accelerate` (pip install accelerate), not a worldrep dependency")
     return args
 

@@ -192,7 +192,7 @@ def test_a_failed_cuda_graph_capture_trains_eagerly_and_says_so():
 # ---- the invariant ---------------------------------------------------------------------------------------
 
 def train_runs(directory: Path, mixtures: list[np.ndarray], seeds: list[int], recipe: Recipe, settings=TINY,
-               scales: dict[int, float] | None = None) -> tuple[StackedQwen2, StackStep]:
+               scales: dict[int, float] | None = None, fused: bool | None = None) -> tuple[StackedQwen2, StackStep]:
     """Train one stack of these runs; `scales` sets a run's starting fp16 loss scale (to force overflows)."""
     stack = from_hf_models([build_model(settings, seed) for seed in seeds])
     runs = [StackRun(f"r{i}", seed, tokens, toy_validation(), directory / f"r{i}", f"fp{i}", lambda m, s: None)
@@ -208,7 +208,7 @@ def train_runs(directory: Path, mixtures: list[np.ndarray], seeds: list[int], re
 
     StackStep.__init__ = keep
     try:
-        train_stack(stack, runs, recipe, torch.device("cpu"))
+        train_stack(stack, runs, recipe, torch.device("cpu"), fused=fused)
     finally:
         StackStep.__init__ = original
     return stack, steps[0]
@@ -223,54 +223,80 @@ def equal_widths(seed: int, n_items: int) -> np.ndarray:
 
 INVARIANT = Recipe(peak_lr=3e-3, epochs=3, batch_size=16, warmup_steps=3, checkpoint_fraction=0.5,
                    validation_fraction=0.5)
+# Three runs, three mixtures (sizes 170, 175, 176: the same 11 steps per epoch, last batches of 10, 15 and 16 items
+# padded to 16 with all-pad rows), three seeds; 33 steps.
+SEEDS = [5, 6, 7]
+
+
+def assert_as_alone(tmp_path: Path, together: StackedQwen2, mixtures, recipe: Recipe, fused: bool | None,
+                    scales: dict[int, float] | None = None, steps: StackStep | None = None) -> None:
+    """Each run of `together` has, bit for bit, the weights (and AdamW step count) it gets as a stack of one."""
+    for index in range(len(mixtures)):
+        alone, lone_step = train_runs(tmp_path / f"alone{index}", mixtures[index:index + 1], SEEDS[index:index + 1],
+                                      recipe, scales={0: scales[index]} if scales and index in scales else None,
+                                      fused=fused)
+        for name, weights in alone.slice_state_dict(0).items():
+            assert torch.equal(weights, together.slice_state_dict(index)[name]), (index, name)
+        if steps is not None:
+            assert float(lone_step.optimizer.steps[0]) == float(steps.optimizer.steps[index])
 
 
 def test_a_run_in_a_stack_of_three_ends_exactly_as_alone(tmp_path):
-    """Three runs, three different mixtures of one width (sizes 170, 175, 176: the same 11 steps per epoch, last
-    batches of 10, 15 and 16 items padded to 16 with all-pad rows), three seeds: 33 steps in one stack give each
-    run bit for bit the weights it gets alone."""
-    mixtures = [equal_widths(1, 170), equal_widths(2, 175), equal_widths(3, 176)]
-    seeds = [5, 6, 7]
-    together, _ = train_runs(tmp_path / "stack", mixtures, seeds, INVARIANT)
-    for index in range(3):
-        alone, _ = train_runs(tmp_path / f"alone{index}", mixtures[index:index + 1], seeds[index:index + 1], INVARIANT)
-        for name, weights in alone.slice_state_dict(0).items():
-            assert torch.equal(weights, together.slice_state_dict(index)[name]), (index, name)
+    """The CPU's way (run by run, each at its own width): three runs of three mixtures of different widths (14,
+    20, 11 tokens) end bit for bit as alone, and log the same rows."""
+    mixtures = [equal_widths(1, 170), toy_tokens(175, seed=2, width=20), toy_tokens(176, seed=3, width=11)]
+    together, _ = train_runs(tmp_path / "stack", mixtures, SEEDS, INVARIANT)
+    assert_as_alone(tmp_path, together, mixtures, INVARIANT, fused=None)
     logs = [(tmp_path / f"{where}/training_log.csv").read_bytes() for where in ("stack/r1", "alone1/r0")]
     assert logs[0] == logs[1] and len(logs[0].splitlines()) == 1 + 4  # 33 steps, a row every 10 and the last
 
 
-def test_padding_to_a_wider_partner_moves_a_run_by_float_rounding_only(tmp_path):
-    """A partner with wider items pads this run's batches to its width. That is the same math (pads come last,
-    attention is causal, pad targets are ignored) but not the same float reductions, so the run's weights move
-    by rounding: measured here 33 steps on, and bounded far below any learning signal."""
+def test_a_run_in_a_fused_stack_of_one_width_ends_exactly_as_alone(tmp_path):
+    """The GPU's way (all runs in one forward and backward), on the CPU: three mixtures of one width end bit for
+    bit as alone."""
+    mixtures = [equal_widths(1, 170), equal_widths(2, 175), equal_widths(3, 176)]
+    together, _ = train_runs(tmp_path / "stack", mixtures, SEEDS, INVARIANT, fused=True)
+    assert_as_alone(tmp_path, together, mixtures, INVARIANT, fused=True)
+
+
+def test_padding_to_a_wider_partner_moves_a_fused_run_by_float_rounding_only(tmp_path):
+    """Fused, a partner with wider items pads this run's batches to its width. That is the same math (pads come
+    last, attention is causal, pad targets are ignored) but not the same float reductions, so the run moves by
+    rounding: measured 33 steps on, far below the learning signal (the run by run way has no such gap)."""
     narrow, wide = equal_widths(1, 170), toy_tokens(175, seed=2, width=20)
-    together, _ = train_runs(tmp_path / "stack", [narrow, wide], [5, 6], INVARIANT)
-    alone, _ = train_runs(tmp_path / "alone", [narrow], [5], INVARIANT)
+    together, _ = train_runs(tmp_path / "stack", [narrow, wide], SEEDS[:2], INVARIANT, fused=True)
+    alone, _ = train_runs(tmp_path / "alone", [narrow], SEEDS[:1], INVARIANT, fused=True)
     gap = max(float((w - together.slice_state_dict(0)[n]).abs().max()) for n, w in alone.slice_state_dict(0).items())
     moved = max(float((w - build_model(TINY, 5).state_dict()[n]).abs().max())
                 for n, w in alone.slice_state_dict(0).items())
     assert 0 < gap <= 1e-4 and gap < 1e-3 * moved, (gap, moved)
 
 
-def test_an_fp16_overflow_skips_only_that_runs_update(tmp_path):
+@pytest.mark.parametrize("fused", [False, True], ids=["run by run", "fused"])
+def test_an_fp16_overflow_skips_only_that_runs_update(tmp_path, fused):
     """fp16 on the CPU with a loss scale of 2^40 for run 1: its scaled gradients overflow fp16, so it skips
     updates (weights, moments and step count untouched) and halves its scale until they fit, exactly as it does
     alone with that scale; runs 0 and 2 never overflow and end exactly as alone."""
     recipe = Recipe(**{**vars(INVARIANT), "precision": "fp16"})
     mixtures = [equal_widths(1, 170), equal_widths(2, 175), equal_widths(3, 176)]
-    seeds = [5, 6, 7]
-    together, step = train_runs(tmp_path / "stack", mixtures, seeds, recipe, scales={1: 2.0 ** 40})
+    together, step = train_runs(tmp_path / "stack", mixtures, SEEDS, recipe, scales={1: 2.0 ** 40}, fused=fused)
     skipped = 33 - step.optimizer.steps
     assert skipped[0] == 0 and skipped[2] == 0 and 0 < skipped[1] < 33
     assert float(step.scaler.scale[1]) == 2.0 ** 40 * 0.5 ** float(skipped[1])
-    for index in range(3):
-        scales = {0: 2.0 ** 40} if index == 1 else None
-        alone, lone_step = train_runs(tmp_path / f"alone{index}", mixtures[index:index + 1], seeds[index:index + 1],
-                                      recipe, scales=scales)
-        assert float(lone_step.optimizer.steps[0]) == float(step.optimizer.steps[index])
-        for name, weights in alone.slice_state_dict(0).items():
-            assert torch.equal(weights, together.slice_state_dict(index)[name]), (index, name)
+    assert_as_alone(tmp_path, together, mixtures, recipe, fused=fused, scales={1: 2.0 ** 40}, steps=step)
+
+
+def test_run_by_run_and_fused_steps_agree():
+    """The two ways of computing a stack's update give the same losses, norms and weights (float rounding)."""
+    recipe = Recipe(peak_lr=1e-2, epochs=1)
+    batch = padded_ids(3, 6, 12, seed=7)
+    ways = [StackStep(from_hf_models([build_model(TINY, s) for s in SEEDS]), recipe, torch.device("cpu"), fused=f)
+            for f in (False, True)]
+    (loss_a, norm_a), (loss_b, norm_b) = (way(batch, 1e-2) for way in ways)
+    torch.testing.assert_close(loss_a, loss_b, rtol=1e-6, atol=0)
+    torch.testing.assert_close(norm_a, norm_b, rtol=1e-5, atol=0)
+    for a, b in zip(ways[0].stack.parameters(), ways[1].stack.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
 def test_runs_of_different_step_counts_do_not_share_a_stack(tmp_path):

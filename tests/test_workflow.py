@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
@@ -523,27 +522,25 @@ def test_family_stacks_plan_fewer_training_jobs_than_mixture_stacks(tmp_path, sm
 
 
 def test_family_stacks_train_the_runs_of_mixture_stacks(workflow, mixture_workflow, smoke_config):
-    """Every smoke run trained in its family's stack against the same run in its mixture's stack (alone: one
-    seed per mixture): weights within 1e-5, bit for bit where the family's widest mixture is the run's own (a
-    narrower run is padded to its partners' width: same math, other float rounding), and the same evaluation."""
+    """Every smoke run trained in its family's stack against the same run in its mixture's stack (alone: one seed
+    per mixture). On the CPU a stack computes run by run at each run's own width, so the weights agree bit for bit
+    (the issue asks for 1e-5; a fused stack on a GPU pads to its widest mixture: tests/test_stack.py), and so do
+    the evaluation tables."""
     import pandas as pd
+    import torch
     from safetensors.torch import load_file
 
     mix = smoke_config["mixtures"]
     runs = [f"{m}_s42" for m in [*mix["pretraining"], *mix["with_atlantis"], *mix["finetuning"]["mixes"]]]
-    gaps = {}
     for run in runs:
         stacks = [json.loads((root / f"results/models/{run}/final/run.json").read_text())["stack"]
                   for root in (workflow, mixture_workflow)]
         assert stacks == [stack_of(smoke_config, run[:-4]), run[:-4]]  # both were really trained, in their modes
         a, b = (load_file(root / f"results/models/{run}/final/model.safetensors")
                 for root in (workflow, mixture_workflow))
-        gaps[run] = max(float((a[name] - b[name]).abs().max()) for name in a)
-    assert max(gaps.values()) <= 1e-5, gaps
-    assert gaps["pt1-6_s42"] == 0.0  # perimeter: pt1's widest mixture, so its batches are the same alone
+        assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a), run
     family, mixture = (pd.read_csv(root / "results/evaluation/metrics.csv") for root in (workflow, mixture_workflow))
-    assert family.drop(columns="value").equals(mixture.drop(columns="value"))
-    assert np.allclose(family["value"], mixture["value"], rtol=1e-6, atol=0)
+    assert family.equals(mixture)
 
 
 @pytest.mark.parametrize("mode", ["family", "mixture"])
@@ -568,6 +565,37 @@ def test_distance_edit_replans_exactly_its_stacks(workflow, mixture_workflow, sm
         module.write_text(original)
         os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert planned_jobs(workdir, configfile) == set()
+
+
+def test_gpu_window_rehearsal_writes_the_evidence_of_a_window(workflow, tmp_path, smoke_config):
+    """`benchmarks/gpu_window.py --rehearse` (issue 12) on this smoke results folder: every stage done on the CPU,
+    the throughput and determinism figures, the stack invariant, and an evidence folder with the checklist (every
+    §15 claim with a status), the health report and every figure the smoke config draws; small enough to commit."""
+    import pandas as pd
+
+    work, out = tmp_path / "work", tmp_path / "window"
+    work.mkdir()
+    (work / "smoke").symlink_to(workflow)  # the window's copy of the workflow for `smoke`: this finished one
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_window.py", "--rehearse", "--budget-min", "20", "--out",
+                           str(out), "--work", str(work)], cwd=REPO, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = (out / "summary.md").read_text()
+    stages = dict(re.findall(r"^\| ([a-z: ]+) \| (\w+) \|", summary, flags=re.MULTILINE))
+    assert stages == {"install": "done", "facts": "done", "throughput": "done", "determinism": "done",
+                      "reproduction: smoke": "done"}, summary
+    throughput = (out / "throughput.txt").read_text()
+    assert len(re.findall(r"^\s+[12]  (run by run|fused) ", throughput, flags=re.MULTILINE)) == 4, throughput
+    assert "stack invariance (cpu, fused, 2 steps, fp32): run 0 in a stack of 2 vs alone: identical weights" in \
+        (out / "determinism.txt").read_text()
+    claims = pd.read_csv(out / "smoke/claims.csv")
+    assert list(claims["claim"]) == list(range(1, 9)) and claims["status"].isin(
+        ["holds", "does not hold", "not reached"]).all()
+    assert all(f"| {n} | " in summary for n in range(1, 9))  # the checklist is in the window's summary too
+    assert (out / "smoke/evaluation/health_report.csv").exists()
+    figures = {p.name for p in (workflow / "results/figures").glob("*.png")}
+    assert figures and figures == {p.name for p in (out / "smoke/figures").glob("*.png")}
+    assert sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) < 10 * 2 ** 20
+    assert not list(out.rglob("*.safetensors")) and not list(out.rglob("*.npz"))
 
 
 def test_second_run_gives_identical_bytes(workflow, tmp_path):

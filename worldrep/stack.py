@@ -215,11 +215,14 @@ def from_hf_models(models) -> StackedQwen2:
     return stack
 
 
-def stacked_token_losses(stack: StackedQwen2, tokens: torch.Tensor) -> torch.Tensor:
+def stacked_token_losses(stack: StackedQwen2, tokens: torch.Tensor, parameters: dict | None = None) -> torch.Tensor:
     """Each run's next-token cross-entropy over its batch's non-pad targets (METHOD §7.1), [K] from tokens
     [K, B, W]. Rows that are all pad (the static-shape padding of a last partial batch) add no target, so a run's
-    loss is the same with or without them."""
-    logits = stack(tokens[:, :, :-1]).float()
+    loss is the same with or without them. `parameters` (name -> tensor [k, ...]) evaluates the stack's
+    architecture with these weights instead of its own, e.g. one run's slices: how a run is computed alone."""
+    inputs = tokens[:, :, :-1]
+    logits = (stack(inputs) if parameters is None else torch.func.functional_call(stack, parameters, (inputs,)))
+    logits = logits.float()
     targets = tokens[:, :, 1:]
     losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=PAD_ID,
                              reduction="none").view(len(tokens), -1)

@@ -241,34 +241,68 @@ def autocast_context(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=False)
 
 
+def fused_by_default(device: torch.device) -> bool:
+    """One forward for the whole stack on a GPU, where a step is bound by kernel launches; run after run on a CPU,
+    where it is bound by arithmetic and memory: there a stack's large activations fall out of cache (a fused stack
+    of 21 paper models cost 2.3x a lone run per run-step on our Xeon), and run by run costs what lone runs cost."""
+    return device.type == "cuda"
+
+
 class StackStep:
     """One update of every run of a stack: (uint8 batch [K, B, W] on the device, lr) -> (loss [K], grad norm [K]),
     both left on the device. Per run, as a lone run would: its own loss, fp16 loss scale and skipped update, and
     global-norm clipping over its own parameters only. The loop and the throughput benchmark both time exactly
     this.
 
-    With `cuda_graphs` on a CUDA device the first call captures the whole update (forward, backward, unscaling,
-    clipping, optimizer) into one CUDA graph after three warm-up updates that are then undone, and every later
-    call copies the batch into the graph's input and replays it. If capture fails the step stays eager."""
+    Forward and backward run `fused` (all K runs in one pass, batches padded to the stack's widest mixture) or run
+    by run (each run's slices of the stacked weights, its batch cut to its own mixture's width `widths[k]`: the
+    computation of a lone run, op for op). Clipping and AdamW then update the whole stack at once either way.
+
+    With `cuda_graphs` on a CUDA device (fused) the first call captures the whole update (forward, backward,
+    unscaling, clipping, optimizer) into one CUDA graph after three warm-up updates that are then undone, and every
+    later call copies the batch into the graph's input and replays it. If capture fails the step stays eager."""
 
     WARMUP = 3
 
-    def __init__(self, stack, recipe: Recipe, device: torch.device, cuda_graphs: bool = False, log=None):
+    def __init__(self, stack, recipe: Recipe, device: torch.device, cuda_graphs: bool = False, log=None,
+                 fused: bool | None = None, widths: list[int] | None = None):
         self.stack, self.recipe, self.device, self.log = stack, recipe, device, log
-        self.parameters = [p for p in stack.parameters()]
-        self.optimizer = StackedAdamW(stack.named_parameters(), stack.k, recipe, device)
+        self.named = list(stack.named_parameters())
+        self.parameters = [p for _, p in self.named]
+        self.optimizer = StackedAdamW(self.named, stack.k, recipe, device)
         self.scaler = LossScaler(stack.k, device, enabled=recipe.precision == "fp16")
         self.lr = torch.zeros((), dtype=torch.float64, device=device)
         self.forward = torch.compile(stacked_token_losses) if recipe.compile else stacked_token_losses
-        self.use_graph = cuda_graphs and device.type == "cuda"
+        self.fused = fused_by_default(device) if fused is None else fused
+        self.widths = widths
+        self.use_graph = cuda_graphs and device.type == "cuda" and self.fused
         self.graph = None
 
+    def backward(self, batch: torch.Tensor) -> torch.Tensor:
+        """Each run's loss [K], its scaled gradient left in the stacked parameters' `.grad`."""
+        if self.fused:
+            for p in self.parameters:
+                p.grad = None
+            with autocast_context(self.device, self.recipe.precision):
+                losses = self.forward(self.stack, batch.long())
+            (losses * self.scaler.scale).sum().backward()  # each run's weights get their own run's gradient only
+            return losses.detach()
+        losses = []
+        for k in range(self.stack.k):
+            own = {name: p.detach()[k:k + 1].requires_grad_() for name, p in self.named}  # views, no copies
+            width = batch.shape[2] if self.widths is None else self.widths[k]
+            with autocast_context(self.device, self.recipe.precision):
+                loss = self.forward(self.stack, batch[k:k + 1, :, :width].long(), own)
+            (loss * self.scaler.scale[k:k + 1]).sum().backward()
+            for name, p in self.named:
+                if p.grad is None:
+                    p.grad = torch.empty_like(p)
+                p.grad[k].copy_(own[name].grad[0])
+            losses.append(loss.detach())
+        return torch.cat(losses)
+
     def compute(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        for p in self.parameters:
-            p.grad = None
-        with autocast_context(self.device, self.recipe.precision):
-            losses = self.forward(self.stack, batch.long())
-        (losses * self.scaler.scale).sum().backward()  # each run's weights get their own run's gradient only
+        losses = self.backward(batch)
         grads = [p.grad for p in self.parameters]
         with torch.no_grad():
             if self.scaler.enabled:
@@ -285,7 +319,7 @@ class StackStep:
             self.optimizer.step(self.lr, ok)
             if ok is not None:
                 self.scaler.update(ok)
-        return losses.detach(), total
+        return losses, total
 
     def state_tensors(self) -> list[torch.Tensor]:
         return [*self.parameters, *self.optimizer.state_tensors(), *self.scaler.state_tensors()]
@@ -371,6 +405,7 @@ class StackData:
         self.batch_size, self.device = batch_size, device
         self.seeds = [run.seed for run in runs]
         self.sizes = [len(run.train_tokens) for run in runs]
+        self.widths = [run.train_tokens.shape[1] for run in runs]  # each run's own mixture width
         matrices, index = [], []
         for run in runs:
             found = next((i for i, m in enumerate(matrices) if m is run.train_tokens), None)
@@ -403,18 +438,19 @@ class StackData:
         return self.tokens[self.matrix, rows]
 
 
-def stack_memory_bytes(settings, k: int, batch_size: int, width: int, token_bytes: int) -> int:
+def stack_memory_bytes(settings, k: int, batch_size: int, width: int, token_bytes: int, fused: bool = True) -> int:
     """An upper estimate of a stack's training memory on its device: per run, fp32 weights, gradients and two
     AdamW moments; the activations autograd keeps for one step of B sequences of `width` tokens (per layer and
-    token ~ 9 hidden-size and 4 intermediate-size fp32 vectors plus the attention row; the logits three times);
-    and the token matrices. Used to refuse a stack that cannot fit before any training."""
+    token ~ 9 hidden-size and 4 intermediate-size fp32 vectors plus the attention row; the logits three times),
+    for every run at once when `fused`, else for one; and the token matrices. Used to refuse a stack that cannot
+    fit before any training."""
     h, i, layers = settings.hidden_size, settings.intermediate_size, settings.num_hidden_layers
     heads, vocab = settings.num_attention_heads, settings.vocab_size
     kv = settings.num_key_value_heads * (h // heads)
     params = vocab * h * 2 + h + layers * (2 * h + h * h + h + 2 * (kv * h + kv) + h * h + 3 * h * i)
     tokens = batch_size * width
     activations = tokens * (layers * (9 * h + 4 * i + heads * width) + 3 * vocab) * 4
-    return k * (16 * params + activations) + token_bytes
+    return k * 16 * params + (k if fused else 1) * activations + token_bytes
 
 
 def available_memory(device: torch.device) -> int:
@@ -426,10 +462,11 @@ def available_memory(device: torch.device) -> int:
     return int(fields["MemAvailable"].split()[0]) * 1024
 
 
-def check_memory(name: str, stack, data: StackData, device: torch.device, available: int | None = None) -> None:
+def check_memory(name: str, stack, data: StackData, device: torch.device, available: int | None = None,
+                 fused: bool = True) -> None:
     """Fail before training, naming the stack, its size and the memory it needs, when it cannot fit."""
     need = stack_memory_bytes(stack.settings, stack.k, data.batch_size, data.tokens.shape[2],
-                              data.tokens.numel())
+                              data.tokens.numel(), fused)
     have = available_memory(device) if available is None else available
     if need > have:
         raise MemoryError(f"stack {name} ({stack.k} runs) needs about {need / 2**30:.2f} GiB on {device}, "
@@ -466,22 +503,25 @@ class CsvLog:
 
 
 def train_stack(stack, runs: list[StackRun], recipe: Recipe, device: torch.device, log=None,
-                stop_after: int | None = None, cuda_graphs: bool = False, name: str = "stack") -> dict:
+                stop_after: int | None = None, cuda_graphs: bool = False, name: str = "stack",
+                fused: bool | None = None) -> dict:
     """Train every run of `stack` (slice k is `runs[k]`) in place to the recipe's last step, resuming when every
     run's work directory holds a state of that run at one common step. Returns the summary every run shares
-    (step counts) for the runs' metadata. `stop_after` ends the loop early (tests of resume)."""
+    (step counts) for the runs' metadata. `stop_after` ends the loop early (tests of resume); `fused` overrides
+    the device's way of computing a stack (`StackStep`)."""
     if stack.k != len(runs):
         raise ValueError(f"stack {name} holds {stack.k} models for {len(runs)} runs")
     for run in runs:
         run.work.mkdir(parents=True, exist_ok=True)
     data = StackData(runs, recipe.batch_size, device)
-    check_memory(name, stack, data, device)
+    fused = fused_by_default(device) if fused is None else fused
+    check_memory(name, stack, data, device, fused=fused)
     total = recipe.epochs * data.steps_per_epoch
     checkpoints = set(checkpoint_steps(total, recipe.checkpoint_fraction))
     validate_every = every(total, recipe.validation_fraction)
 
     stack.to(device).train()
-    step_fn = StackStep(stack, recipe, device, cuda_graphs, log)
+    step_fn = StackStep(stack, recipe, device, cuda_graphs, log, fused=fused, widths=data.widths)
     window = torch.zeros(len(runs), 2, dtype=torch.float64, device=device)  # (sum of losses, updates) per run
     start = load_states(runs, stack, step_fn, window, device, log)
     if start is None:  # nothing of another configuration (old checkpoints, logs) may reach these runs' outputs
@@ -538,7 +578,8 @@ def train_stack(stack, runs: list[StackRun], recipe: Recipe, device: torch.devic
         print(f"{steps_run} steps of {len(runs)} runs in {elapsed:.1f} s ({1000 * elapsed / max(1, steps_run):.2f} "
               f"ms/step, {1000 * elapsed / max(1, steps_run * len(runs)):.2f} ms/run-step)", file=log, flush=True)
     return {"total_steps": total, "steps_per_epoch": data.steps_per_epoch, "checkpoint_steps": sorted(checkpoints),
-            "validation_every": validate_every, "stack": name, "stack_runs": [run.name for run in runs]}
+            "validation_every": validate_every, "stack": name, "stack_runs": [run.name for run in runs],
+            "stack_fused": fused}
 
 
 def train(model, train_tokens: np.ndarray, validation: Validation, recipe: Recipe, seed: int,
