@@ -18,11 +18,16 @@ def stack_outputs(stack):
             for run in stack.runs for name in names}
 
 
+def stack_base(stack, run):
+    """A fine-tuning run's starting point: the same-seed final model of `training.base` (§7.1); None otherwise."""
+    return f"{model_dir(config['training']['base'], run.seed)}/final" if stack.kind == "finetuning" else None
+
+
 def stack_inputs(stack):
     """Every run's mixture (train and val splits, metadata) and, for fine-tuning, its same-seed base model."""
     files = [f"results/mixtures/{m}/{name}" for m in stack.mixtures for name in ("train.npz", "val.npz", "metadata.json")]
     if stack.kind == "finetuning":
-        files += sorted({f"{model_dir(config['training']['base'], run.seed)}/final" for run in stack.runs})
+        files += sorted({stack_base(stack, run) for run in stack.runs})
     return files
 
 
@@ -39,9 +44,10 @@ for _stack in STACKS:
             **{key: (directory(path) if path.endswith(("final", "checkpoints")) else path)
                for key, path in stack_outputs(_stack).items()},
         params:
-            # One entry per run (name -> architecture, recipe, seed, precisions): editing one run retrains its stack.
-            runs=canonical({run.name: {"mixture": run.mixture, **training_params(run.mixture, run.seed)}
-                            for run in _stack.runs}),
+            # One entry per run (name -> mixture, base model, architecture, recipe, seed, precisions): editing one
+            # run retrains its stack.
+            runs=canonical({run.name: {"mixture": run.mixture, "base": stack_base(_stack, run),
+                                       **training_params(run.mixture, run.seed)} for run in _stack.runs}),
             stack=_stack.name,
             kind=_stack.kind,
         threads: 1

@@ -53,7 +53,7 @@ for name, p in runs.items():
                                    "val": sha256_file(mixture_dir / "val.npz")})
     train_tokens, validation, inputs = mixtures[p["mixture"]]
     inputs = dict(inputs)
-    base = f"results/models/{snakemake.config['training']['base']}_s{p['seed']}/final" if finetuning else None
+    base = p["base"]  # the same-seed base model's final directory (fine-tuning), else None
     if base:
         from transformers import AutoModelForCausalLM
 
