@@ -13,9 +13,10 @@ under a deadline that leaves room for the ones after it, and writes what it fini
                 CUDA graphs, GPU memory, beside the HF Trainer set up like the authors' -> throughput.txt
   determinism   benchmarks/gpu_determinism.py (two same-seed runs, default and deterministic kernels) and the
                 stack invariant (a run in a stack of 7 against alone) -> determinism.txt
-  reproduction  snakemake to the end on config/laptop.yaml, then config/quick.yaml, each in its own copy of the
-                workflow (--work), as far as the budget allows; every finished output is kept -> {config}/, with
-                its METHOD §15 checklist: the `claims` rule's, or built from the tables that finished
+  reproduction  snakemake to the end on config/laptop.yaml, then config/quick.yaml, then with the time left
+                config/paper_pt1.yaml (the single-task family at the paper's scale, one seed), each in its own
+                copy of the workflow (--work), as far as the budget allows; every finished output is kept ->
+                {config}/, with its METHOD §15 checklist: the `claims` rule's, or built from the tables that finished
 
 Everything lands in --out: `summary.md` (the figures measured, each checklist, what was skipped or did not
 finish and why), and per config the evidence of `worldrep.evidence` (tables, figures, health report, claims;
@@ -250,7 +251,7 @@ def summary(window: Window, plan: dict) -> str:
 # ---- plans: the GPU window and its CPU rehearsal ------------------------------------------------------------
 
 def gpu_plan() -> dict:
-    return {"title": "one GPU", "configs": ["laptop", "quick"], "env": {}, "cores": os.cpu_count() or 1,
+    return {"title": "one GPU", "configs": ["laptop", "quick", "paper_pt1"], "env": {}, "cores": os.cpu_count() or 1,
             "throughput": ["--synthetic", "70000", "--stack", "1,7,21", "--steps", "300", "--warmup", "30"],
             "determinism": ["--synthetic", "70000", "--steps", "200", "--stack-invariance", "7"],
             "minimum": {"throughput": 120, "determinism": 90, "reproduction": 180},
@@ -275,7 +276,8 @@ def main(argv=None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/worldrep-window"),
                         help="where each config's workflow copy and results live (kept: a rerun resumes there)")
     parser.add_argument("--rehearse", action="store_true", help="the same stages on the CPU, config/smoke.yaml")
-    parser.add_argument("--configs", help="comma-separated configs to reproduce, in order (default: laptop,quick)")
+    parser.add_argument("--configs", help="comma-separated configs to reproduce, in order (default: "
+                        "laptop,quick,paper_pt1)")
     args = parser.parse_args(argv)
     plan = rehearsal_plan() if args.rehearse else gpu_plan()
     if args.configs:

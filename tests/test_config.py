@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml", "quick.yaml", "laptop.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml", "quick.yaml", "laptop.yaml", "paper_pt1.yaml"])
 def test_shipped_configs_validate(name):
     config = yaml.safe_load((ROOT / "config" / name).read_text())
     assert validate_config(config) is config
