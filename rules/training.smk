@@ -25,7 +25,8 @@ def stack_base(stack, run):
 
 def stack_inputs(stack):
     """Every run's mixture (train and val splits, metadata) and, for fine-tuning, its same-seed base model."""
-    files = [f"results/mixtures/{m}/{name}" for m in stack.mixtures for name in ("train.npz", "val.npz", "metadata.json")]
+    files = [f"results/mixtures/{m}/{name}" for m in stack.mixtures
+             for name in ("train.npz", "val.npz", "metadata.json")]
     if stack.kind == "finetuning":
         files += sorted({stack_base(stack, run) for run in stack.runs})
     return files
