@@ -41,9 +41,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.training import BATCH, PEAK_LR, SEED, hardware, synthetic_tokens  # noqa: E402
+from worldrep.evaluation import autocast  # noqa: E402
 from worldrep.model import ModelSettings, build_model  # noqa: E402
 from worldrep.stack import from_hf_models, stacked_token_losses  # noqa: E402
-from worldrep.training import LossScaler, Recipe, Validation, autocast_context, train  # noqa: E402
+from worldrep.training import LossScaler, Recipe, Validation, train  # noqa: E402
 
 VARIANTS = {"default": {}, "deterministic": {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}}
 
@@ -87,7 +88,7 @@ def gradient_probe(tokens: np.ndarray, recipe: Recipe, device: torch.device, rep
     first, loss_differs, worst = None, False, {}
     for _ in range(repeats + 1):
         stack.zero_grad(set_to_none=True)
-        with backend, autocast_context(device, recipe.precision):
+        with backend, autocast(device, recipe.precision, cache=False):
             loss = stacked_token_losses(stack, batch.long())
         (loss * scale).sum().backward()
         grads = {n: p.grad.detach().clone() for n, p in stack.named_parameters()}

@@ -149,24 +149,20 @@ def facts(window: Window) -> str:
     return f"{', '.join(record['gpus']) or 'no GPU'}; torch {record['torch']}, transformers {record['transformers']}"
 
 
-def throughput(window: Window, plan: dict) -> str:
+def benchmark(window: Window, plan: dict, stage: str, script: str) -> str:
+    """One benchmark script with the plan's arguments for `stage`, its output in `{stage}.txt`, stopped in time
+    for the stages after it. Throughput without accelerate (the HF Trainer needs it; the image has it) skips the
+    baseline."""
     import importlib.util
 
-    baseline = importlib.util.find_spec("accelerate") is not None  # the HF Trainer needs it (the image has it)
-    extra = [] if baseline else ["--skip-baseline"]
-    rc, timed_out = window.run([sys.executable, "benchmarks/training.py", *plan["throughput"], *extra],
-                               window.out / "throughput.txt", window.left() - plan["after_throughput"])
+    extra = []
+    if stage == "throughput" and importlib.util.find_spec("accelerate") is None:
+        extra = ["--skip-baseline"]
+    rc, timed_out = window.run([sys.executable, f"benchmarks/{script}", *plan[stage], *extra],
+                               window.out / f"{stage}.txt", window.left() - plan[f"after_{stage}"])
     if timed_out or rc:
-        raise RuntimeError("timed out" if timed_out else f"exit {rc} (throughput.txt)")
-    return "" if baseline else "no HF Trainer baseline: accelerate is not installed"
-
-
-def determinism(window: Window, plan: dict) -> str:
-    rc, timed_out = window.run([sys.executable, "benchmarks/gpu_determinism.py", *plan["determinism"]],
-                               window.out / "determinism.txt", window.left() - plan["after_determinism"])
-    if timed_out or rc:
-        raise RuntimeError("timed out" if timed_out else f"exit {rc} (determinism.txt)")
-    return ""
+        raise RuntimeError("timed out" if timed_out else f"exit {rc} ({stage}.txt)")
+    return "no HF Trainer baseline: accelerate is not installed" if extra else ""
 
 
 def failed_job_logs(snakemake_log: Path) -> list[Path]:
@@ -235,8 +231,8 @@ def summary(window: Window, plan: dict) -> str:
     for name, title in (("throughput.txt", "Throughput"), ("determinism.txt", "Determinism")):
         if (out / name).exists():
             text = (out / name).read_text(errors="replace")
-            keep = headline_lines(text, ("stack K", "run by run", "fused", "HF Trainer", "hardware:", "stack invariance",
-                                         "conclusion", "identical", "max |", "vs lone"))
+            keep = headline_lines(text, ("stack K", "run by run", "fused", "HF Trainer", "hardware:",
+                                         "stack invariance", "conclusion", "identical", "max |", "vs lone"))
             parts += [f"## {title} (`{name}`)", "", "```", *keep[:40], "```", ""]
     for config_name in plan["configs"]:
         claims = out / config_name / "claims.md"
@@ -289,8 +285,9 @@ def main(argv=None) -> int:
     window = Window(args.budget_min * 60, out)
     window.stage("install", 5, install, window, args.work / "site")
     window.stage("facts", 5, facts, window)
-    window.stage("throughput", plan["minimum"]["throughput"], throughput, window, plan)
-    window.stage("determinism", plan["minimum"]["determinism"], determinism, window, plan)
+    window.stage("throughput", plan["minimum"]["throughput"], benchmark, window, plan, "throughput", "training.py")
+    window.stage("determinism", plan["minimum"]["determinism"], benchmark, window, plan, "determinism",
+                 "gpu_determinism.py")
     for index, config_name in enumerate(plan["configs"]):
         later = len(plan["configs"]) - index - 1  # each later config keeps at least its minimum
         window.stage(f"reproduction: {config_name}", plan["minimum"]["reproduction"],

@@ -40,11 +40,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from worldrep.config import mixture_families, validate_config  # noqa: E402
-from worldrep.grid import (MAP_ITEMS_PER_CITY, evaluation_sets, family, items_per_city, mixture_sources,  # noqa: E402
-                           pretraining_mixtures, recipe_settings, run_name, train_items, training_runs,
-                           training_stacks)
+from worldrep.grid import (MAP_ITEMS_PER_CITY, configured_tasks, evaluation_sets, family,  # noqa: E402
+                           items_per_city, mixture_sources, pretraining_mixtures, recipe_settings, run_name,
+                           train_items, training_runs, training_stacks)
 from worldrep.mixtures import proportional  # noqa: E402
-from worldrep.tasks import TASK_NAMES  # noqa: E402
 from worldrep.training import checkpoint_steps, every, total_steps  # noqa: E402
 from worldrep.world import real_city_count  # noqa: E402
 
@@ -78,10 +77,6 @@ class Job:
 
 
 # ---- what the config plans ----------------------------------------------------------------------------
-
-def configured_tasks(config: dict) -> list[str]:
-    return [t for t in TASK_NAMES if t in config["tasks"]]
-
 
 def validated_tasks(config: dict, mixture: str) -> int:
     """Tasks with items in the mixture's val split (validation runs once per task): a source's val slice is
@@ -270,21 +265,21 @@ def print_stacked(config: dict, plans: dict, costs: Costs, args) -> None:
     stage = defaultdict(float)
     print(f"stacked training, training.stack: {mode}, {args.stacked_ms:g} ms per step of a stack of <= "
           f"{args.stack_runs} runs:")
+    for mixture in pretraining_mixtures(config) | mixture_families(config)["finetuning.mixes"]:
+        plans.setdefault(mixture, run_plan(config, mixture))
     for stack in stacks:
-        plan = plans.get(stack.mixtures[0]) or run_plan(config, stack.mixtures[0])
+        plan = plans[stack.mixtures[0]]
         k = len(stack.runs)
         train_s = plan["steps"] * args.stacked_ms * math.ceil(k / args.stack_runs) / 1000
         stage["training"] += train_s
-        stage["validation (in training)"] += sum(
-            (plans.get(r.mixture) or run_plan(config, r.mixture))["validations"] *
-            (plans.get(r.mixture) or run_plan(config, r.mixture))["tasks"] * costs.validation_task_s
-            for r in stack.runs)
+        stage["validation (in training)"] += sum(plans[r.mixture]["validations"] * plans[r.mixture]["tasks"]
+                                                 * costs.validation_task_s for r in stack.runs)
         stage["checkpoints (in training)"] += k * plan["checkpoints"] * costs.checkpoint_s
         print(f"  {stack.rule:<22}{k:>4} runs x {plan['steps']:>8,} steps  {train_s / 60:7.2f} min")
     standard = [("pretraining", t) for t in configured_tasks(config)]
     curves = curve_runs(config)
     for run in training_runs(config):
-        plan = plans.get(run.mixture) or run_plan(config, run.mixture)
+        plan = plans[run.mixture]
         stage["evaluation"] += evaluation_seconds(evaluation_sets(config, run.mixture), config, costs)
         if run.name in config["evaluation"]["checkpoint_runs"]:
             stage["evaluation"] += evaluation_seconds(standard * plan["checkpoints"], config, costs)

@@ -3,11 +3,11 @@ model at batch 128 under `torch.profiler` (CPU and CUDA activities), driven like
 
 Printed: ms/step of the real `StackStep` (a stack of `--stack K` models, default 1) without the profiler; CUDA
 kernels per step; GPU busy (kernel) time against wall time per step, the difference being idle GPU (launch and
-host overhead); the gaps between GPU ops; host syncs; the top-15 ops by self time; and the split into data indexing / forward / backward /
-optimizer (zero_grad, unscale + clip, AdamW, scaler update).
+host overhead); the gaps between GPU ops; host syncs; the top-15 ops by self time; and the split into data
+indexing / forward / backward / optimizer (zero_grad, unscale + clip, AdamW, scaler update).
 
-The split needs named ranges inside the step, so the profiled step is `RangedStep` below: `StackStep.compute`'s
-lines in the same order, each part inside a `record_function`. Two checks keep it honest: the script trains
+The split needs named ranges inside the step: the profiled step is `StackStep` itself with `span=record_function`,
+each part of its update inside a named range. Two checks keep it honest: the script trains
 3 steps with both from the same init and prints how far the weights end apart (0 on CPU), and it times both
 without the profiler. Kernels are put in the part whose range was open on the host when they were launched
 (their CUDA runtime call, matched by correlation id), so backward kernels launched from autograd's worker
@@ -36,13 +36,10 @@ from torch.profiler import ProfilerActivity, profile, record_function, schedule
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.training import BATCH, PEAK_LR, SEED, hardware, synchronize, synthetic_tokens  # noqa: E402
-from worldrep.model import ModelSettings, build_model  # noqa: E402
-from worldrep.stack import from_hf_models  # noqa: E402
-from worldrep.training import (Recipe, StackData, StackRun, StackStep, autocast_context, learning_rate,  # noqa: E402
-                               per_run, steps_per_epoch)
+from benchmarks.training import BATCH, PEAK_LR, hardware, paper_stack, synchronize, synthetic_tokens  # noqa: E402
+from worldrep.training import Recipe, StackStep, learning_rate, steps_per_epoch  # noqa: E402
 
-# Report rows: (label, range names summed into it). Range names are what `RangedStep` and `Loop` open.
+# Report rows: (label, range names summed into it). Range names are what `StackStep` (`span`) and `Loop` open.
 PARTS = [
     ("data indexing", ["loop.indexing"]),
     ("forward", ["step.forward"]),
@@ -61,60 +58,21 @@ GPU_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
 
 
-class RangedStep(StackStep):
-    """`worldrep.training.StackStep.compute`, line for line, with each part inside a named profiler range."""
-
-    def __call__(self, batch: torch.Tensor, lr: float):
-        with record_function("step.set_lr"):
-            self.lr.fill_(lr)
-        return self.compute(batch)
-
-    def compute(self, batch: torch.Tensor):
-        with record_function("step.zero_grad"):
-            for p in self.parameters:
-                p.grad = None
-        with record_function("step.forward"), autocast_context(self.device, self.recipe.precision):
-            losses = self.forward(self.stack, batch.long())
-        with record_function("step.backward"):
-            (losses * self.scaler.scale).sum().backward()
-        grads = [p.grad for p in self.parameters]
-        with torch.no_grad():
-            with record_function("step.unscale_clip"):
-                if self.scaler.enabled:
-                    inverse = self.scaler.inverse()
-                    for g in grads:
-                        g.mul_(per_run(inverse, g))
-                norms = torch.stack([torch.linalg.vector_norm(g.reshape(len(g), -1), dim=1) for g in grads], dim=1)
-                total = torch.linalg.vector_norm(norms, dim=1)
-                clip = (self.recipe.grad_clip / (total + 1e-6)).clamp(max=1.0)
-                for g in grads:
-                    g.mul_(per_run(clip, g))
-                ok = torch.isfinite(total) if self.scaler.enabled else None
-            with record_function("step.adamw"):
-                self.optimizer.step(self.lr, ok)
-            with record_function("step.scaler_update"):
-                if ok is not None:
-                    self.scaler.update(ok)
-        return losses.detach(), total
-
-
 class Loop:
     """The loop of `worldrep.training.train_stack` minus validation and checkpoints (as in
     benchmarks/training.py): a fresh stack of K models from seeds SEED.., the token matrix on the device once, a
     batch is one gather, a host sync every `log_every` steps. `ranges` wraps the loop's own parts (indexing, log)
-    in profiler ranges."""
+    and the step's (`StackStep`'s `span`) in profiler ranges."""
 
-    def __init__(self, tokens_np: np.ndarray, recipe: Recipe, device: torch.device, step_class, ranges: bool,
-                 k: int = 1):
+    def __init__(self, tokens_np: np.ndarray, recipe: Recipe, device: torch.device, ranges: bool, k: int = 1):
         self.recipe, self.device = recipe, device
-        self.stack = from_hf_models([build_model(ModelSettings(), SEED + i) for i in range(k)]).to(device).train()
-        runs = [StackRun(f"r{i}", SEED + i, tokens_np, None, Path("unused"), "", None) for i in range(k)]
-        self.data = StackData(runs, recipe.batch_size, device)
+        self.stack, self.data = paper_stack(tokens_np, k, device)
         self.spe = self.data.steps_per_epoch
         self.total = recipe.epochs * self.spe
-        self.step_fn = step_class(self.stack, recipe, device)
-        self.window = torch.zeros(k, 2, dtype=torch.float64, device=device)
         self.span = record_function if ranges else (lambda name: nullcontext())
+        self.step_fn = StackStep(self.stack, recipe, device, widths=self.data.widths,
+                                 span=record_function if ranges else None)
+        self.window = torch.zeros(k, 2, dtype=torch.float64, device=device)
 
     def batch(self, step: int) -> torch.Tensor:
         return self.data.batch(step)
@@ -153,8 +111,8 @@ def indexing_ms(loop: Loop, calls: int) -> float:
 
 
 def weight_gap(tokens_np: np.ndarray, recipe: Recipe, device: torch.device, steps: int = 3) -> float:
-    """Max |Δw| after `steps` updates of `StackStep` and of `RangedStep` from the same init and data."""
-    loops = [Loop(tokens_np, recipe, device, step_class, ranges=False) for step_class in (StackStep, RangedStep)]
+    """Max |Δw| after `steps` updates of `StackStep` without and with its named ranges, from one init and data."""
+    loops = [Loop(tokens_np, recipe, device, ranges=ranges) for ranges in (False, True)]
     for loop in loops:
         for step in range(steps):
             loop.run_step(step)
@@ -350,15 +308,15 @@ def main():
           f"{args.steps} profiled")
 
     gap = weight_gap(tokens, recipe, device)
-    print(f"RangedStep vs StackStep, 3 updates from one init: max |Δw| = {gap:.3g}"
+    print(f"StackStep with vs without its named ranges, 3 updates from one init: max |Δw| = {gap:.3g}"
           + (" (identical)" if gap == 0 else " (GPU nondeterminism? see benchmarks/gpu_determinism.py)"))
-    plain = Loop(tokens, recipe, device, StackStep, ranges=False, k=args.stack)
+    plain = Loop(tokens, recipe, device, ranges=False, k=args.stack)
     for step in range(args.warmup):
         plain.run_step(step)
     ms_plain = plain.ms_per_step(args.warmup, args.timed)
     ms_index = indexing_ms(plain, max(10, args.timed))
     del plain
-    ranged = Loop(tokens, recipe, device, RangedStep, ranges=True, k=args.stack)
+    ranged = Loop(tokens, recipe, device, ranges=True, k=args.stack)
     for step in range(args.warmup):
         ranged.run_step(step)
     ms_ranged = ranged.ms_per_step(args.warmup, args.timed)

@@ -80,20 +80,25 @@ def synthetic_tokens(n_items: int) -> np.ndarray:
     return tokens[np.random.default_rng(SEED).permutation(len(tokens))][:n_items]
 
 
+def paper_stack(tokens_np: np.ndarray, k: int, device: torch.device):
+    """A fresh stack of K paper models (seeds SEED, SEED+1, ...) on the device, and its data: K runs over one token
+    matrix, each in its own order. No validation or work directory: the benchmarks time the step alone."""
+    from worldrep.stack import from_hf_models
+
+    stack = from_hf_models([build_model(ModelSettings(), SEED + i) for i in range(k)]).to(device).train()
+    runs = [StackRun(f"r{i}", SEED + i, tokens_np, None, Path("unused"), "", None) for i in range(k)]
+    return stack, StackData(runs, BATCH, device)
+
+
 def time_ours(tokens_np: np.ndarray, args, device: torch.device, k: int = 1, cuda_graphs: bool = False,
               before_timing=None, fused: bool | None = None) -> dict:
     """The loop of `worldrep.training.train_stack` minus validation and checkpoints, for a stack of K paper models
     (seeds SEED, SEED+1, ...; one shared token matrix, each run its own data order): W untimed steps, then N."""
-    from worldrep.stack import from_hf_models
-
-    stack = from_hf_models([build_model(ModelSettings(), SEED + i) for i in range(k)])
+    stack, data = paper_stack(tokens_np, k, device)
     spe = steps_per_epoch(len(tokens_np), BATCH)
     recipe = Recipe(peak_lr=PEAK_LR, epochs=math.ceil((args.warmup + args.steps) / spe), precision=args.precision,
                     compile=args.compile)
     total = recipe.epochs * spe
-    stack.to(device).train()
-    runs = [StackRun(f"r{i}", SEED + i, tokens_np, None, Path("unused"), "", None) for i in range(k)]
-    data = StackData(runs, BATCH, device)
     step_fn = StackStep(stack, recipe, device, cuda_graphs, fused=fused, widths=data.widths)
     window = torch.zeros(k, 2, dtype=torch.float64, device=device)
     if device.type == "cuda":

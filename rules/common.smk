@@ -15,7 +15,7 @@ ENV_TRAINING = "../envs/training.yaml"  # training, evaluation, representations:
 # through worldrep.representations, which imports it
 ENV_ANALYSIS = "../envs/analysis.yaml"
 ENV_PLOTTING = "../envs/plotting.yaml"  # figures: matplotlib
-CONFIGURED_TASKS = [t for t in TASK_NAMES if t in config["tasks"]]  # canonical order (METHOD §0)
+CONFIGURED_TASKS = grid.configured_tasks(config)  # canonical order (METHOD §0)
 FAMILIES = mixture_families(config)
 PRETRAINING_MIXTURES = {**FAMILIES["pretraining"], **FAMILIES["with_atlantis"]}
 FINETUNING_MIXTURES = FAMILIES["finetuning.mixes"]

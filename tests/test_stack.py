@@ -102,8 +102,8 @@ def test_stacked_adamw_takes_torchs_adamw_steps():
     model = build_model(TINY, 0)
     stack = from_hf_models([model])
     recipe = Recipe(peak_lr=1e-2, epochs=1)
-    groups = [{"params": [p for n, p in model.named_parameters() if decays(n, p)], "weight_decay": 0.01},
-              {"params": [p for n, p in model.named_parameters() if not decays(n, p)], "weight_decay": 0.0}]
+    groups = [{"params": [p for n, p in model.named_parameters() if decays(p)], "weight_decay": 0.01},
+              {"params": [p for n, p in model.named_parameters() if not decays(p)], "weight_decay": 0.0}]
     reference = torch.optim.AdamW(groups, lr=1e-2, betas=recipe.betas, eps=recipe.eps)
     ours = StackedAdamW(stack.named_parameters(), 1, recipe, torch.device("cpu"))
     generator = torch.Generator().manual_seed(0)
@@ -370,8 +370,11 @@ def test_a_stack_does_not_resume_from_states_of_different_steps(tmp_path):
     """One run's state from another step (or missing): the stack starts over rather than mixing steps."""
     recipe = Recipe(peak_lr=3e-3, epochs=2, batch_size=16, warmup_steps=1, checkpoint_fraction=0.25)
     mixtures = [equal_widths(1, 64), equal_widths(2, 64)]
-    runs = lambda: [StackRun(f"r{i}", 5 + i, m, toy_validation(), tmp_path / f"r{i}", f"fp{i}", lambda *a: None)
-                    for i, m in enumerate(mixtures)]  # noqa: E731
+
+    def runs():
+        return [StackRun(f"r{i}", 5 + i, m, toy_validation(), tmp_path / f"r{i}", f"fp{i}", lambda *a: None)
+                for i, m in enumerate(mixtures)]
+
     stack = from_hf_models([build_model(TINY, 5), build_model(TINY, 6)])
     train_stack(stack, runs(), recipe, torch.device("cpu"), stop_after=5)  # states at step 4
     (tmp_path / "r1/state.pt").unlink()

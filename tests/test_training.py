@@ -133,7 +133,7 @@ def test_weight_decay_rule_matches_the_hf_trainer_rule():
     from worldrep.stack import StackedQwen2
 
     model = build_model(seed=0)
-    decay = {n for n, p in model.named_parameters() if decays(n, p)}
+    decay = {n for n, p in model.named_parameters() if decays(p)}
     hf_decay = set(get_parameter_names(model, [torch.nn.LayerNorm],
                                        [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]))
     assert decay == hf_decay
@@ -141,7 +141,7 @@ def test_weight_decay_rule_matches_the_hf_trainer_rule():
     # 6 blocks × (q, k, v biases + 2 norms) + the final norm
     assert len(set(dict(model.named_parameters())) - decay) == 6 * 5 + 1
     stack = StackedQwen2(ModelSettings(), 2)
-    assert {n for n, p in stack.named_parameters() if decays(n, p, stacked=True)} == decay
+    assert {n for n, p in stack.named_parameters() if decays(p, stacked=True)} == decay
 
 
 def test_recipe_rejects_unknown_precision():

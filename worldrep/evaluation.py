@@ -111,12 +111,14 @@ def resolve_device_precision(device: torch.device, precision: dict[str, str]) ->
     return precision["cuda" if device.type == "cuda" else "cpu"]
 
 
-def autocast(device: torch.device, precision: str):
-    """fp32, or autocast to fp16/bf16 (§7.1, §8: the precision is a config value, recorded with the run)."""
+def autocast(device: torch.device, precision: str, cache: bool = True):
+    """fp32, or autocast to fp16/bf16 (§7.1, §8: the precision is a config value, recorded with the run).
+    `cache=False` turns the weight-cast cache off, as the trainer does: a cached cast would be freed between CUDA
+    graph replays (it costs one cast per use of a weight, nothing else)."""
     if precision == "fp32":
         return nullcontext()
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache)
 
 
 @torch.no_grad()

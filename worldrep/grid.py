@@ -76,14 +76,19 @@ def recipe_settings(config: dict, mixture: str) -> dict:
     return {**shared, "peak_lr": kind["peak_lr"], "epochs": epochs}
 
 
+def configured_tasks(config: dict) -> list[str]:
+    """The config's tasks in canonical order (METHOD §0)."""
+    return [t for t in TASK_NAMES if t in config["tasks"]]
+
+
 def mixture_sources(config: dict, mixture: str):
     """The datasets a mixture draws from, in draw order (METHOD §4): both the mixture rule's inputs and its
     `sources` param."""
     families = mixture_families(config)
     if mixture in families["finetuning.mixes"]:
         ft = config["mixtures"]["finetuning"]
-        tasks = [t for t in TASK_NAMES if t in config["tasks"]]
-        return finetuning_sources(families["finetuning.mixes"][mixture], tasks, ft["replay_items"], ft["buffer_items"])
+        return finetuning_sources(families["finetuning.mixes"][mixture], configured_tasks(config), ft["replay_items"],
+                                  ft["buffer_items"])
     variant = "with_atlantis" if mixture in families["with_atlantis"] else "pretraining"
     return pretraining_sources(pretraining_mixtures(config)[mixture], variant)
 
@@ -183,7 +188,7 @@ def evaluation_sets(config: dict, mixture: str) -> list[tuple[str, str]]:
     """(dataset variant, task) test sets a mixture's models are scored on (§8): models that saw every
     configured task (the 7-task runs) and fine-tuned models get every standard and Atlantis test set; the
     1-, 2- and 3-task runs get the standard sets of their own tasks."""
-    tasks = [t for t in TASK_NAMES if t in config["tasks"]]
+    tasks = configured_tasks(config)
     pretraining = pretraining_mixtures(config)
     if mixture in pretraining and set(pretraining[mixture]) != set(tasks):
         return [("pretraining", t) for t in TASK_NAMES if t in pretraining[mixture]]

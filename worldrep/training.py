@@ -110,7 +110,7 @@ def batch_indices(seed: int, step: int, n_items: int, batch_size: int) -> np.nda
     return epoch_order(seed, epoch, n_items)[position * batch_size:(position + 1) * batch_size]
 
 
-def decays(name: str, tensor: torch.Tensor, stacked: bool = False) -> bool:
+def decays(tensor: torch.Tensor, stacked: bool = False) -> bool:
     """Weight decay on weight matrices and embeddings, none on biases or RMSNorm gains (§7.1, the HF Trainer
     rule): a parameter decays when it has >= 2 dimensions as a Hugging Face tensor (one more in a stack)."""
     return tensor.dim() - int(stacked) >= 2
@@ -156,7 +156,7 @@ class StackedAdamW:
     operation is a tensor op with no host sync, so a whole step can be captured in a CUDA graph."""
 
     def __init__(self, named_parameters, k: int, recipe: Recipe, device: torch.device):
-        self.params = [(name, p, decays(name, p, stacked=True)) for name, p in named_parameters]
+        self.params = [(name, p, decays(p, stacked=True)) for name, p in named_parameters]
         self.exp_avg = {name: torch.zeros_like(p) for name, p, _ in self.params}
         self.exp_avg_sq = {name: torch.zeros_like(p) for name, p, _ in self.params}
         self.steps = torch.zeros(k, dtype=torch.float64, device=device)
@@ -232,15 +232,6 @@ class LossScaler:
 
 # ---- one update of a whole stack -------------------------------------------------------------------------
 
-def autocast_context(device: torch.device, precision: str):
-    """`evaluation.autocast` with the weight-cast cache off: a cached cast would be freed between CUDA graph
-    replays. Costs one cast per use of a weight, nothing else."""
-    if precision == "fp32":
-        return nullcontext()
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=False)
-
-
 def fused_by_default(device: torch.device) -> bool:
     """One forward for the whole stack on a GPU, where a step is bound by kernel launches; run after run on a CPU,
     where it is bound by arithmetic and memory: there a stack's large activations fall out of cache (a fused stack
@@ -260,12 +251,16 @@ class StackStep:
 
     With `cuda_graphs` on a CUDA device (fused) the first call captures the whole update (forward, backward,
     unscaling, clipping, optimizer) into one CUDA graph after three warm-up updates that are then undone, and every
-    later call copies the batch into the graph's input and replays it. If capture fails the step stays eager."""
+    later call copies the batch into the graph's input and replays it. If capture fails the step stays eager.
+
+    `span(name)` wraps each part of the update (set_lr, zero_grad, forward, backward, unscale_clip, adamw,
+    scaler_update, each named `step.{part}`) in a context: `torch.profiler.record_function` for
+    benchmarks/profile_training.py, nothing otherwise."""
 
     WARMUP = 3
 
     def __init__(self, stack, recipe: Recipe, device: torch.device, cuda_graphs: bool = False, log=None,
-                 fused: bool | None = None, widths: list[int] | None = None):
+                 fused: bool | None = None, widths: list[int] | None = None, span=None):
         self.stack, self.recipe, self.device, self.log = stack, recipe, device, log
         self.named = list(stack.named_parameters())
         self.parameters = [p for _, p in self.named]
@@ -277,27 +272,31 @@ class StackStep:
         self.widths = widths
         self.use_graph = cuda_graphs and device.type == "cuda" and self.fused
         self.graph = None
+        self.span = span or (lambda name: nullcontext())
 
     def backward(self, batch: torch.Tensor) -> torch.Tensor:
         """Each run's loss [K], its scaled gradient left in the stacked parameters' `.grad`."""
         if self.fused:
-            for p in self.parameters:
-                p.grad = None
-            with autocast_context(self.device, self.recipe.precision):
+            with self.span("step.zero_grad"):
+                for p in self.parameters:
+                    p.grad = None
+            with self.span("step.forward"), autocast(self.device, self.recipe.precision, cache=False):
                 losses = self.forward(self.stack, batch.long())
-            (losses * self.scaler.scale).sum().backward()  # each run's weights get their own run's gradient only
+            with self.span("step.backward"):  # each run's weights get their own run's gradient only
+                (losses * self.scaler.scale).sum().backward()
             return losses.detach()
         losses = []
         for k in range(self.stack.k):
             own = {name: p.detach()[k:k + 1].requires_grad_() for name, p in self.named}  # views, no copies
             width = batch.shape[2] if self.widths is None else self.widths[k]
-            with autocast_context(self.device, self.recipe.precision):
+            with self.span("step.forward"), autocast(self.device, self.recipe.precision, cache=False):
                 loss = self.forward(self.stack, batch[k:k + 1, :, :width].long(), own)
-            (loss * self.scaler.scale[k:k + 1]).sum().backward()
-            for name, p in self.named:
-                if p.grad is None:
-                    p.grad = torch.empty_like(p)
-                p.grad[k].copy_(own[name].grad[0])
+            with self.span("step.backward"):
+                (loss * self.scaler.scale[k:k + 1]).sum().backward()
+                for name, p in self.named:
+                    if p.grad is None:
+                        p.grad = torch.empty_like(p)
+                    p.grad[k].copy_(own[name].grad[0])
             losses.append(loss.detach())
         return torch.cat(losses)
 
@@ -305,27 +304,31 @@ class StackStep:
         losses = self.backward(batch)
         grads = [p.grad for p in self.parameters]
         with torch.no_grad():
-            if self.scaler.enabled:
-                inverse = self.scaler.inverse()
+            with self.span("step.unscale_clip"):
+                if self.scaler.enabled:
+                    inverse = self.scaler.inverse()
+                    for g in grads:
+                        g.mul_(per_run(inverse, g))
+                norms = torch.stack([torch.linalg.vector_norm(g.reshape(len(g), -1), dim=1) for g in grads], dim=1)
+                total = torch.linalg.vector_norm(norms, dim=1)  # each run's global norm, as clip_grad_norm_
+                clip = (self.recipe.grad_clip / (total + 1e-6)).clamp(max=1.0)
                 for g in grads:
-                    g.mul_(per_run(inverse, g))
-            norms = torch.stack([torch.linalg.vector_norm(g.reshape(len(g), -1), dim=1) for g in grads], dim=1)
-            total = torch.linalg.vector_norm(norms, dim=1)  # each run's global norm, as clip_grad_norm_
-            clip = (self.recipe.grad_clip / (total + 1e-6)).clamp(max=1.0)
-            for g in grads:
-                g.mul_(per_run(clip, g))
-            # An overflow anywhere in a run's gradients makes its norm inf or nan: GradScaler's found_inf.
-            ok = torch.isfinite(total) if self.scaler.enabled else None
-            self.optimizer.step(self.lr, ok)
-            if ok is not None:
-                self.scaler.update(ok)
+                    g.mul_(per_run(clip, g))
+                # An overflow anywhere in a run's gradients makes its norm inf or nan: GradScaler's found_inf.
+                ok = torch.isfinite(total) if self.scaler.enabled else None
+            with self.span("step.adamw"):
+                self.optimizer.step(self.lr, ok)
+            with self.span("step.scaler_update"):
+                if ok is not None:
+                    self.scaler.update(ok)
         return losses, total
 
     def state_tensors(self) -> list[torch.Tensor]:
         return [*self.parameters, *self.optimizer.state_tensors(), *self.scaler.state_tensors()]
 
     def __call__(self, batch: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
-        self.lr.fill_(lr)
+        with self.span("step.set_lr"):
+            self.lr.fill_(lr)
         if self.use_graph and self.graph is None:
             self.capture(batch)
         if self.graph is None:
