@@ -3,6 +3,7 @@
 # -> representations -> probes, CKA, generalization -> figures, claims checklist.
 # Method: docs/METHOD.md (the source of truth for formats, formulas, hyperparameters and the grid).
 import sys
+from pathlib import Path
 
 from snakemake.utils import min_version
 
@@ -41,6 +42,26 @@ include: "rules/cka.smk"
 include: "rules/generalization.smk"
 include: "rules/figures.smk"
 include: "rules/claims.smk"
+
+
+# Before the first job of a local run, the plan (worldrep/plan.py, also `python -m worldrep.plan`): runs, steps,
+# disk and projected time here; it stops a run that would take more than a day on a CPU, or that the disk cannot
+# hold. Snakemake calls onstart only when jobs are to run: never in a dry run, --report or --lint, nor inside a
+# cluster job (they get --no-hooks). A cluster executor or --touch only hears the plan.
+onstart:
+    from snakemake.exceptions import WorkflowError
+
+    from worldrep.plan import report, visible_gpus
+
+    try:
+        to_train = {job.rule.name for job in workflow.dag.needrun_jobs()}
+    except AttributeError:  # a Snakemake whose DAG says otherwise: count stacks whose final models are missing
+        to_train = None
+    local = workflow.local_exec and not workflow.touch
+    text, reason = report(config, Path("results"), workflow.cores, visible_gpus() if local else 0, to_train)
+    print(text, file=sys.stderr)
+    if reason and local:
+        raise WorkflowError(reason)
 
 
 # Run by Snakemake itself, never submitted to a cluster (profiles/slurm): each takes seconds on small tables

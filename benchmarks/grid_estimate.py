@@ -44,6 +44,7 @@ from worldrep.grid import (MAP_ITEMS_PER_CITY, configured_tasks, evaluation_sets
                            items_per_city, mixture_sources, pretraining_mixtures, recipe_settings, run_name,
                            train_items, training_runs, training_stacks)
 from worldrep.mixtures import proportional  # noqa: E402
+from worldrep.plan import curve_runs  # noqa: E402
 from worldrep.training import checkpoint_steps, every, total_steps  # noqa: E402
 from worldrep.world import real_city_count  # noqa: E402
 
@@ -245,13 +246,6 @@ def print_runs(config: dict, jobs: list[Job], n_real: int) -> None:
     print(f"{'run':<16}{'items/city per task':<{width}}{'pooled':>8}{'margin':>8}{'job h':>8}")
     for name, tasks, pooled, margin in rows:
         print(f"{name:<16}{tasks:<{width}}{pooled:>8,.0f}{margin:>7.2f}x{seconds[name] / 3600:>8.3f}")
-
-
-def curve_runs(config: dict) -> set[str]:
-    """Runs whose every checkpoint is extracted and probed (§10): the single-task runs and the checkpoint runs."""
-    single = {r.name for r in training_runs(config) if r.kind == "pretraining"
-              and len(pretraining_mixtures(config)[r.mixture]) == 1 and r.mixture.startswith("pt1-")}
-    return single | set(config["evaluation"]["checkpoint_runs"])
 
 
 def print_stacked(config: dict, plans: dict, costs: Costs, args) -> None:

@@ -1,0 +1,324 @@
+"""What a config plans and what it will cost on this machine, said before any job runs (issue 15).
+
+    python -m worldrep.plan --configfile config/quick.yaml [--cores N] [--gpus G] [--results DIR]
+
+prints the block the workflow prints before its first job (the Snakefile's `onstart`): runs to train, optimizer
+steps (one per update of a stack), run-steps (one per update of one run), the disk the results will take, and a
+projected wall time on the devices seen here. The workflow stops there, before any job, when no GPU is seen, no
+cluster executor is in use and the projection exceeds `plan.max_cpu_hours` (a day), or when the disk is short;
+`stop_reason` says why and names the ways forward. A dry run, `--report`, `--lint` and `--touch` never stop.
+
+The time model is the one of `benchmarks/grid_estimate.py`, reduced to what a config alone gives:
+- a training step of one run costs 6 · parameters · batch size · mixture width FLOPs (forward and backward; the
+  vocabulary is tiny, so attention and embeddings are left out), at the device's sustained rate, plus a fixed
+  per-step overhead on a GPU (kernel launches: what small models are bound by);
+- on a CPU a stack trains its runs one after another (`training.StackStep`), one thread per job, so stacks spread
+  over the cores; on a GPU a stack's runs share each step (fused), and stacks spread over the GPUs;
+- every other job (evaluation, extraction, probes, ...) costs a fixed start-up.
+Rates are `plan.rates` in the config, else `DEFAULT_RATES`, each with where it was measured. No torch here: the
+Snakefile imports this, and planning must stay fast.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import mixture_families
+from .grid import (configured_tasks, mixture_sources, pretraining_mixtures, recipe_settings, step_counts,
+                   training_stacks)
+from .tokenizer import VOCAB
+
+# Where a rate came from travels with it into the block, so that nobody mistakes an assumption for a measurement.
+DEFAULT_RATES = {
+    "cpu": {
+        # benchmarks/training.py --synthetic 7000 --stack 1 --skip-baseline --threads 1: the paper model at width
+        # 57 (68.8 GFLOP per step) took 1,108-1,200 ms per step on one core of a 2-core Xeon, 2026-12-02.
+        "gflops_per_core": 60.0,
+        "job_start_s": 5.0,
+        "source": "measured: benchmarks/training.py, one core of a 2-core Xeon (2026-12-02)",
+    },
+    "cuda": {
+        # Not yet measured on a GPU (the GPU window, benchmarks/gpu_window.py, measures ms per stack step): an
+        # H200 at a fraction of its fp16 peak, and the per-step launch cost of an eager small-model step.
+        "tflops": 150.0,
+        "step_overhead_ms": 3.0,
+        "job_start_s": 30.0,
+        "source": "assumed, not yet measured: the GPU window (benchmarks/gpu_window.py) measures it",
+    },
+}
+MAX_CPU_HOURS = 24.0
+ALLOW_LONG_CPU = "WORLDREP_ALLOW_LONG_CPU"
+ALLOW_LOW_DISK = "WORLDREP_ALLOW_LOW_DISK"
+
+# Tokens of the widest of 30,000 items of each task at the paper's task settings (the `tokens` width of
+# datasets/pretraining/{task}/train.npz; tests/test_plan.py generates them). A larger split may hold an item a token
+# wider (a rare extra answer digit): within the model's precision. A mixture's width is its widest source's.
+TASK_WIDTH = {"distance": 26, "trianglearea": 39, "angle": 33, "compass": 27, "inside": 57, "perimeter": 53,
+              "crossing": 42}
+# Bytes on disk per item: a dataset keeps each item as text and as arrays (tokens uint8, city ids int16, answer),
+# about 3.5 bytes per token of width; a mixture keeps the arrays only: a byte per token plus ~19.
+DATASET_BYTES_PER_TOKEN = 3.5
+MIXTURE_BYTES_PER_ITEM = 19
+ANALYSIS_JOBS = 40  # tables, CKA, figures and the checklist: about this many jobs in any config
+
+
+@dataclass(frozen=True)
+class Plan:
+    runs: int                 # runs the config plans
+    runs_to_train: int        # of them, in stacks that are to be trained
+    stacks_to_train: int
+    optimizer_steps: int      # Σ over stacks to train of the stack's steps (one update of every run in it)
+    run_steps: int            # Σ over runs to train of their steps
+    cpu_core_seconds: float   # training on the CPU, Σ over runs
+    cpu_longest_s: float      # the longest stack on one core
+    gpu_seconds: float        # training on one GPU, Σ over stacks (fused)
+    gpu_longest_s: float
+    gpu_jobs: int             # evaluation and extraction: GPU jobs bound by their start-up
+    cpu_jobs: int             # datasets, mixtures, probes, tables, figures: CPU jobs bound by their start-up
+    disk_bytes: int           # the results of the whole config
+
+
+def model_parameters(model: dict) -> int:
+    """Parameters of the config's Qwen2 (METHOD §6): untied embedding and head, q/k/v with biases, o and the MLP
+    without, two RMSNorms per layer and a final one."""
+    hidden, layers, inter = model["hidden_size"], model["num_hidden_layers"], model["intermediate_size"]
+    kv = hidden // model["num_attention_heads"] * model["num_key_value_heads"]
+    attention = (hidden * hidden + hidden) + 2 * (hidden * kv + kv) + hidden * hidden
+    per_layer = attention + 3 * hidden * inter + 2 * hidden
+    return 2 * len(VOCAB) * hidden + layers * per_layer + hidden
+
+
+def mixture_width(config: dict, mixture: str) -> int:
+    return max(TASK_WIDTH[s.task] for s in mixture_sources(config, mixture))
+
+
+def step_flops(config: dict, mixture: str) -> float:
+    """One training step of one run: 6 · parameters · tokens in the batch."""
+    batch = recipe_settings(config, mixture)["batch_size"]
+    return 6.0 * model_parameters(config["model"]) * batch * mixture_width(config, mixture)
+
+
+def checkpoint_count(total: int, fraction: float) -> int:
+    """len(training.checkpoint_steps(total, fraction)) without importing torch: 0, every ⌈fraction·T⌉, and T."""
+    interval = max(1, math.ceil(fraction * total))  # as training.every
+    return len(set(range(0, total + 1, interval)) | {total})
+
+
+def curve_runs(config: dict) -> set[str]:
+    """Runs whose every checkpoint is extracted (METHOD §10): the single-task runs and the checkpoint runs."""
+    single = {m for m, tasks in pretraining_mixtures(config).items()
+              if len(tasks) == 1 and m not in mixture_families(config)["with_atlantis"]}
+    return {run.name for stack in training_stacks(config) for run in stack.runs if run.mixture in single} \
+        | set(config["evaluation"]["checkpoint_runs"])
+
+
+def all_mixtures(config: dict) -> list[str]:
+    return [*pretraining_mixtures(config), *mixture_families(config)["finetuning.mixes"]]
+
+
+def dataset_pairs(config: dict) -> set[tuple[str, str]]:
+    """(variant, task) of every dataset the workflow builds: as rules/common.smk's `dataset_targets`."""
+    pairs = {(v, t) for v in ("pretraining", "atlantis_required") for t in configured_tasks(config)}
+    return pairs | {(s.variant, s.task) for m in all_mixtures(config) for s in mixture_sources(config, m)}
+
+
+def disk_bytes(config: dict, n_cities: int) -> int:
+    """The results of the whole config: datasets, mixtures, models (final, and every checkpoint of pretraining
+    runs) and representations (final, and every checkpoint of the curve runs). Tables, views and figures are
+    small beside them."""
+    total = 0.0
+    for variant, task in dataset_pairs(config):
+        sizes = config["datasets"][variant]
+        total += (sizes["n_train"] + sizes["n_val"] + sizes["n_test"]) * TASK_WIDTH[task] * DATASET_BYTES_PER_TOKEN
+    for mixture in all_mixtures(config):
+        items = sum((s.n_train if s.n_train is not None else config["datasets"][s.variant]["n_train"])
+                    for s in mixture_sources(config, mixture))
+        total += items * 1.1 * (mixture_width(config, mixture) + MIXTURE_BYTES_PER_ITEM)  # + val and test
+    model_bytes = 4 * model_parameters(config["model"])
+    features = len(config["representations"]["layers"]) * 2 * config["model"]["hidden_size"]
+    curves = curve_runs(config)
+    for stack in training_stacks(config):
+        for run in stack.runs:
+            epochs, per_epoch = step_counts(config, run.mixture)
+            checkpoints = checkpoint_count(epochs * per_epoch, config["training"]["checkpoint_fraction"])
+            total += model_bytes * (1 + (checkpoints if run.kind == "pretraining" else 0))
+            total += 4 * n_cities * features * (1 + (checkpoints if run.name in curves else 0))
+    return int(total)
+
+
+def stack_done(results: Path, stack) -> bool:
+    """Every run of the stack has its final model (a finished stack writes them last)."""
+    return all((results / "models" / run.name / "final" / "model.safetensors").exists() for run in stack.runs)
+
+
+def make_plan(config: dict, n_cities: int, rates: dict, results: Path | None = None,
+              to_train: set[str] | None = None) -> Plan:
+    """The config's plan. Stacks to train: the training rules in `to_train` (Snakemake's own job list), else
+    those whose final models are missing under `results`, else all."""
+    stacks = training_stacks(config)
+    if to_train is not None:
+        todo = [s for s in stacks if s.rule in to_train]
+    elif results is not None:
+        todo = [s for s in stacks if not stack_done(results, s)]
+    else:
+        todo = stacks
+    cpu, cuda = rates["cpu"], rates["cuda"]
+    optimizer_steps = run_steps = 0
+    core_s, gpu_s, cpu_longest, gpu_longest = 0.0, 0.0, 0.0, 0.0
+    for stack in todo:
+        epochs, per_epoch = step_counts(config, stack.mixtures[0])  # one step count per stack (grid.stack_problems)
+        steps = epochs * per_epoch
+        flops = [step_flops(config, run.mixture) for run in stack.runs]
+        optimizer_steps += steps
+        run_steps += steps * len(stack.runs)
+        stack_core_s = steps * sum(flops) / (cpu["gflops_per_core"] * 1e9)
+        stack_gpu_s = steps * (cuda["step_overhead_ms"] / 1000 + len(flops) * max(flops) / (cuda["tflops"] * 1e12))
+        core_s, gpu_s = core_s + stack_core_s, gpu_s + stack_gpu_s
+        cpu_longest, gpu_longest = max(cpu_longest, stack_core_s), max(gpu_longest, stack_gpu_s)
+    runs_to_train = sum(len(s.runs) for s in todo)
+    curves = curve_runs(config)
+    # Per run: evaluate and extract (+ its checkpoints) on a GPU, probe on a CPU; then, when anything trains,
+    # every dataset, mixture, table and figure job once (an upper bound: what exists is not rebuilt).
+    gpu_jobs = sum(2 + (run.name in curves) for s in todo for run in s.runs)
+    cpu_jobs = runs_to_train + bool(todo) * (len(dataset_pairs(config)) + len(all_mixtures(config)) + ANALYSIS_JOBS)
+    return Plan(sum(len(s.runs) for s in stacks), runs_to_train, len(todo), optimizer_steps, run_steps, core_s,
+                cpu_longest, gpu_s, gpu_longest, gpu_jobs, cpu_jobs, disk_bytes(config, n_cities))
+
+
+def rates_of(config: dict) -> dict:
+    """`plan.rates` of the config over DEFAULT_RATES, device by device and key by key."""
+    given = config.get("plan", {}).get("rates", {})
+    return {device: {**default, **given.get(device, {})} for device, default in DEFAULT_RATES.items()}
+
+
+def wall_seconds(plan: Plan, rates: dict, cores: int, gpus: int) -> float:
+    """Projected wall time on `gpus` GPUs when there are any, else on `cores` CPU cores: stacks spread over the
+    workers (no faster than the longest), and every other job's start-up shared among the GPUs (evaluation,
+    extraction) or the cores (the rest), one after another."""
+    cpu_jobs_s = plan.cpu_jobs * rates["cpu"]["job_start_s"] / cores
+    if gpus:
+        training = max(plan.gpu_seconds / gpus, plan.gpu_longest_s)
+        return training + plan.gpu_jobs * rates["cuda"]["job_start_s"] / gpus + cpu_jobs_s
+    workers = max(1, min(cores, plan.stacks_to_train or 1))
+    return (max(plan.cpu_core_seconds / workers, plan.cpu_longest_s) + cpu_jobs_s
+            + plan.gpu_jobs * rates["cpu"]["job_start_s"] / cores)
+
+
+def duration(seconds: float) -> str:
+    for unit, size in (("years", 365 * 86400), ("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size or unit == "min":
+            return f"{seconds / size:,.1f} {unit}"
+    return f"{seconds:.0f} s"  # pragma: no cover
+
+
+def gigabytes(n: float) -> str:
+    return f"{n / 1e9:,.2f} GB" if n >= 1e8 else f"{n / 1e6:,.0f} MB"
+
+
+def block(plan: Plan, config: dict, rates: dict, cores: int, gpus: int, free_bytes: int | None,
+          have_bytes: int = 0) -> str:
+    """The plan as the few lines printed before the first job."""
+    device = f"{gpus} GPU(s)" if gpus else f"{cores} CPU core(s), no GPU seen"
+    rate = rates["cuda" if gpus else "cpu"]
+    lines = [
+        f"plan ({config.get('name', 'config')}): {plan.runs_to_train} of {plan.runs} runs to train in "
+        f"{plan.stacks_to_train} stack(s) (training.stack: {config['training']['stack']})",
+        f"  optimizer steps {plan.optimizer_steps:,}; run-steps {plan.run_steps:,}; "
+        f"other jobs ~{plan.gpu_jobs + plan.cpu_jobs:,}",
+        f"  disk: {gigabytes(plan.disk_bytes)} for the whole results folder ({gigabytes(have_bytes)} there now)"
+        + (f"; {gigabytes(free_bytes)} free" if free_bytes is not None else ""),
+        f"  projected wall time on {device}: {duration(wall_seconds(plan, rates, cores, gpus))} "
+        f"(rates {rate['source']})",
+    ]
+    if not gpus:
+        lines.append(f"  on one GPU it would be {duration(wall_seconds(plan, rates, cores, 1))} (GPU rates "
+                     f"{rates['cuda']['source']})")
+    return "\n".join(lines)
+
+
+def stop_reason(plan: Plan, config: dict, rates: dict, cores: int, gpus: int, free_bytes: int | None,
+                have_bytes: int = 0, environ=os.environ) -> str | None:
+    """Why the workflow should not start here, with the ways forward; None to go on. Called only for a local run
+    that executes jobs (not a dry run, --report, --lint, --touch, nor a cluster executor)."""
+    limit_h = config.get("plan", {}).get("max_cpu_hours", MAX_CPU_HOURS)
+    hours = wall_seconds(plan, rates, cores, gpus) / 3600
+    if not gpus and hours > limit_h and environ.get(ALLOW_LONG_CPU) != "1":
+        return (f"stopped before the first job: no GPU is seen and this plan would take {duration(hours * 3600)} "
+                f"on {cores} CPU core(s) (more than plan.max_cpu_hours = {limit_h:g}). Ways forward:\n"
+                "  - on one GPU: snakemake --cores 8 --resources gpu=1 --configfile config/quick.yaml\n"
+                "  - on a laptop CPU: snakemake --cores 2 --configfile config/smoke.yaml (minutes) or "
+                "config/laptop.yaml (the first real maps, about an hour)\n"
+                "  - on a SLURM cluster: snakemake --profile profiles/slurm\n"
+                f"  - or run it here anyway: {ALLOW_LONG_CPU}=1 snakemake ...")
+    needed = plan.disk_bytes - have_bytes
+    if free_bytes is not None and needed > free_bytes and environ.get(ALLOW_LOW_DISK) != "1":
+        return (f"stopped before the first job: the results need about {gigabytes(needed)} more and only "
+                f"{gigabytes(free_bytes)} is free. Free some space, point results/ at a larger disk (a symlink), "
+                f"or run it anyway: {ALLOW_LOW_DISK}=1 snakemake ...")
+    return None
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink()) \
+        if path.is_dir() else 0
+
+
+def free_disk(path: Path) -> int:
+    """Free bytes on the disk that holds `path` (or its nearest existing parent)."""
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def visible_gpus() -> int:
+    """CUDA devices torch can use here, unless WORLDREP_DEVICE=cpu puts every job on the CPU (worldrep.lease)."""
+    if os.environ.get("WORLDREP_DEVICE") == "cpu" or not Path("/proc/driver/nvidia").exists():
+        return 0  # no NVIDIA driver: no CUDA device, and no 2 s torch import in every run
+    import torch  # only when asked: the CLI and the onstart hook, never while the Snakefile plans
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def n_cities(config: dict) -> int:
+    from .world import real_city_count
+
+    return real_city_count(config["world"]["min_population"]) + config["world"]["atlantis"]["count"]
+
+
+def report(config: dict, results: Path, cores: int, gpus: int, to_train: set[str] | None = None) -> tuple[str, str | None]:
+    """(the block, the reason to stop or None) for this config on this machine."""
+    rates = rates_of(config)
+    plan = make_plan(config, n_cities(config), rates, results, to_train)
+    have, free = folder_bytes(results), free_disk(results)
+    return (block(plan, config, rates, cores, gpus, free, have),
+            stop_reason(plan, config, rates, cores, gpus, free, have))
+
+
+def main(argv: list[str] | None = None) -> int:
+    import yaml
+
+    from .config import validate_config
+
+    parser = argparse.ArgumentParser(prog="python -m worldrep.plan", description=__doc__.split("\n")[0])
+    parser.add_argument("--configfile", type=Path, default=Path("config/config.yaml"))
+    parser.add_argument("--cores", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--gpus", type=int, help="GPUs to project for (default: those torch sees)")
+    parser.add_argument("--results", type=Path, default=Path("results"),
+                        help="results folder: runs with a final model there are not counted again")
+    args = parser.parse_args(argv)
+    config = validate_config(yaml.safe_load(args.configfile.read_text()))
+    gpus = visible_gpus() if args.gpus is None else args.gpus
+    text, reason = report(config, args.results, args.cores, gpus)
+    print(text)
+    if reason:
+        print(f"the workflow would stop here: {reason}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
