@@ -13,6 +13,8 @@ import sys
 import tarfile
 from pathlib import Path, PurePosixPath
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -351,3 +353,379 @@ def test_untracked_workflow_files_are_listed(tmp_path):
     (tmp_path / "notes.txt").write_text("outside the workflow parts\n")
     assert archive.untracked_workflow_files(tmp_path) == ["rules/new.smk"]
     assert archive.untracked_workflow_files(Path("/")) == []
+
+
+# ---- verify --recompute: the analysis tables from the archived representations and evaluation table ----------
+# A small config (two seeds, two extracted layers, a reduced Atlantis protocol), synthetic representations and
+# evaluation table, and the analysis tables written by the job scripts themselves (scripts/*.py, run with a
+# stand-in for Snakemake's `snakemake` object, params written out by hand from rules/*.smk): no training, no DAG.
+PRE, FINE, SEEDS = ["pt1-1", "pt1-6", "pt1-7", "pt2-1", "pt3-2", "pt7"], ["ftwb1-1", "ftwb1-6", "ftwb2-13"], [42, 1]
+RUNS = ([(m, s, "pretraining") for m in PRE for s in SEEDS] + [("pt7-atl", 42, "pretraining")]
+        + [(m, s, "finetuning") for m in FINE for s in SEEDS])
+CURVE_RUNS = [f"{m}_s{s}" for m in ("pt1-1", "pt1-6", "pt1-7") for s in SEEDS] + ["pt7_s42"]
+STEPS = [0, 2, 4]
+
+
+def recompute_config() -> dict:
+    config = yaml.safe_load(SMOKE.read_text())
+    config["training"]["seeds"] = {"default": SEEDS, "pt7-atl": [42]}
+    config["representations"] = {"layers": [5, 6], "analysis_layer": 5}
+    config["probes"] = {"seed": 42, "atlantis_train": 150, "atlantis_baseline": 30}
+    return config
+
+
+def final(run: str) -> str:
+    return f"results/representations/{run}/final.npz"
+
+
+def script_jobs() -> list[dict]:
+    """Each analysis job as its rule would run it under recompute_config(): script, input, output, params."""
+    cities = "results/world/cities.csv"
+    jobs = []
+    for m, s, _ in RUNS:
+        run = f"{m}_s{s}"
+        jobs.append({"script": "probes.py", "params": {"seed": 42, "layer": 5},
+                     "input": {"final": final(run), "cities": cities, "checkpoints": [
+                         f"results/representations/{run}/checkpoints"] if run in CURVE_RUNS else []},
+                     "output": {"metrics": f"results/probes/{run}.csv", "views": f"results/views/{run}.csv.gz"}})
+    jobs.append({"script": "run_table.py", "input": [f"results/probes/{m}_s{s}.csv" for m, s, _ in RUNS],
+                 "output": ["results/probes/probe_metrics.csv"],
+                 "params": {"runs": [{"run": f"{m}_s{s}", "mixture": m, "kind": k, "seed": s} for m, s, k in RUNS]}})
+    jobs.append({"script": "atlantis_reconstruction.py",
+                 "input": {"representations": [final("ftwb2-13_s42"), final("ftwb2-13_s1")],
+                           "controls": [final("pt7-atl_s42")], "cities": cities},
+                 "output": {"errors": "results/probes/atlantis_errors.csv.gz",
+                            "summary": "results/probes/atlantis_summary.csv"},
+                 "params": {"runs": ["ftwb2-13_s42", "ftwb2-13_s1"], "includes_distance": [True, True],
+                            "controls": ["pt7-atl_s42"], "seed": 42, "n_train": 150, "n_baseline": 30, "layer": 5}})
+    for family, variants in {"pt1": ["pt1-1", "pt1-6", "pt1-7"], "pt2": ["pt2-1"], "pt3": ["pt3-2"]}.items():
+        runs = [f"{v}_s{s}" for v in variants for s in SEEDS]
+        jobs.append({"script": "cka_family.py", "wildcards": {"family": family},
+                     "input": {"representations": [final(r) for r in runs], "cities": cities},
+                     "output": {"pairs": f"results/cka/{family}/pairs.csv", "matrix": f"results/cka/{family}/matrix.csv"},
+                     "params": {"runs": runs, "variants": variants, "seeds": {v: SEEDS for v in variants}}})
+    jobs.append({"script": "cka_task_count.py",
+                 "input": {"pairs": [f"results/cka/{f}/pairs.csv" for f in ("pt1", "pt2", "pt3")]},
+                 "output": {"values": "results/cka/task_count.csv", "summary": "results/cka/task_count_summary.csv"},
+                 "params": {"task_sets": {"pt1": {"pt1-1": ["distance"], "pt1-6": ["perimeter"]},
+                                          "pt2": {"pt2-1": ["distance", "trianglearea"]},
+                                          "pt3": {"pt3-2": ["compass", "inside", "perimeter"]}}}})
+    jobs.append({"script": "generalization.py", "input": {"metrics": "results/evaluation/metrics.csv"},
+                 "output": {key: f"results/generalization/{name}.csv" for key, name in (
+                     ("ni", "normalized_improvement"), ("ftwb1", "ftwb1_matrix"), ("ftwb2", "ftwb2_matrix"),
+                     ("deviation", "best_teacher_deviation"), ("deviation_matrix", "deviation_matrix"))},
+                 "params": {"mixes": {"ftwb1-1": ["distance"], "ftwb1-6": ["perimeter"],
+                                      "ftwb2-13": ["perimeter", "distance"]}, "base": "pt7"}})
+    jobs.append({"script": "cka_vs_generalization.py",
+                 "input": {"cka": "results/cka/pt1/matrix.csv", "ftwb1": "results/generalization/ftwb1_matrix.csv"},
+                 "output": {"points": "results/cka/cka_vs_generalization.csv",
+                            "fit": "results/cka/cka_vs_generalization_fit.csv"},
+                 "params": {"variant_task": {"pt1-1": "distance", "pt1-6": "perimeter", "pt1-7": "crossing"},
+                            "layer": 5}})
+    return jobs
+
+
+def outputs_of(job: dict) -> list[str]:
+    return job["output"] if isinstance(job["output"], list) else list(job["output"].values())
+
+
+# Runs each job's script as Snakemake's `script:` does: a `snakemake` object with input, output, params, log and
+# wildcards (named entries are attributes, and the object is also the list of every path).
+SCRIPT_RUNNER = r'''
+import json, os, runpy, sys, traceback
+from argparse import Namespace
+
+class IO(list):
+    def __init__(self, spec):
+        named = spec if isinstance(spec, dict) else {}
+        items = spec if isinstance(spec, list) else [x for v in named.values() for x in (v if isinstance(v, list) else [v])]
+        super().__init__(items)
+        self.__dict__.update(named)
+
+scripts = sys.argv[1]
+sys.path.insert(0, scripts)
+for number, job in enumerate(json.load(open(sys.argv[2]))):
+    for path in IO(job["output"]):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    snakemake = Namespace(input=IO(job["input"]), output=IO(job["output"]), params=Namespace(**job["params"]),
+                          log=[f"logs/{number}.log"], wildcards=Namespace(**job.get("wildcards", {})))
+    try:
+        runpy.run_path(f"{scripts}/{job['script']}", init_globals={"snakemake": snakemake}, run_name="__main__")
+    except BaseException:
+        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+        print(f"job {number} ({job['script']}) failed:", file=sys.stderr)
+        traceback.print_exc()
+        sys.exit(1)
+    sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+'''
+
+
+def synthetic_inputs(root: Path) -> None:
+    """results/world/cities.csv (300 cities, 30 of them Atlantis), every run's representations (final, and three
+    checkpoints of the curve runs) and results/evaluation/metrics.csv."""
+    from worldrep.evaluation import METRIC_NAME
+    from worldrep.representations import save_representations
+    from worldrep.tasks import TASK_NAMES
+
+    rng = np.random.default_rng(7)
+    n, n_atlantis = 300, 30
+    ids = np.sort(rng.choice(np.arange(1000, 10000), n, replace=False))
+    atlantis = np.zeros(n, bool)
+    atlantis[rng.choice(n, n_atlantis, replace=False)] = True
+    x, y = rng.integers(-1800, 1800, n), rng.integers(-900, 900, n)
+    x[atlantis], y[atlantis] = -350 + rng.integers(-30, 30, n_atlantis), 350 + rng.integers(-30, 30, n_atlantis)
+    regions = np.where(atlantis, "Atlantis", rng.choice(["Europe", "Africa", "South America"], n))
+    cities = pd.DataFrame({"city_id": ids, "name": [f"c{i}" for i in ids], "longitude": x / 10, "latitude": y / 10,
+                           "x": x, "y": y, "country_code": np.where(atlantis, "XX", "NA"), "region": regions,
+                           "is_atlantis": atlantis, "geonameid": np.where(atlantis, None, ids * 3)})
+    write(root / "results/world/cities.csv", cities.to_csv(index=False))
+    xy = np.column_stack([x, y]).astype(np.float64)
+    for number, (m, s, _) in enumerate(RUNS):
+        run = f"{m}_s{s}"
+        mixing = np.random.default_rng(number).normal(size=(2, 8))
+
+        def reps(noise, mixing=mixing):
+            return {layer: (xy @ mixing + rng.normal(scale=noise * layer, size=(n, 8)) * 300).astype(np.float32)
+                    for layer in (5, 6)}
+
+        folder = root / f"results/representations/{run}"
+        (folder / "checkpoints" if run in CURVE_RUNS else folder).mkdir(parents=True)
+        save_representations(root / final(run), ids, reps(0.5 + 0.1 * number))
+        for step in STEPS if run in CURVE_RUNS else []:
+            save_representations(root / f"results/representations/{run}/checkpoints/step-{step:06d}.npz", ids,
+                                 reps(3.0 - 0.5 * step))
+    rows = []
+    for m, s, kind in RUNS:
+        for test_set in ("standard", "atlantis"):
+            for task in TASK_NAMES:
+                accuracy = METRIC_NAME[task] == "accuracy"
+                good = 0.9 if accuracy else 50.0
+                value = good * (1 - rng.uniform(0, 0.6)) if accuracy else good * (1 + rng.uniform(0, 5))
+                if m == "pt7" and test_set == "atlantis":
+                    value = 0.3 if accuracy else 900.0  # the base model is poor on Atlantis: NI has room
+                rows.append({"run": f"{m}_s{s}", "mixture": m, "kind": kind, "seed": s, "test_set": test_set,
+                             "task": task, "metric": METRIC_NAME[task], "value": value, "n": 100, "failures": 0,
+                             "precision": "fp32"})
+    write(root / "results/evaluation/metrics.csv", pd.DataFrame(rows).to_csv(index=False))
+
+
+def snakemake_record(job: dict) -> dict:
+    """What Snakemake records of a job's outputs: its params as sorted reprs, its input paths (and code) sorted."""
+    inputs = job["input"] if isinstance(job["input"], list) else [
+        p for v in job["input"].values() for p in (v if isinstance(v, list) else [v])]
+    return {"rule": job["script"], "params": sorted(repr(v) for v in job["params"].values()),
+            "input": sorted([*inputs, "worldrep/artifacts.py"])}
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory) -> dict:
+    """{"root": the folder with results/, "all": its archive made with --all, "default": the one without}; their
+    provenance/snakemake.json holds the record Snakemake would keep of each analysis table."""
+    root = tmp_path_factory.mktemp("analysed")
+    (root / "config.yaml").write_text(yaml.safe_dump(recompute_config()))
+    synthetic_inputs(root)
+    (root / "logs").mkdir()
+    (root / "jobs.json").write_text(json.dumps(script_jobs()))
+    (root / "runner.py").write_text(SCRIPT_RUNNER)
+    proc = subprocess.run([sys.executable, "runner.py", str(REPO / "scripts"), "jobs.json"], cwd=root,
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    records = {out: snakemake_record(job) for job in script_jobs() for out in outputs_of(job)}
+    provenance = {"provenance/config.yaml": (root / "config.yaml").read_bytes(),
+                  "provenance/code_revision.txt": b"test\n",
+                  "provenance/snakemake.json": archive.to_json({"records": records})}
+    made = {}
+    for name, flags in (("all", {"include_all": True}), ("default", {})):
+        made[name] = create_archive(name, root / "results", root / "config.yaml", root / "out",
+                                    provenance=provenance, log=lambda _: None, **flags)
+    return made | {"root": root}
+
+
+def analysis_tables() -> set[str]:
+    return {out for job in script_jobs() for out in outputs_of(job)}
+
+
+def recompute(path: Path) -> tuple[list[str], list[str]]:
+    lines = []
+    return verify_archive(path, rederive=False, recompute=True, log=lines.append), lines
+
+
+def replace_field(text: str, match: dict, column: str, value) -> tuple[str, float]:
+    """A CSV with one cell replaced (the row whose fields equal `match`), as a tamperer edits it by hand: every
+    other byte stays. Returns the new text and the old value."""
+    lines = text.splitlines(keepends=True)
+    header = lines[0].rstrip("\n").split(",")
+    for number, line in enumerate(lines[1:], 1):
+        fields = line.rstrip("\n").split(",")
+        if all(fields[header.index(k)] == str(v) for k, v in match.items()):
+            old = float(fields[header.index(column)])
+            fields[header.index(column)] = str(value(old))
+            lines[number] = ",".join(fields) + "\n"
+            return "".join(lines), old
+    raise AssertionError(f"no row {match}")
+
+
+def tamper(path: Path, out: Path, member: str, edit) -> None:
+    """Edit one member of the archive and rewrite its manifest line, so that the plain manifest check passes."""
+    shutil.copy(path, out)
+
+    def change(files):
+        top = next(iter(files)).split("/")[0]
+        old = files[f"{top}/{member}"]
+        new = edit(old)
+        files[f"{top}/{member}"] = new
+        files[f"{top}/MANIFEST.sha256"] = files[f"{top}/MANIFEST.sha256"].replace(
+            f"{hashlib.sha256(old).hexdigest()}  {member}\n".encode(), f"{hashlib.sha256(new).hexdigest()}  {member}\n".encode())
+
+    rewrite(out, change)
+    assert verify_archive(out, rederive=False, log=lambda _: None) == []
+
+
+def test_the_archive_states_what_it_can_recompute(analysed):
+    every = analysis_tables()
+    assert len(every) == 19 * 2 + 1 + 2 + 6 + 2 + 5 + 2
+    stated = json.loads(members(analysed["all"])["all/provenance/recompute.json"])
+    assert set(stated["recomputable"]) == every and stated["not_recomputable"] == {}
+    assert stated["recomputable"]["results/cka/pt1/matrix.csv"] == {
+        "rule": "cka_family", "inputs": [final(r) for r in ("pt1-1_s42", "pt1-1_s1", "pt1-6_s42", "pt1-6_s1",
+                                                            "pt1-7_s42", "pt1-7_s1")] + ["results/world/cities.csv"],
+        "inputs_as_archived": []}
+    assert stated["tolerance"] == {"rtol": 1e-9, "atol": 1e-9, "views_rtol": 1e-5}
+    # Without --all the representations stay out: only what follows from the evaluation table and archived tables.
+    stated = json.loads(members(analysed["default"])["default/provenance/recompute.json"])
+    generalization = {out for job in script_jobs() if job["script"] == "generalization.py" for out in outputs_of(job)}
+    assert set(stated["recomputable"]) == generalization | {
+        "results/probes/probe_metrics.csv", "results/cka/task_count.csv", "results/cka/task_count_summary.csv",
+        "results/cka/cka_vs_generalization.csv", "results/cka/cka_vs_generalization_fit.csv"}
+    assert stated["recomputable"]["results/cka/task_count.csv"]["inputs_as_archived"] == [
+        f"results/cka/{f}/pairs.csv" for f in ("pt1", "pt2", "pt3")]
+    assert stated["recomputable"]["results/cka/cka_vs_generalization.csv"]["inputs_as_archived"] == [
+        "results/cka/pt1/matrix.csv"]
+    assert set(stated["not_recomputable"]) == every - set(stated["recomputable"])
+    assert stated["not_recomputable"]["results/cka/pt2/pairs.csv"] == (
+        "needs results/representations/pt2-1_s42/final.npz, results/representations/pt2-1_s1/final.npz, not in the "
+        "archive (representations are archived with --all only)")
+    assert stated["not_recomputable"]["results/probes/pt7_s42.csv"].startswith(
+        "needs results/representations/pt7_s42/final.npz, results/representations/pt7_s42/checkpoints/step-*.npz, not")
+
+
+def test_an_untouched_archive_recomputes(analysed, capsys):
+    """Every table the job scripts wrote comes out of the library again: same params (checked against the
+    Snakemake records too), same inputs."""
+    problems, lines = recompute(analysed["all"])
+    assert problems == []
+    ok = {line.split()[2].rstrip(":") for line in lines if line.startswith("recompute: ok ")}
+    assert ok == analysis_tables()
+    assert "recompute: ok       results/cka/pt1/matrix.csv: identical" in lines
+    assert "recompute: ok       results/probes/pt1-1_s42.csv: identical" in lines
+    assert "recompute: the recomputation's params and inputs checked against Snakemake's records of 27 jobs " \
+           "(provenance/snakemake.json)" in lines
+    assert lines[-1] == "recompute: 56 tables match, 0 differ, 0 cannot be recomputed from this archive"
+    assert main(["verify", str(analysed["all"]), "--no-rederive", "--recompute"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"OK: {analysed['all']}"
+
+
+def test_a_tampered_cka_matrix_is_named(analysed, tmp_path, capsys):
+    """One family-matrix cell changed by 0.05 and its manifest line rewritten: the manifest check passes, the
+    recomputation names the file, the column, the cell and the difference, and nothing else."""
+    path = tmp_path / "tampered.tar.gz"
+    match = {"layer": 5, "estimator": "biased", "row": "pt1-1", "column": "pt1-6"}
+    found = {}
+
+    def edit(data):
+        text, found["old"] = replace_field(data.decode(), match, "mean", lambda v: repr(v + 0.05))
+        return text.encode()
+
+    tamper(analysed["all"], path, "results/cka/pt1/matrix.csv", edit)
+    problems, lines = recompute(path)
+    assert len(problems) == 1
+    table = pd.read_csv(analysed["root"] / "results/cka/pt1/matrix.csv")
+    line = int(np.flatnonzero((table.layer == 5) & (table.estimator == "biased") & (table.row == "pt1-1")
+                              & (table.column == "pt1-6"))[0]) + 2
+    assert problems[0] == (
+        f"results/cka/pt1/matrix.csv: the recomputed table differs: column mean: 1 of 36 cells differ, first on line "
+        f"{line} (layer=5, estimator=biased, row=pt1-1, column=pt1-6, n=4): archived {found['old'] + 0.05!r}, "
+        f"recomputed {found['old']!r}; max abs diff 0.05")
+    assert 0 < found["old"] < 1
+    # Downstream tables are recomputed from the recomputed matrix, so they match: only the edited file is named.
+    assert "recompute: ok       results/cka/cka_vs_generalization.csv: identical" in lines
+    assert lines[-1] == "recompute: 55 tables match, 1 differ, 0 cannot be recomputed from this archive"
+    assert main(["verify", str(path), "--no-rederive", "--recompute"]) == 1
+    captured = capsys.readouterr()
+    assert "DIFFERS  results/cka/pt1/matrix.csv: column mean: 1 of 36 cells differ" in captured.out
+    assert captured.err.splitlines()[0] == f"FAILED: {path}: 1 problem(s)"
+    assert "results/cka/pt1/matrix.csv: the recomputed table differs" in captured.err
+
+
+def test_a_tampered_probe_table_is_named(analysed, tmp_path):
+    path = tmp_path / "tampered.tar.gz"
+    found = {}
+
+    def edit(data):
+        text, found["old"] = replace_field(data.decode(), {"step": "final", "layer": 5}, "r2_x", lambda v: repr(v - 0.2))
+        return text.encode()
+
+    tamper(analysed["all"], path, "results/probes/pt1-1_s42.csv", edit)
+    problems, lines = recompute(path)
+    # final first, then the 3 checkpoints, 2 layers each; 217 = round(300 · 3250/4500) train cities
+    assert problems == [(f"results/probes/pt1-1_s42.csv: the recomputed table differs: column r2_x: 1 of 8 cells "
+                         f"differ, first on line 2 (step=final, layer=5, n_train=217, n_test=83): archived "
+                         f"{found['old'] - 0.2!r}, recomputed {found['old']!r}; max abs diff 0.2")]
+    assert 0.5 < found["old"] < 1
+    assert "recompute: ok       results/probes/probe_metrics.csv: identical" in lines  # from the recomputed table
+
+
+def test_without_the_representations_it_says_what_it_cannot_recompute(analysed, tmp_path):
+    problems, lines = recompute(analysed["default"])
+    assert problems == []
+    cannot = {line.split()[2].rstrip(":") for line in lines if line.startswith("recompute: cannot ")}
+    stated = json.loads(members(analysed["default"])["default/provenance/recompute.json"])
+    assert cannot == set(stated["not_recomputable"]) and len(cannot) == 46
+    assert ("recompute: cannot   results/cka/pt1/matrix.csv: needs results/representations/pt1-1_s42/final.npz, "
+            "results/representations/pt1-1_s1/final.npz, results/representations/pt1-6_s42/final.npz and 3 more, not "
+            "in the archive (representations are archived with --all only)") in lines
+    assert ("recompute: ok       results/cka/task_count.csv: identical (from the archived results/cka/pt1/pairs.csv, "
+            "results/cka/pt2/pairs.csv, results/cka/pt3/pairs.csv, not recomputed)") in lines
+    assert ("recompute: ok       results/probes/probe_metrics.csv: identical (from the archived "
+            "results/probes/pt1-1_s42.csv, results/probes/pt1-1_s1.csv, results/probes/pt1-6_s42.csv and 16 more, not "
+            "recomputed)") in lines
+    assert lines[-1] == "recompute: 10 tables match, 0 differ, 46 cannot be recomputed from this archive"
+    # What it can recompute, it still checks: a changed NI in an archive without representations.
+    path = tmp_path / "tampered.tar.gz"
+    tamper(analysed["default"], path, "results/generalization/normalized_improvement.csv",
+           lambda data: data.replace(b",distance,mean_absolute_error,", b",distance,mean_absolute_error,1", 1))
+    problems, _ = recompute(path)
+    assert [p.split(": ")[0] for p in problems] == ["results/generalization/normalized_improvement.csv"]
+    assert "column v: 1 of 42 cells differ, first on line 2" in problems[0]
+
+
+def test_params_that_disagree_with_snakemakes_record_are_named(analysed, tmp_path):
+    """The recomputation's mirror of the rules is checked against how Snakemake made each archived table."""
+    path = tmp_path / "tampered.tar.gz"
+
+    def edit(data):
+        obj = json.loads(data)
+        obj["records"]["results/probes/pt2-1_s1.csv"]["params"] = ["43", "5"]
+        return archive.to_json(obj)
+
+    tamper(analysed["all"], path, "provenance/snakemake.json", edit)
+    problems, _ = recompute(path)
+    assert problems == [("results/probes/pt2-1_s1.csv: Snakemake recorded the params ['43'] for rule probes, where "
+                         "the recomputation has ['42']")]
+
+
+@pytest.mark.parametrize("archived, recomputed, same, detail", [
+    ("a,b\nx,1.0\n", "a,b\nx,1.0\n", True, "identical"),
+    ("a,b\nx,1000.0\n", "a,b\nx,1000.0000001\n", True, "within tolerance (rtol 1e-09, atol 1e-09); max abs diff 1e-07"),
+    ("a,b\nx,\n", "a,b\nx,nan\n", True, "within tolerance (rtol 1e-09, atol 1e-09); max abs diff 0"),
+    ("a,b\nx,1.0\n", "a,b\nx,1.00001\n", False,
+     "column b: 1 of 1 cells differ, first on line 2 (a=x): archived 1.0, recomputed 1.00001; max abs diff 1e-05"),
+    ("a,n\nx,3\n", "a,n\nx,4\n", False,
+     "column n: 1 of 1 cells differ, first on line 2 (a=x): archived 3, recomputed 4; max abs diff 1"),
+    ("a,b\nx,1\ny,2\n", "a,b\nx,1\nz,2\n", False,
+     "column a: 1 of 2 cells differ, first on line 3 (b=2): archived 'y', recomputed 'z'; max abs diff 0"),
+    ("a,b\nx,1\n", "a,c\nx,1\n", False, "columns differ: archived ['a', 'b'], recomputed ['a', 'c']"),
+    ("a,b\nx,1\n", "a,b\nx,1\ny,2\n", False, "1 rows archived, 2 recomputed"),
+])
+def test_compare_tables(archived, recomputed, same, detail):
+    assert archive.compare_tables("t.csv", archived.encode(), recomputed.encode()) == (same, detail)

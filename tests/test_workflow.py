@@ -383,6 +383,151 @@ def test_smoke_run_draws_every_figure_and_the_report(workflow):
     assert planned_jobs(workflow) == set()  # report and archive in place: nothing to rebuild
 
 
+@pytest.fixture(scope="module")
+def chromium_binary() -> str:
+    """Debian's `chromium`; asked for before `workflow`, so that a run of the browser test alone skips before the
+    smoke DAG is built. A skip unless WORLDREP_REQUIRE_CHROMIUM is set, as CI (.ci/run) does: then a failure."""
+    import chromium
+
+    if binary := chromium.find_chromium():
+        return binary
+    reason = "no chromium on PATH (Debian: apt-get install --no-install-recommends chromium)"
+    if os.environ.get("WORLDREP_REQUIRE_CHROMIUM"):
+        pytest.fail(f"WORLDREP_REQUIRE_CHROMIUM is set, but {reason}")
+    pytest.skip(reason)
+
+
+def test_report_renders_in_headless_chromium(chromium_binary, workflow, tmp_path):
+    """The smoke report as a reader sees it (issue 15): headless Chromium opens results/report.html and goes through
+    the menu to every figure and table the report registers, by clicking, as a reader would. Every figure's image
+    loads at its PNG's size; every table's view (Snakemake 9 offers a download of the CSV) gives the table's rows;
+    no JavaScript error, console error or failed load. Screenshots of the landing page and of the world map's page
+    stay in tmp_path (and are copied to the folder WORLDREP_KEEP_SCREENSHOTS names, when it is set)."""
+    import csv
+
+    import chromium
+
+    results = workflow / "results"
+    if not (results / "report.html").exists():  # run alone (-k): the previous test makes it otherwise
+        snakemake(workflow, "--configfile", SMOKE, "--report", "results/report.html")
+    downloads = tmp_path / "downloads"
+    problems, shown, screenshots = [], set(), []
+    with chromium.Chromium(chromium_binary, tmp_path / "browser") as browser:
+        browser.allow_downloads(downloads)
+        page = browser.new_page()
+        page.navigate((results / "report.html").as_uri(), timeout=60)
+        page.wait_for("typeof app === 'object' && document.querySelectorAll('nav ul a').length > 0", "the menu")
+        page.wait_for("document.querySelector('#app svg.marks, #app canvas') !== null", "the landing page's rule graph")
+        screenshots.append(page.screenshot(tmp_path / "report_landing.png"))
+        assert page.evaluate(chromium.SNAKEMAKE_REPORT_JS)
+        page.note("Statistics")  # the runtime and timeline charts (vega), then the embedded packages (About)
+        page.wait_for("__wr.click('Statistics')", "the menu item 'Statistics'")
+        page.wait_for("app.state.content === 'stats' && document.querySelectorAll('#app canvas').length >= 2",
+                      "the statistics charts")
+        page.note("About")
+        page.wait_for("__wr.click('About')", "the menu item 'About'")
+        page.wait_for("app.state.navbarMode === 'reportinfo' && __wr.links().some(a => /^snakemake /.test(a.text))",
+                      "the list of embedded packages")
+        registered = {path: (mime, category, sub) for path, mime, category, sub in page.evaluate("__wr.registered()")}
+        figures = {path for path, (mime, _, _) in registered.items() if mime == "image/png"}
+        tables = {path for path, (mime, _, _) in registered.items() if mime == "text/csv"}
+        drawn = {f"results/figures/{p.name}" for p in (results / "figures").glob("*.png")}
+        assert figures == drawn, f"figures drawn but not in the report: {sorted(drawn - figures)}; " \
+            f"in the report but not drawn: {sorted(figures - drawn)}"
+        assert tables and not set(registered) - figures - tables, \
+            f"registered results of a kind this test does not check: {sorted(set(registered) - figures - tables)}"
+        for category, sub in sorted({(category, sub) for _, category, sub in registered.values()}):
+            where = f"{category} / {sub}"
+            page.note(where)
+            page.evaluate("__wr.home()")
+            page.wait_for("app.state.navbarMode === 'menu'", "the menu")
+            page.wait_for(f"__wr.click({json.dumps(category)})", f"the menu item {category!r}")
+            view = page.wait_for("app.state.navbarMode.endsWith('category') && app.state.navbarMode", f"{where}'s view")
+            if view == "category":  # a category of several subcategories lists them first
+                page.wait_for(f"__wr.click({json.dumps(sub)})", f"the subcategory item {where!r}")
+            listed = sorted(path for path, (_, c, s) in registered.items() if (c, s) == (category, sub))
+            labels = page.wait_for(f"__wr.rows().length === {len(listed)} && __wr.rowLabels()",
+                                   f"{where}: a row for each of {listed}")
+            for i, label in enumerate(labels):
+                mark = len(browser.events)
+                page.note(f"{where} / {label}")
+                downloaded = page.evaluate(f"__wr.view({i})")
+                if downloaded is None:  # a figure: shown in the content pane
+                    page.wait_for(f"__wr.selected({i})", f"{where}: row {label!r} selected")
+                    path = page.evaluate("app.state.resultPath")
+                    width, height, box = page.wait_for(f"__wr.image({json.dumps(path)})", f"the image of {path}")
+                    png = (workflow / path).read_bytes()
+                    expected = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")  # IHDR
+                    if (width, height) != expected or box <= 0:
+                        problems.append(f"figure {path}: image {width}x{height} shown {box:g} px wide, "
+                                        f"expected {expected[0]}x{expected[1]} (0 = broken image)")
+                    if path.endswith("/world_map.png"):
+                        screenshots.append(page.screenshot(tmp_path / "report_figure_world_map.png"))
+                else:  # a table: its view is a download of the CSV
+                    path = downloaded
+                    guid = browser.wait_event("Browser.downloadWillBegin", since=mark)["guid"]
+                    done = browser.wait_event("Browser.downloadProgress", since=mark,
+                                              predicate=lambda p, g=guid: p["guid"] == g and p["state"] != "inProgress")
+                    if done["state"] != "completed":
+                        problems.append(f"table {path}: download {done['state']}")
+                        continue
+                    with open(downloads / guid, newline="") as f:
+                        rows = list(csv.reader(f))
+                    with open(workflow / path, newline="") as f:
+                        source = list(csv.reader(f))
+                    if len(rows) < 2 or rows != source:
+                        problems.append(f"table {path}: the report's view has {len(rows) - 1} rows under its header "
+                                        f"{rows[:1]}, results/ {len(source) - 1} rows")
+                shown.add(path)
+        errors = page.errors()
+    assert not problems, "\n".join(problems)
+    assert shown == set(registered), f"registered but not reachable through the menu: {sorted(set(registered) - shown)}"
+    assert not errors, "JavaScript errors in the report:\n" + "\n".join(errors)
+    assert len(screenshots) == 2
+    if keep := os.environ.get("WORLDREP_KEEP_SCREENSHOTS"):
+        import shutil
+
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        screenshots = [Path(shutil.copy2(p, keep)) for p in screenshots]
+    print("report screenshots:", *screenshots)
+
+
+def test_plan_of_the_finished_smoke_folder(workflow, smoke_config):
+    """The plan (worldrep/plan.py, issue 15) against what the smoke run made: its disk estimate within 15% of the
+    folder's size, and with every final model in place nothing left to train."""
+    from worldrep import plan
+
+    results = workflow / "results"
+    made = sum(p.stat().st_size for p in results.rglob("*") if p.is_file()
+               and p.relative_to(results).parts[0] not in ("logs", "benchmarks", "archive", "report.html"))
+    estimate = plan.disk_bytes(smoke_config, plan.n_cities(smoke_config))
+    assert 0.85 < estimate / made < 1.15, (estimate, made)
+    proc = subprocess.run([sys.executable, "-m", "worldrep.plan", "--configfile", SMOKE, "--gpus", "0"],
+                          cwd=workflow, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("plan (smoke): 0 of 10 runs to train in 0 stack(s)"), proc.stdout
+    assert "optimizer steps 0; run-steps 0; other jobs ~0" in proc.stdout
+
+
+def test_archive_recompute_agrees_with_snakemakes_records(workflow):
+    """`archive verify --recompute` on the smoke archive (issue 15): the tables that follow from the evaluation
+    table recompute, and every analysis job it would run is the one Snakemake ran (params and inputs against
+    Snakemake's own records), so its copy of the planning in rules/common.smk has not drifted."""
+    archive = workflow / "results/archive/smoke.tar.gz"
+    if not archive.exists():  # run alone (-k): the report test makes it otherwise
+        subprocess.run([sys.executable, "-m", "worldrep.archive", "create", "--name", "smoke", "--config", SMOKE],
+                       cwd=workflow, capture_output=True, check=True)
+    proc = subprocess.run([sys.executable, "-m", "worldrep.archive", "verify", str(archive), "--no-rederive",
+                           "--recompute"], cwd=workflow, capture_output=True, text=True)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "RECORD" not in out and "DIFFERS" not in out, out
+    checked = int(re.search(r"checked against Snakemake's records of (\d+) jobs", out).group(1))
+    assert checked >= 18, out  # probes per run, probe table, Atlantis, CKA families, task count, generalization, fit
+    assert re.search(r"recompute: [1-9]\d* tables match, 0 differ", out), out
+    assert "recompute: ok       results/generalization/ftwb1_matrix.csv" in out, out
+
+
 def test_training_setting_change_replans_the_runs_it_shapes(workflow, smoke_config):
     """The fine-tuning epochs reach the fine-tuning runs and their evaluations, nothing upstream or beside."""
     edited = yaml.safe_load(yaml.safe_dump(smoke_config))

@@ -2,7 +2,7 @@
 
     python -m worldrep.archive create --name NAME [--results results] [--config config/config.yaml]
                                       [--with-models] [--all] [--out results/archive]
-    python -m worldrep.archive verify ARCHIVE [--no-rederive] [--cores N]
+    python -m worldrep.archive verify ARCHIVE [--no-rederive] [--recompute] [--cores N]
 
 `create` writes `{out}/{name}.tar.gz`, one top folder `{name}/` holding
   results/...          every results file except work folders (`in_progress/`), `*.partial`, `.snakemake`,
@@ -12,7 +12,8 @@
                        workflow.tar (`git archive` of that revision: the code itself, when in a git checkout),
                        untracked/ (workflow files git neither tracks nor ignores, which the other two miss),
                        pip_freeze.txt, hardware.json, snakemake.json (version, the metadata record of every
-                       existing output, the latest log), archive.json (the options), derived.sha256;
+                       existing output, the latest log), archive.json (the options), derived.sha256,
+                       recompute.json;
   MANIFEST.sha256      `sha256  path` of every other member, sorted, `sha256sum -c` format; last member.
 The tar is deterministic (sorted members, mtime 0, owner 0/"", mode 0644, gzip mtime 0, no directory
 members): the same inputs give the same bytes.
@@ -22,8 +23,25 @@ to the workflow root) even when the big ones are not archived. JSON files are le
 `provenance` field holds the code revision and versions, which legitimately differ; `verify` compares the
 regenerated JSON with the archived copy instead, minus that field.
 
+`recompute.json` states which archived analysis tables (results/probes, views, cka, generalization) `verify
+--recompute` can recompute from what the archive holds (`recomputable`: rule, inputs, and `inputs_as_archived`,
+upstream tables it cannot recompute itself and takes as archived) and why the others cannot be
+(`not_recomputable`). With --all that is every analysis table. Without it the representations are missing, so
+the per-run probe tables and views, the Atlantis reconstruction and the CKA family tables are not recomputable;
+the generalization tables (from results/evaluation/metrics.csv) and the tables made from other tables
+(probe_metrics, task_count*, cka_vs_generalization*) still are.
+
 `verify` checks every member against the manifest, then (unless --no-rederive) reruns the world and dataset
-rules of this workflow checkout in a temporary copy under the archived config and compares the hashes.
+rules of this workflow checkout in a temporary copy under the archived config and compares the hashes. With
+--recompute it also recomputes the analysis tables in-process under the archived config, with the library
+functions the job scripts call (`probes.probe_tables`, `probes.atlantis_tables`, `cka.family_tables`,
+`cka.task_count_tables`, `cka.cka_vs_generalization_tables`, `generalization.generalization_tables`), each
+downstream table from the recomputed upstream ones, and compares each with the archived copy: floats to
+|a - b| <= 1e-9 + 1e-9 |b| (views, written to 6 significant digits: 1e-5 relative), everything else exactly.
+One line per table: ok, DIFFERS (the columns, the first differing cell, the largest difference) or cannot (why);
+any difference fails verify. The jobs' inputs and params come from the archived config as rules/common.smk
+derives them (`recompute_jobs`) and are checked against Snakemake's record of each archived table when
+snakemake.json has one: a manifest line rewritten along with an edited table does not pass.
 """
 from __future__ import annotations
 
@@ -42,13 +60,16 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import warnings
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import yaml
 
 from .artifacts import sha256_file
-from .config import validate_config
+from .config import ConfigError, validate_config
 
 WORKFLOW_ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW_PARTS = ["Snakefile", "rules", "scripts", "config", "worldrep", "profiles", "envs"]
@@ -59,6 +80,12 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 MANIFEST_LINE = re.compile(r"^([0-9a-f]{64})  (.+)$")
 # Results that are re-derived, not only stored: the world and every dataset (both cheap and deterministic).
 DERIVED_STAGES = ("world", "datasets")
+# The analysis tables `verify --recompute` recomputes in-process (rules/probes.smk, cka.smk, generalization.smk),
+# and the archive's statement of which of them it can recompute.
+RECOMPUTE = "provenance/recompute.json"
+ANALYSIS_STAGES = ("probes", "views", "cka", "generalization")
+RTOL = ATOL = 1e-9  # floats of a recomputed table: |a - b| <= ATOL + RTOL |b|; everything else exactly
+VIEWS_RTOL = 1e-5  # the views are written to 6 significant digits (%.6g): one rounding step apart at most
 
 
 class ArchiveError(RuntimeError):
@@ -351,6 +378,7 @@ def create_archive(name: str, results: Path, config_path: Path, out: Path, with_
     members.update(provenance if provenance is not None else collect_provenance(config_path, results))
     members["provenance/archive.json"] = to_json({"name": name, "with_models": with_models, "all": include_all})
     members[DERIVED] = checksum_lines(derived_hashes(results))
+    members[RECOMPUTE] = to_json(recompute_statement(config, {p for p in members if p.startswith("results/")}))
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.tar.gz"
     hashes = write_archive(path, name, members)
@@ -491,21 +519,415 @@ def revision_note(contents: Contents) -> str | None:
     return None
 
 
-def verify_archive(path: Path, rederive: bool = True, cores: int = 1, log=print) -> list[str]:
-    """Every problem found (empty: the archive checks out). Re-derivation runs only on an intact archive."""
+def verify_archive(path: Path, rederive: bool = True, cores: int = 1, log=print, recompute: bool = False) -> list[str]:
+    """Every problem found (empty: the archive checks out). Re-derivation and recomputation run only on an intact
+    archive."""
     contents = read_archive(path)
     problems = contents.problems + (manifest_problems(contents) if contents.hashes else [])
     if problems:
         return problems
     log(f"manifest: all {len(contents.hashes) - 1} files match ({contents.top}/{MANIFEST})")
-    if not rederive:
+    if rederive:
+        if note := revision_note(contents):
+            log(note)
+        found, checked = rederive_problems(contents, cores)
+        if not found:
+            log(f"re-derivation: {checked} world and dataset files match" if checked
+                else "re-derivation: no world or dataset files to re-derive")
+        problems += found
+    if recompute:
+        problems += recompute_problems(path, contents, log)
+    return problems
+
+
+# ---- recompute: the analysis tables from the archived representations and evaluation table --------------------
+@dataclass(frozen=True)
+class Job:
+    """One job of rules/probes.smk, cka.smk or generalization.smk: its outputs, inputs (paths from the workflow
+    root; `checkpoints` are folders) and params, as that rule gives them under a config."""
+    rule: str
+    outputs: dict[str, str]
+    inputs: dict[str, list[str]]
+    params: dict
+
+    def input_paths(self) -> list[str]:
+        return [p for paths in self.inputs.values() for p in paths]
+
+
+def canonical(value):
+    """rules/common.smk's `canonical`: dicts with sorted keys, recursively (what the generalization rule passes)."""
+    if isinstance(value, dict):
+        return {k: canonical(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [canonical(v) for v in value]
+    return value
+
+
+def recompute_jobs(config: dict) -> list[Job]:
+    """The probe, CKA and generalization jobs `snakemake all` plans under `config`, upstream first, with the inputs
+    and params their rules give them. This mirrors rules/common.smk (RUNS, CKA_FAMILIES, CURVE_RUNS,
+    ATLANTIS_RUNS, CONTROL_RUNS, analysis_targets) and the three rule files: keep it in step with them.
+    `verify --recompute` checks it against Snakemake's record of each archived table when the archive has one."""
+    from .config import mixture_families
+    from .grid import training_runs
+
+    families = mixture_families(config)
+    pretraining, finetuning = {**families["pretraining"], **families["with_atlantis"]}, families["finetuning.mixes"]
+    runs = training_runs(config)
+    pre, fine = [r for r in runs if r.kind == "pretraining"], [r for r in runs if r.kind == "finetuning"]
+    cka_families = {f: [m for m in families["pretraining"] if m.startswith(f"{f}-")] for f in ("pt1", "pt2", "pt3")
+                    if any(m.startswith(f"{f}-") for m in families["pretraining"])}
+    curve = [r.name for r in pre if r.mixture in cka_families.get("pt1", [])]
+    curve += [name for name in config["evaluation"]["checkpoint_runs"] if name not in curve]
+    layer, probes, cities = config["representations"]["analysis_layer"], config["probes"], "results/world/cities.csv"
+
+    def final(name):
+        return f"results/representations/{name}/final.npz"
+
+    jobs = [Job("probes", {"metrics": f"results/probes/{r.name}.csv", "views": f"results/views/{r.name}.csv.gz"},
+                {"final": [final(r.name)], "cities": [cities],
+                 "checkpoints": [f"results/representations/{r.name}/checkpoints"] if r.name in curve else []},
+                {"seed": probes["seed"], "layer": layer}) for r in runs]
+    if runs:
+        jobs.append(Job("probe_table", {"table": "results/probes/probe_metrics.csv"},
+                        {"tables": [f"results/probes/{r.name}.csv" for r in runs]},
+                        {"runs": [{"run": r.name, "mixture": r.mixture, "kind": r.kind, "seed": r.seed} for r in runs]}))
+    atlantis = [r for r in fine if len(finetuning[r.mixture]) == 2]
+    controls = [r.name for r in pre if r.mixture in families["with_atlantis"]]
+    if atlantis:
+        jobs.append(Job("atlantis_reconstruction", {"errors": "results/probes/atlantis_errors.csv.gz",
+                                                    "summary": "results/probes/atlantis_summary.csv"},
+                        {"representations": [final(r.name) for r in atlantis],
+                         "controls": [final(name) for name in controls], "cities": [cities]},
+                        {"runs": [r.name for r in atlantis], "includes_distance": [
+                            "distance" in finetuning[r.mixture] for r in atlantis], "controls": controls,
+                         "seed": probes["seed"], "n_train": probes["atlantis_train"],
+                         "n_baseline": probes["atlantis_baseline"], "layer": layer}))
+    for family, variants in cka_families.items():
+        members = [r.name for m in variants for r in pre if r.mixture == m]
+        jobs.append(Job("cka_family", {"pairs": f"results/cka/{family}/pairs.csv",
+                                       "matrix": f"results/cka/{family}/matrix.csv"},
+                        {"representations": [final(name) for name in members], "cities": [cities]},
+                        {"runs": members, "variants": variants,
+                         "seeds": {m: [r.seed for r in pre if r.mixture == m] for m in variants}}))
+    if cka_families:
+        jobs.append(Job("cka_task_count", {"values": "results/cka/task_count.csv",
+                                           "summary": "results/cka/task_count_summary.csv"},
+                        {"pairs": [f"results/cka/{family}/pairs.csv" for family in cka_families]},
+                        {"task_sets": {f: {m: pretraining[m] for m in variants if not m.endswith("-7")}
+                                       for f, variants in cka_families.items()}}))
+    if fine:
+        jobs.append(Job("generalization", {key: f"results/generalization/{name}.csv" for key, name in (
+            ("ni", "normalized_improvement"), ("ftwb1", "ftwb1_matrix"), ("ftwb2", "ftwb2_matrix"),
+            ("deviation", "best_teacher_deviation"), ("deviation_matrix", "deviation_matrix"))},
+            {"metrics": ["results/evaluation/metrics.csv"]},
+            {"mixes": canonical(finetuning), "base": config["training"]["base"]}))
+    if fine and "pt1" in cka_families:
+        jobs.append(Job("cka_vs_generalization", {"points": "results/cka/cka_vs_generalization.csv",
+                                                  "fit": "results/cka/cka_vs_generalization_fit.csv"},
+                        {"cka": ["results/cka/pt1/matrix.csv"], "ftwb1": ["results/generalization/ftwb1_matrix.csv"]},
+                        {"variant_task": {m: pretraining[m][0] for m in cka_families["pt1"]}, "layer": layer}))
+    return jobs
+
+
+def is_analysis_table(path: str) -> bool:
+    parts = PurePosixPath(path).parts
+    return len(parts) > 2 and parts[0] == "results" and parts[1] in ANALYSIS_STAGES
+
+
+def has_checkpoints(folder: str, members) -> bool:
+    return any(m.startswith(f"{folder}/step-") and m.endswith(".npz") for m in members)
+
+
+def job_inputs(job: Job, members, made: set[str], produced: set[str]) -> tuple[list[str], list[str]]:
+    """(missing, as_archived) inputs of a job: those neither in the archive nor recomputed upstream (`made`), and
+    the outputs of other jobs it must take from the archive because they were not recomputed."""
+    missing, as_archived = [], []
+    for key, paths in job.inputs.items():
+        for path in paths:
+            if path in made:
+                continue
+            if key == "checkpoints":
+                if not has_checkpoints(path, members):
+                    missing.append(f"{path}/step-*.npz")
+            elif path not in members:
+                missing.append(path)
+            elif path in produced:
+                as_archived.append(path)
+    return missing, as_archived
+
+
+def shortened(items: list[str], limit: int = 3) -> str:
+    return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def cannot_reason(missing: list[str]) -> str:
+    big = any(is_big_array(PurePosixPath(p).relative_to("results")) for p in missing)
+    return f"needs {shortened(missing)}, not in the archive" + (
+        " (representations are archived with --all only)" if big else "")
+
+
+def recompute_statement(config: dict, members: set[str]) -> dict:
+    """provenance/recompute.json: which archived analysis tables `verify --recompute` can recompute, from what,
+    and why the others cannot be."""
+    jobs = recompute_jobs(config)
+    produced = {p for job in jobs for p in job.outputs.values()}
+    made, recomputable, not_recomputable = set(), {}, {}
+    for job in jobs:
+        missing, as_archived = job_inputs(job, members, made, produced)
+        if not missing:
+            made |= set(job.outputs.values())
+        for path in job.outputs.values():
+            if path not in members:
+                continue
+            if missing:
+                not_recomputable[path] = cannot_reason(missing)
+            else:
+                recomputable[path] = {"rule": job.rule, "inputs": job.input_paths(), "inputs_as_archived": as_archived}
+    for path in sorted(members):
+        if is_analysis_table(path) and path not in produced:
+            not_recomputable[path] = "not a table the archived config's probe, CKA or generalization rules make"
+    return {"about": "the analysis tables `python -m worldrep.archive verify --recompute` recomputes from the "
+                     "archived inputs under the archived config (inputs_as_archived: upstream tables it cannot "
+                     "recompute itself, taken as archived), and those it cannot",
+            "tolerance": {"rtol": RTOL, "atol": ATOL, "views_rtol": VIEWS_RTOL},
+            "recomputable": dict(sorted(recomputable.items())), "not_recomputable": dict(sorted(not_recomputable.items()))}
+
+
+CSV_OPTIONS = {"views": {"float_format": "%.6g", "compression": {"method": "gzip", "mtime": 0}},
+               "errors": {"compression": {"method": "gzip", "mtime": 0}}}  # as the scripts write them; else plain
+
+
+# What reading a damaged table or representation file, or a library check on odd inputs, raises (pandas' parser
+# errors are ValueErrors; a damaged .npz raises BadZipFile, a damaged .gz OSError, EOFError or zlib.error).
+TABLE_ERRORS = (ValueError, KeyError, IndexError, TypeError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def table_bytes(table, key: str) -> bytes:
+    buffer = io.BytesIO()
+    table.to_csv(buffer, index=False, **CSV_OPTIONS.get(key, {}))
+    return buffer.getvalue()
+
+
+def run_job(job: Job, path_of) -> dict:
+    """The output tables (key -> DataFrame) of one job, computed in-process by the library functions its script
+    calls; `path_of(path)` is where an input is read from."""
+    import pandas as pd
+
+    from . import cka, generalization, probes
+    from .representations import load_representations
+    from .world import read_cities
+
+    p, inputs = job.params, job.inputs
+    if job.rule == "probes":
+        cities = read_cities(path_of(inputs["cities"][0])).set_index("city_id")
+        sources = [("final", path_of(inputs["final"][0])),
+                   *probes.checkpoint_sources([path_of(d) for d in inputs["checkpoints"]])]
+        metrics, views = probes.probe_tables(cities, sources, p["seed"], p["layer"], load_representations)
+        return {"metrics": metrics, "views": views}
+    if job.rule == "probe_table":  # scripts/run_table.py: every run's rows, the run's columns first
+        tables = [pd.read_csv(path_of(path)).assign(**run) for run, path in zip(p["runs"], inputs["tables"])]
+        table = pd.concat(tables, ignore_index=True)
+        columns = ["run", "mixture", "kind", "seed"]
+        return {"table": table[columns + [c for c in table.columns if c not in columns]]}
+    if job.rule == "atlantis_reconstruction":
+        cities = read_cities(path_of(inputs["cities"][0])).set_index("city_id")
+        errors, summary = probes.atlantis_tables(
+            cities, [(run, path_of(f)) for run, f in zip(p["runs"], inputs["representations"])], p["includes_distance"],
+            [(run, path_of(f)) for run, f in zip(p["controls"], inputs["controls"])], p["seed"], p["n_train"],
+            p["n_baseline"], p["layer"], load_representations)
+        return {"errors": errors, "summary": summary}
+    if job.rule == "cka_family":
+        cities = read_cities(path_of(inputs["cities"][0]))
+        pairs, matrix = cka.family_tables(p["runs"], [path_of(f) for f in inputs["representations"]], p["variants"],
+                                          p["seeds"], set(cities.loc[cities.is_atlantis, "city_id"]),
+                                          load_representations, PurePosixPath(job.outputs["pairs"]).parent.name)
+        return {"pairs": pairs, "matrix": matrix}
+    if job.rule == "cka_task_count":
+        pairs = {PurePosixPath(f).parent.name: pd.read_csv(path_of(f)) for f in inputs["pairs"]}
+        values, summary = cka.task_count_tables(pairs, p["task_sets"])
+        return {"values": values, "summary": summary}
+    if job.rule == "generalization":
+        return generalization.generalization_tables(pd.read_csv(path_of(inputs["metrics"][0])), p["mixes"], p["base"])
+    if job.rule == "cka_vs_generalization":
+        points, fit = cka.cka_vs_generalization_tables(pd.read_csv(path_of(inputs["cka"][0])),
+                                                       pd.read_csv(path_of(inputs["ftwb1"][0])),
+                                                       p["variant_task"], p["layer"])
+        return {"points": points, "fit": fit}
+    raise ValueError(f"no recomputation for rule {job.rule}")
+
+
+def read_table(data: bytes, name: str):
+    import pandas as pd
+
+    return pd.read_csv(io.BytesIO(data), compression="gzip" if name.endswith(".gz") else None)
+
+
+def compare_tables(name: str, archived: bytes, recomputed: bytes, rtol: float = RTOL,
+                   atol: float = ATOL) -> tuple[bool, str]:
+    """(same, detail): the archived table against the recomputed one, parsed alike. Same columns and rows, float
+    cells within |a - b| <= atol + rtol |b| (NaN equals NaN), every other cell exactly."""
+    import numpy as np
+    from pandas.api import types
+
+    try:
+        if archived == recomputed or name.endswith(".gz") and gzip.decompress(archived) == gzip.decompress(recomputed):
+            return True, "identical"  # (a gzip header may hold the file name the job wrote through)
+        a = read_table(archived, name)
+    except TABLE_ERRORS as error:  # a tampered file need not be a CSV at all
+        return False, f"the archived file does not read as a table ({type(error).__name__}: {error})"
+    b = read_table(recomputed, name)
+    if list(a.columns) != list(b.columns):
+        return False, f"columns differ: archived {list(a.columns)}, recomputed {list(b.columns)}"
+    if len(a) != len(b):
+        return False, f"{len(a)} rows archived, {len(b)} recomputed"
+    found, largest = [], 0.0
+    keys = [c for c in a.columns if not types.is_float_dtype(a[c])]
+    for column in a.columns:
+        x, y = a[column], b[column]
+        numeric = all(types.is_numeric_dtype(v) and not types.is_bool_dtype(v) for v in (x, y))
+        if numeric:
+            xf, yf = x.to_numpy(np.float64), y.to_numpy(np.float64)
+            with np.errstate(invalid="ignore", over="ignore"):
+                diff = np.abs(xf - yf)
+                if types.is_integer_dtype(x) and types.is_integer_dtype(y):
+                    bad = x.to_numpy() != y.to_numpy()
+                else:
+                    bad = ~(np.isclose(xf, yf, rtol=rtol, atol=atol) | (np.isnan(xf) & np.isnan(yf)))
+            finite = np.isfinite(diff)
+            largest = max(largest, float(diff[finite].max()) if finite.any() else 0.0)
+        else:
+            bad = (x.astype(str).where(x.notna(), "<empty>") != y.astype(str).where(y.notna(), "<empty>")).to_numpy()
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            key = ", ".join(f"{k}={a[k].iloc[row]}" for k in keys if k != column)[:160]
+            va, vb = (v.item() if hasattr(v, "item") else v for v in (x.iloc[row], y.iloc[row]))  # numpy -> Python
+            found.append(f"column {column}: {int(bad.sum())} of {len(bad)} cells differ, first on line {row + 2}"
+                         f"{f' ({key})' if key else ''}: archived {va!r}, recomputed {vb!r}")
+    if found:
+        return False, "; ".join(found[:5]) + (f"; and {len(found) - 5} more columns" if len(found) > 5 else "") \
+            + f"; max abs diff {largest:.3g}"
+    return True, f"within tolerance (rtol {rtol:g}, atol {atol:g}); max abs diff {largest:.3g}"
+
+
+def extract_members(path: Path, wanted: set[str], dest: Path) -> None:
+    """Copy the archive's members `wanted` (paths below its top folder) to the same paths under dest."""
+    with tarfile.open(path, "r:gz") as tar:
+        for member in tar:
+            rel = member.name.partition("/")[2]
+            parts = PurePosixPath(rel).parts
+            if rel not in wanted or not member.isfile() or ".." in parts or rel.startswith("/"):
+                continue
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tar.extractfile(member) as source, open(target, "wb") as out:
+                shutil.copyfileobj(source, out, 1 << 20)
+
+
+def record_problems(job: Job, records: dict) -> list[str]:
+    """The job against Snakemake's record of the archived output (provenance/snakemake.json): the same params
+    (Snakemake stores their sorted reprs) and the same results inputs. A mismatch means this module's mirror of
+    the rules differs from the rules that made the table; each side's entries the other lacks are named."""
+    path = next((p for p in job.outputs.values() if p in records), None)
+    if path is None:
         return []
-    if note := revision_note(contents):
-        log(note)
-    problems, checked = rederive_problems(contents, cores)
-    if not problems:
-        log(f"re-derivation: {checked} world and dataset files match" if checked
-            else "re-derivation: no world or dataset files to re-derive")
+    record, problems = records[path], []
+    for what, recorded, ours in (
+            ("params", record.get("params"), sorted(repr(v) for v in job.params.values())),
+            ("inputs", [p for p in record.get("input") or [] if p.startswith("results/")], job.input_paths())):
+        if isinstance(recorded, list) and sorted(recorded) != sorted(ours):
+            only_recorded = [v[:200] for v in sorted(set(recorded) - set(ours))]
+            only_ours = [v[:200] for v in sorted(set(ours) - set(recorded))]
+            problems.append(f"{path}: Snakemake recorded the {what} {only_recorded} for rule {job.rule}, where the "
+                            f"recomputation has {only_ours}")
+    return problems
+
+
+def recompute_problems(path: Path, contents: Contents, log=print) -> list[str]:
+    """Recompute every archived analysis table the archived inputs allow, under the archived config, in-process;
+    compare each with the archived copy. Logs one line per table; returns the differences and failures."""
+    if CONFIG not in contents.small:
+        return [f"{CONFIG} is missing: nothing to recompute under"]
+    try:
+        config = validate_config(yaml.safe_load(contents.small[CONFIG]))
+    except (ConfigError, yaml.YAMLError) as error:
+        return [f"{CONFIG} does not validate with this checkout, so nothing is recomputed: {error}"]
+    members = set(contents.hashes)
+    statement = recompute_statement(config, members)
+    problems = []
+    if RECOMPUTE in contents.small:
+        stated = json.loads(contents.small[RECOMPUTE]).get("recomputable", {})
+        problems += [f"{p}: {RECOMPUTE} states it recomputable, but {statement['not_recomputable'].get(p, 'it is not')}"
+                     for p in sorted(set(stated) - set(statement["recomputable"]))]
+    else:
+        log(f"recompute: the archive has no {RECOMPUTE} (made before --recompute existed); recomputing what its "
+            "config plans")
+    try:
+        records = json.loads(contents.small.get("provenance/snakemake.json", b"{}")).get("records") or {}
+    except ValueError:
+        records = {}
+    jobs = recompute_jobs(config)
+    produced = {p for job in jobs for p in job.outputs.values()}
+    needed = {p for job in jobs for p in job.input_paths()}
+    counts = {"ok": 0, "differs": 0, "failed": 0, "cannot": 0}
+    checked_records = 0
+    with tempfile.TemporaryDirectory(prefix="worldrep-recompute-") as tmp:
+        archived, recomputed = Path(tmp) / "archived", Path(tmp) / "recomputed"
+        wanted = {m for m in members if is_analysis_table(m) or m in needed
+                  or any(m.startswith(f"{p}/") for p in needed)}
+        extract_members(path, wanted, archived)
+        made: set[str] = set()
+        for job in jobs:
+            outputs = [p for p in job.outputs.values() if p in members]
+            if not outputs and not any(p in needed for p in job.outputs.values()):
+                continue
+            # Whether or not it can run here, the job must be the one Snakemake ran: this guards recompute_jobs'
+            # copy of rules/common.smk against drifting from it.
+            if disagree := record_problems(job, records):
+                for problem in disagree:
+                    log(f"recompute: RECORD   {problem}")
+                problems += disagree
+            checked_records += any(p in records for p in job.outputs.values())
+            missing, as_archived = job_inputs(job, members, made, produced)
+            if missing:
+                for output in outputs:
+                    log(f"recompute: cannot   {output}: {cannot_reason(missing)}")
+                counts["cannot"] += len(outputs)
+                continue
+            try:
+                with warnings.catch_warnings():  # (NaN cells of one-seed families warn, as in the jobs' logs)
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    tables = run_job(job, lambda p: recomputed / p if p in made else archived / p)
+            except TABLE_ERRORS as error:  # a library check that fails on these inputs: name the job, go on
+                for output in outputs:
+                    log(f"recompute: FAILED   {output}: rule {job.rule} raised {type(error).__name__}: {error}")
+                    problems.append(f"{output}: recomputing it (rule {job.rule}) failed: {type(error).__name__}: {error}")
+                counts["failed"] += len(outputs)
+                continue
+            for key, output in job.outputs.items():
+                data = table_bytes(tables[key], key)
+                (recomputed / output).parent.mkdir(parents=True, exist_ok=True)
+                (recomputed / output).write_bytes(data)
+                made.add(output)
+                if output not in members:
+                    continue
+                same, detail = compare_tables(output, (archived / output).read_bytes(), data,
+                                              VIEWS_RTOL if key == "views" else RTOL)
+                note = f" (from the archived {shortened(as_archived)}, not recomputed)" if as_archived else ""
+                log(f"recompute: {'ok      ' if same else 'DIFFERS '} {output}: {detail}{note}")
+                counts["ok" if same else "differs"] += 1
+                if not same:
+                    problems.append(f"{output}: the recomputed table differs: {detail}")
+    for output, reason in statement["not_recomputable"].items():
+        if output not in produced:
+            log(f"recompute: cannot   {output}: {reason}")
+            counts["cannot"] += 1
+    if checked_records:
+        log(f"recompute: the recomputation's params and inputs checked against Snakemake's records of {checked_records} "
+            "jobs (provenance/snakemake.json)")
+    failed = f", {counts['failed']} failed" if counts["failed"] else ""
+    log(f"recompute: {counts['ok']} tables match, {counts['differs']} differ{failed}, {counts['cannot']} cannot be "
+        "recomputed from this archive")
     return problems
 
 
@@ -526,6 +948,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     verify.add_argument("archive", type=Path)
     verify.add_argument("--rederive", action=argparse.BooleanOptionalAction, default=True,
                         help="rerun the world and dataset rules under the archived config (default: on)")
+    verify.add_argument("--recompute", action="store_true",
+                        help="recompute the probe, CKA and generalization tables from the archived representations "
+                             "and evaluation table under the archived config, in-process, and compare")
     verify.add_argument("--cores", type=int, default=os.cpu_count() or 1)
     return parser.parse_args(argv)
 
@@ -540,7 +965,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"archive create failed: {error}", file=sys.stderr)
             return 1
         return 0
-    problems = verify_archive(args.archive, args.rederive, args.cores)
+    problems = verify_archive(args.archive, args.rederive, args.cores, recompute=args.recompute)
     if problems:
         print(f"FAILED: {args.archive}: {len(problems)} problem(s)", file=sys.stderr)
         print("\n".join(f"  {p}" for p in problems), file=sys.stderr)

@@ -9,13 +9,19 @@ Two estimators, both on linear kernels K = XXᵀ, L = YYᵀ of X [n, d_x], Y [n,
 `kernel_cka` and `kernel_debiased_cka` are those definitions written with n×n matrices; they are the reference.
 Everything else works in feature space (d×d products, no n×n matrix), which is what makes the 21×21 family
 matrices cheap. Everything is float64: the debiased numerator is a difference of nearly equal terms.
+
+At the end, the tables of the CKA jobs (`family_tables`, `task_count_tables`, `cka_vs_generalization_tables`): what
+scripts/cka_*.py write, and what `archive verify --recompute` recomputes.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from itertools import combinations
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import pandas as pd
 
 # --------------------------------------------------------------------------------------------------------
 # Reference definitions (n×n kernels). O(n²d + n³): for tests and the benchmark baseline, not for the workflow.
@@ -214,3 +220,124 @@ def same_seed_pair_values(values: np.ndarray, variants: list, seeds: list, pairs
     blocks = seed_blocks(values, variants, seeds)
     return {seed: [float(blocks[variants.index(a), s, variants.index(b), s]) for a, b in pairs]
             for s, seed in enumerate(seeds)}
+
+
+# --------------------------------------------------------------------------------------------------------
+# The tables of the CKA jobs (scripts/cka_family.py, cka_task_count.py, cka_vs_generalization.py; archive
+# --recompute). `load(path)` -> (city_ids, {layer: reps}) reads a representation file
+# (`representations.load_representations`, passed in: that module imports torch).
+
+
+def family_tables(runs: Sequence[str], paths: Sequence[Path], variants: Sequence[str], seeds: dict,
+                  atlantis_ids, load: Callable, family: str = "") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(pairs, matrix) of one family: every model pair at every extracted layer, both estimators, on the
+    eligible non-Atlantis cities; the variant × variant mean ± SEM over seed pairs (`family_matrix`). `runs` are
+    variant-major, seeds in `seeds[variant]` order; `paths` their representation files."""
+    counts = {variant: len(seeds[variant]) for variant in variants}
+    if len(set(counts.values())) != 1:
+        raise ValueError(f"family {family}: variants have unequal seed counts {counts}; the seed-averaged matrix "
+                         "pairs seeds by position (a replaced seed takes the place of the old one)")
+    n_seeds = counts[variants[0]]
+    # Each run's variant, seed and seed position, in the order of `runs` (variant-major, seeds in config order).
+    variant_of = np.repeat(variants, n_seeds)
+    seed_of = np.array([seed for variant in variants for seed in seeds[variant]])
+    position_of = np.tile(np.arange(n_seeds), len(variants))
+    atlantis = list(atlantis_ids)
+    features, reference, layers = [], None, []
+    for path in paths:
+        ids, reps = load(path)
+        keep = ~np.isin(ids, atlantis)  # CKA uses the eligible non-Atlantis cities (§12)
+        if reference is None:
+            reference = ids[keep]
+        elif not np.array_equal(ids[keep], reference):
+            raise ValueError(f"{path}: its city IDs differ from {paths[0]}'s")
+        if features and sorted(reps) != layers:
+            raise ValueError(f"{path}: layers {sorted(reps)} differ from {paths[0]}'s {layers}")
+        layers = sorted(reps)  # every extracted layer (`representations.layers`); widths may differ between models
+        features.append({layer: reps[layer][keep] for layer in layers})
+    pairs, cells = [], []
+    for layer in layers:
+        for estimator, values in cka_matrices([f[layer] for f in features]).items():
+            a, b = np.triu_indices(len(runs), k=1)
+            pairs.append(pd.DataFrame({
+                "layer": layer, "estimator": estimator, "run_a": np.array(runs)[a], "run_b": np.array(runs)[b],
+                "variant_a": variant_of[a], "variant_b": variant_of[b], "seed_a": seed_of[a], "seed_b": seed_of[b],
+                "position_a": position_of[a], "position_b": position_of[b], "cka": values[a, b],
+            }))
+            mean, sem, n = family_matrix(values, list(variants), list(range(n_seeds)))
+            rows, columns = np.indices(mean.shape)
+            cells.append(pd.DataFrame({"layer": layer, "estimator": estimator, "row": np.array(variants)[rows.ravel()],
+                                       "column": np.array(variants)[columns.ravel()], "mean": mean.ravel(),
+                                       "sem": sem.ravel(), "n": n.ravel()}))
+    return pd.concat(pairs), pd.concat(cells)
+
+
+TASK_COUNT_COLUMNS = ["family", "k", "layer", "estimator", "variant_a", "seed_a", "position_a", "variant_b",
+                      "seed_b", "position_b", "cka"]
+
+
+def task_count_tables(pairs: dict[str, pd.DataFrame], task_sets: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(values, summary) of CKA vs number of tasks (§12) from each family's pairs table ({"pt1": pairs, ...}):
+    the task-disjoint variant pairs of `task_sets[family]` (variant -> tasks); per (k, layer, estimator) the
+    pooled mean ± SEM over every seed combination, and per seed position the same-seed pairs only."""
+    values = []
+    for family, table in pairs.items():
+        chosen = {frozenset(pair) for pair in disjoint_pairs(task_sets[family])}
+        keep = [frozenset((a, b)) in chosen for a, b in zip(table.variant_a, table.variant_b)]
+        if any(keep):  # (an empty frame in the concat would turn the integer columns into floats)
+            values.append(table[keep].assign(family=family, k=int(family.removeprefix("pt"))))
+    values = pd.concat(values, ignore_index=True)[TASK_COUNT_COLUMNS] if values else pd.DataFrame(
+        columns=TASK_COUNT_COLUMNS)
+
+    def summary(frame, seed):
+        cka = frame["cka"].to_numpy()
+        sem = cka.std() / np.sqrt(len(cka)) if len(cka) else np.nan  # ddof 0, as the §12 matrices
+        return {"seed": seed, "mean": cka.mean() if len(cka) else np.nan, "sem": sem, "n": len(cka)}
+
+    rows = []
+    for (k, layer, estimator), group in values.groupby(["k", "layer", "estimator"]):
+        base = {"k": k, "layer": layer, "estimator": estimator}
+        rows.append(base | summary(group, "pooled"))
+        # Same-seed panels pair seeds by position, as the matrices do: a replaced seed (pt1-5: [42, 1, 3]) stands
+        # in for the one it replaced. A panel is named after the seed most of its runs have.
+        same = group[group.position_a == group.position_b]
+        for _, panel in same.groupby("position_a"):
+            rows.append(base | summary(panel, str(pd.concat([panel.seed_a, panel.seed_b]).mode().iloc[0])))
+    return values, pd.DataFrame(rows, columns=["k", "layer", "estimator", "seed", "mean", "sem", "n"])
+
+
+def cka_vs_generalization_tables(cka: pd.DataFrame, ftwb1: pd.DataFrame, variant_task: dict,
+                                 layer: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(points, fit) of §12 from the pt1 family matrix and the FTWB1 NI table (generalization/ftwb1_matrix.csv):
+    ordered pairs (X, Y), X != Y, of non-crossing tasks with a single-task and an FTWB1 model; x = the `layer`
+    seed-averaged single-task CKA, y = the seed-mean FTWB1 NI (fine-tune on X, evaluate Y); Pearson fit per
+    estimator (NaN below 3 points or without spread)."""
+    from scipy import stats  # lazily, as atlantis_groups: only this job needs it
+
+    excluded = "crossing"  # crossing fails to learn alone (§14)
+    cka = cka.query("layer == @layer")
+    cka = cka.assign(finetuned_task=cka.row.map(variant_task), evaluated_task=cka.column.map(variant_task))
+    ni = ftwb1.query("seed == 'mean'")
+    points = cka.merge(ni, on=["finetuned_task", "evaluated_task"])
+    points = points[(points.finetuned_task != points.evaluated_task) & (points.finetuned_task != excluded)
+                    & (points.evaluated_task != excluded)]
+    points = points[["estimator", "finetuned_task", "evaluated_task", "mean", "ni"]].rename(columns={"mean": "cka"})
+    # Every non-crossing task with both a single-task and an FTWB1 model must give all its ordered pairs (30 in
+    # the paper grid): a silently shorter join would bias r.
+    tasks = (set(cka.finetuned_task) & set(ni.finetuned_task) & set(ni.evaluated_task)) - {excluded}
+    expected = len(tasks) * (len(tasks) - 1)
+    for estimator, group in points.groupby("estimator"):
+        if len(group) != expected:
+            raise ValueError(f"{estimator} CKA vs generalization: {len(group)} points, expected {expected} "
+                             f"for {sorted(tasks)}")
+    fits = []
+    for estimator, group in points.groupby("estimator"):
+        x, y = group.cka.to_numpy(), group.ni.to_numpy()
+        if len(x) >= 3 and x.std() > 0 and y.std() > 0:
+            r, p = stats.pearsonr(x, y)
+            slope, intercept = np.polyfit(x, y, 1)
+        else:  # too few points (reduced configs): no fit rather than a meaningless one
+            r = p = slope = intercept = np.nan
+        fits.append({"estimator": estimator, "layer": layer, "n": len(x), "r": r, "r2": r * r, "p": p,
+                     "slope": slope, "intercept": intercept})
+    return points, pd.DataFrame(fits, columns=["estimator", "layer", "n", "r", "r2", "p", "slope", "intercept"])

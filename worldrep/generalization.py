@@ -7,6 +7,7 @@ than the base model, 1 = as good on Atlantis as the base model is on the real wo
 
 What exists is read from the inputs (seeds from the table, mixes from the config's name -> tasks dict), so
 reduced configs work unchanged. Missing inputs are errors that name the run and test set, never empty cells.
+`generalization_tables` gives every table of the job at once (scripts/generalization.py, `archive verify --recompute`).
 """
 from __future__ import annotations
 
@@ -258,3 +259,24 @@ def deviation_matrix(deviation: pd.DataFrame, mixes: dict[str, list[str]]):
     """Deviation matrices from `best_teacher_deviation` output: ({seed: matrix}, seed mean), laid out as
     `ftwb2_matrix` (all evaluated tasks, trained ones included)."""
     return matrices(deviation, "deviation", ftwb2_rows(mixes), "pair")
+
+
+# ---- the job's tables (scripts/generalization.py, archive --recompute) ----------------------------------------
+
+def long_table(per_seed: dict, mean: pd.DataFrame, value: str) -> pd.DataFrame:
+    """Seed -> matrix and the mean matrix as one tidy table: one row per (seed, row label, evaluated task), seed
+    "mean" for the average."""
+    frames = [m.stack(future_stack=True).rename(value).reset_index().assign(seed=str(s)) for s, m in per_seed.items()]
+    frames.append(mean.stack(future_stack=True).rename(value).reset_index().assign(seed="mean"))
+    table = pd.concat(frames, ignore_index=True)
+    return table[["seed", *table.columns.drop("seed")]]
+
+
+def generalization_tables(metrics: pd.DataFrame, mixes: dict[str, list[str]], base: str) -> dict[str, pd.DataFrame]:
+    """The tables of results/generalization/ from the combined evaluation table: `ni` (normalized_improvement),
+    `ftwb1` and `ftwb2` (the matrices, long), `deviation` (best_teacher_deviation) and `deviation_matrix` (long)."""
+    ni = ni_table(metrics, base)
+    deviation = best_teacher_deviation(metrics, mixes, mixes, base)
+    return {"ni": ni, "ftwb1": long_table(*ftwb1_matrix(ni, mixes), "ni"),
+            "ftwb2": long_table(*ftwb2_matrix(ni, mixes), "ni"), "deviation": deviation,
+            "deviation_matrix": long_table(*deviation_matrix(deviation, mixes), "deviation")}

@@ -1,14 +1,18 @@
 """Linear probes from city representations to world coordinates, and the Atlantis reconstruction (METHOD §11).
 
 Pure functions of arrays, in float64. Rows of `reps` [n, d] and `xy` [n, 2] (scaled integer x, y) are the
-eligible cities in ascending `city_id` order, as `representations.eligible_cities` gives them.
+eligible cities in ascending `city_id` order, as `representations.eligible_cities` gives them. At the end, the
+tables of the probe jobs (`probe_tables`, `atlantis_tables`): what scripts/probes.py and
+scripts/atlantis_reconstruction.py write, and what `archive verify --recompute` recomputes.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from fractions import Fraction
-from typing import Sequence
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 PROBE_SEED = 42
 TRAIN_FRACTION = Fraction(3250, 4500)  # the authors' 3,250 train / 1,250 test of ~4,500 cities, kept as a fraction
@@ -179,3 +183,75 @@ def view_steps(checkpoint_steps) -> list[int]:
         return []
     interval = positive[0]
     return [k * interval for k in VIEW_CHECKPOINT_MULTIPLES if k * interval in set(steps)]
+
+
+# ---- the tables of the probe jobs (scripts/probes.py, scripts/atlantis_reconstruction.py, archive --recompute) ----
+# `cities` is the world's city table indexed by city_id; `load(path)` -> (city_ids, {layer: reps}) reads a
+# representation file (`representations.load_representations`, passed in: that module imports torch).
+
+def checkpoint_sources(directories) -> list[tuple[str, Path]]:
+    """(step, file) of every `step-*.npz` in the checkpoint folders, sorted by name; the step without zero padding."""
+    return [(str(int(p.stem.removeprefix("step-"))), p) for directory in directories
+            for p in sorted(Path(directory).glob("step-*.npz"))]
+
+
+def probe_tables(cities: pd.DataFrame, sources: Sequence[tuple[str, Path]], seed: int, layer: int,
+                 load: Callable) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(metrics, views) of one run: a probe row per (step, layer) on one standard split; the `layer` 3-D views
+    (PCA and probe "mixed") of the final step and the dynamics checkpoints. `sources`: ("final", file), then
+    the checkpoints' (step, file)."""
+    drawn = {"final", *map(str, view_steps(int(step) for step, _ in sources[1:]))}
+    rows, views, split = [], [], None
+    for step, path in sources:
+        ids, reps = load(path)
+        xy = cities.loc[ids, ["x", "y"]].to_numpy(np.float64)
+        split = split or probe_split(len(ids), seed)  # one split for every model and checkpoint
+        for at, features in reps.items():
+            rows.append({"step": step, "layer": at, **standard_probe(features, xy, split)})
+        if step in drawn:
+            pca, mixed = pca_view(reps[layer]), mixed_view(reps[layer], xy, split[0])
+            views.append(pd.DataFrame({
+                "step": step, "city_id": ids, "region": cities.loc[ids, "region"].to_numpy(),
+                "is_atlantis": cities.loc[ids, "is_atlantis"].to_numpy(bool), "x": xy[:, 0], "y": xy[:, 1],
+                **{f"pc{i + 1}": pca[:, i] for i in range(3)}, **{f"mixed{i + 1}": mixed[:, i] for i in range(3)}}))
+    return pd.DataFrame(rows), pd.concat(views, ignore_index=True)
+
+
+def atlantis_tables(cities: pd.DataFrame, runs: Sequence[tuple[str, Path]], includes_distance: Sequence[bool],
+                    controls: Sequence[tuple[str, Path]], seed: int, n_train: int, n_baseline: int, layer: int,
+                    load: Callable) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(errors, summary) of the Atlantis reconstruction (§11): per model and city the true and predicted x/y
+    and the error; the pooled groups with the Mann–Whitney U test and the controls' mean Atlantis error.
+    `runs` and `controls` are (run name, representation file)."""
+    split = {"seed": seed, "n_train": n_train, "n_baseline": n_baseline}
+    errors = []
+
+    def reconstruct(run, path, baseline_group, atlantis_group):
+        ids, reps = load(path)
+        is_atlantis = cities.loc[ids, "is_atlantis"].to_numpy(bool)
+        xy = cities.loc[ids, ["x", "y"]].to_numpy(np.float64)
+        predictions = atlantis_predictions(reps[layer], xy, is_atlantis, **split)
+        _, baseline_rows, atlantis_rows = atlantis_split(is_atlantis, **split)
+        result = []
+        for group, rows, pred in zip((baseline_group, atlantis_group), (baseline_rows, atlantis_rows), predictions):
+            result.append(euclidean_errors(pred, xy[rows]))
+            errors.append(pd.DataFrame({"run": run, "group": group, "city_id": ids[rows], "x": xy[rows, 0],
+                                        "y": xy[rows, 1], "pred_x": pred[:, 0], "pred_y": pred[:, 1],
+                                        "error": result[-1]}))
+        return result
+
+    baselines, atlantis = [], []
+    for (run, path), with_distance in zip(runs, includes_distance):
+        group = "atlantis_with_distance" if with_distance else "atlantis_without_distance"
+        base, atl = reconstruct(run, path, "baseline", group)
+        baselines.append(base)
+        atlantis.append(atl)
+    # The control's own held-out real cities are not part of the §11 baseline group (two-task models only).
+    control = [reconstruct(run, path, "control_baseline", "atlantis_control")[1] for run, path in controls]
+    result = atlantis_groups(baselines, atlantis, includes_distance, np.concatenate(control) if control else None)
+    summary = pd.DataFrame([{"group": name, **result[name]}
+                            for name in ("baseline", "atlantis_without_distance", "atlantis_with_distance")])
+    test = result["mann_whitney"] or {}
+    summary["mann_whitney_u"], summary["mann_whitney_p"] = test.get("u"), test.get("p_value")
+    summary["control_atlantis_mean"] = result.get("control_atlantis_mean")
+    return pd.concat(errors, ignore_index=True), summary
