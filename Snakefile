@@ -42,6 +42,7 @@ include: "rules/cka.smk"
 include: "rules/generalization.smk"
 include: "rules/figures.smk"
 include: "rules/claims.smk"
+include: "rules/variants.smk"
 
 
 # Before the first job of a local run, the plan (worldrep/plan.py, also `python -m worldrep.plan`): runs, steps,
@@ -75,6 +76,8 @@ localrules:
     figure_pca_gallery, figure_dynamics_views, figure_cka_matrix, figure_cka_task_count,
     figure_training_curves, figure_checkpoint_metrics, figure_ftwb1_matrix, figure_cka_vs_generalization,
     figure_deviation_matrix, figure_deviation_histogram, figure_atlantis_histogram, figure_atlantis_predictions,
+    variant_evaluation_table, variant_probe_table, variant_generalization, variant_cka, variant_figure_ftwb1_matrix,
+    variant_figure_ftwb2_matrix, variant_figure_deviation_matrix, variant_figure_atlantis_histogram,
 
 
 rule all:
@@ -87,5 +90,6 @@ rule all:
         evaluation_targets(),
         analysis_targets(),
         figure_targets(),
+        variant_targets(),
         ["results/claims.csv"] if RUNS else [],
     default_target: True

@@ -87,11 +87,16 @@ def mixture_targets():
 
 
 # ---- training and evaluation -----------------------------------------------------------------------------
-from worldrep.grid import (MAP_ITEMS_PER_CITY, evaluation_sets, recipe_settings, run_name, short_runs, training_runs,
-                           training_stacks)
+from worldrep.grid import (MAP_ITEMS_PER_CITY, evaluation_sets, model_settings, recipe_settings,
+                           representation_settings, run_name, short_runs, training_runs, training_stacks)
 from worldrep.world import real_city_count
 
-RUNS = training_runs(config)
+# Every run: the main grid's, then each enabled architecture variant's (`variants`, issue 13). A variant's runs are
+# trained, evaluated, extracted and probed like the main grid's, but analysed apart (rules/variants.smk): RUNS and
+# everything derived from it below are the main grid only.
+ALL_RUNS = training_runs(config)
+RUNS = [r for r in ALL_RUNS if r.variant is None]
+VARIANT_RUNS = {v: [r for r in ALL_RUNS if r.variant == v] for v in dict.fromkeys(r.variant for r in ALL_RUNS) if v}
 STACKS = training_stacks(config)  # the training jobs: runs trained together (`training.stack`)
 PRETRAINING_RUNS = [r for r in RUNS if r.kind == "pretraining"]
 FINETUNING_RUNS = [r for r in RUNS if r.kind == "finetuning"]
@@ -112,20 +117,34 @@ wildcard_constraints:
     seed=r"\d+",
 
 
-def model_dir(mixture, seed):
-    return f"results/models/{run_name(mixture, seed)}"
+def model_dir(mixture, seed, variant=None):
+    return f"results/models/{run_name(mixture, seed, variant)}"
 
 
-def training_params(mixture, seed):
-    """What shapes a run's weights: architecture, recipe, seed and device precisions (§6, §7). The device a job
-    lands on picks the precision at run time; the run records which. A fine-tuning run inherits its base's
-    architecture; it carries `model` too, so that the two never disagree unnoticed."""
+def training_params(run):
+    """What shapes a run's weights: architecture (its variant's), recipe, seed and device precisions (§6, §7). The
+    device a job lands on picks the precision at run time; the run records which. A fine-tuning run inherits its
+    base's architecture; it carries `model` too, so that the two never disagree unnoticed."""
     return canonical({
-        "model": config["model"],
-        "recipe": recipe_settings(config, mixture),
-        "seed": int(seed),
+        "model": model_settings(config, run.variant),
+        "recipe": recipe_settings(config, run.mixture, run.variant),
+        "seed": int(run.seed),
         "precision": config["training"]["precision"],
     })
+
+
+def run_of(wildcards):
+    """The run of a per-run job (`{mixture}_s{seed}` wildcards; a variant's run is `{mixture}-{variant}_s{seed}`)."""
+    return RUN_BY_NAME[f"{wildcards.mixture}_s{wildcards.seed}"]
+
+
+def run_layers(wildcards):
+    """The hidden_states indices extracted from a run: its architecture's (`representations`, or its variant's)."""
+    return representation_settings(config, run_of(wildcards).variant)["layers"]
+
+
+def run_analysis_layer(wildcards):
+    return representation_settings(config, run_of(wildcards).variant)["analysis_layer"]
 
 
 def test_set_files(mixture):
@@ -133,11 +152,11 @@ def test_set_files(mixture):
 
 
 def model_targets():
-    return [f"{model_dir(r.mixture, r.seed)}/final" for r in RUNS]
+    return [f"results/models/{r.name}/final" for r in ALL_RUNS]
 
 
 def evaluation_targets():
-    targets = [f"results/evaluation/{r.name}/metrics.csv" for r in RUNS]
+    targets = [f"results/evaluation/{r.name}/metrics.csv" for r in ALL_RUNS]
     if RUNS:
         targets += ["results/evaluation/metrics.csv", "results/evaluation/trivial_baselines.csv"]
     return targets + [f"results/evaluation/{name}/checkpoints.csv" for name in config["evaluation"]["checkpoint_runs"]]
@@ -176,7 +195,7 @@ CURVE_RUNS += [name for name in config["evaluation"]["checkpoint_runs"] if name 
 ATLANTIS_RUNS = [r.name for r in FINETUNING_RUNS if len(FINETUNING_MIXTURES[r.mixture]) == 2]
 CONTROL_RUNS = [r.name for r in PRETRAINING_RUNS if r.mixture in FAMILIES["with_atlantis"]]
 SINGLE_TASK_RUNS = [r.name for r in PRETRAINING_RUNS if len(PRETRAINING_MIXTURES[r.mixture]) == 1]
-RUN_BY_NAME = {r.name: r for r in RUNS}
+RUN_BY_NAME = {r.name: r for r in ALL_RUNS}
 
 
 def mixture_tasks(mixture):
@@ -184,7 +203,7 @@ def mixture_tasks(mixture):
 
 
 def analysis_targets():
-    targets = [f"results/probes/{r.name}.csv" for r in RUNS]
+    targets = [f"results/probes/{r.name}.csv" for r in ALL_RUNS]
     if RUNS:
         targets.append("results/probes/probe_metrics.csv")
     if PRETRAINING_RUNS:
@@ -224,12 +243,11 @@ def figure_output(name, caption, category, subcategory=None):
 
 
 def table_output(name, caption, category, subcategory=None):
-    """A key table, shown in the report (sortable) with its caption."""
+    """A key table, listed in the report with its caption (Snakemake 9's report offers it as a download)."""
     return report_item(f"results/{name}.csv", caption=f"captions/{caption}.rst", category=category,
                        subcategory=subcategory)
 
 
-REPRESENTATION_LAYERS = config["representations"]["layers"]  # hidden_states indices extracted (§10)
 ANALYSIS_LAYER = config["representations"]["analysis_layer"]  # the paper's layer 5 by default (§10–13)
 FIGURE_SEED = 42  # §13: single-model figures use seed 42 (a config without it falls back to the mixture's first seed)
 
@@ -289,6 +307,65 @@ def figure_targets():
     names += [f"checkpoint_metrics_{run}" for run in config["evaluation"]["checkpoint_runs"]]
     names += ["atlantis_predictions"] * bool(PREDICTION_RUNS)
     return [f"results/figures/{name}.png" for name in names]
+
+
+# ---- architecture variants (issue 13; rules/variants.smk) ------------------------------------------------------
+VARIANT_FOLDER = "results/variants/{variant}"
+VARIANT_CATEGORY = "7. Other architectures"
+
+
+def variant_runs(variant, kind=None):
+    return [r for r in VARIANT_RUNS[variant] if kind is None or r.kind == kind]
+
+
+def variant_mixes(variant):
+    """The variant's fine-tuning mixes: name -> tasks."""
+    return {m: FINETUNING_MIXTURES[m] for m in dict.fromkeys(r.mixture for r in variant_runs(variant, "finetuning"))}
+
+
+def variant_atlantis_runs(variant):
+    return [r.name for r in variant_runs(variant, "finetuning") if len(FINETUNING_MIXTURES[r.mixture]) == 2]
+
+
+def variant_cka_pairs(variant):
+    """(variant run, main-grid run) of the same mixture and seed, for every variant pretraining run that has one."""
+    return [(r.name, run_name(r.mixture, r.seed)) for r in variant_runs(variant, "pretraining")
+            if run_name(r.mixture, r.seed) in RUN_BY_NAME]
+
+
+def variant_layer(wildcards):
+    return representation_settings(config, wildcards.variant)["analysis_layer"]
+
+
+def variant_table_params(wildcards):
+    return [{"run": r.name, "mixture": r.mixture, "kind": r.kind, "seed": r.seed} for r in variant_runs(wildcards.variant)]
+
+
+def variant_figure_output(name, caption):
+    """A variant's figure: PNG (in the report, section 7, one subcategory per variant), PDF and plotted values."""
+    return [
+        report_item(f"{VARIANT_FOLDER}/figures/{name}.png", caption=f"captions/{caption}.rst",
+                    category=VARIANT_CATEGORY, subcategory="{variant}"),
+        f"{VARIANT_FOLDER}/figures/{name}.pdf",
+        f"{VARIANT_FOLDER}/figures/{name}.csv",
+    ]
+
+
+def variant_targets():
+    """What each enabled variant's runs support: tables always; generalization and its figures with fine-tuning
+    runs; the Atlantis reconstruction with two-task mixes; CKA with main-grid counterparts."""
+    targets = []
+    for variant in VARIANT_RUNS:
+        folder = VARIANT_FOLDER.format(variant=variant)
+        targets += [f"{folder}/evaluation/metrics.csv", f"{folder}/probes/probe_metrics.csv"]
+        if variant_mixes(variant):
+            targets += [f"{folder}/generalization/deviation_matrix.csv", f"{folder}/figures/ftwb1_matrix.png",
+                        f"{folder}/figures/ftwb2_matrix.png", f"{folder}/figures/deviation_matrix.png"]
+        if variant_atlantis_runs(variant):
+            targets += [f"{folder}/probes/atlantis_summary.csv", f"{folder}/figures/atlantis_histogram.png"]
+        if variant_cka_pairs(variant):
+            targets.append(f"{folder}/cka_vs_default.csv")
+    return targets
 
 
 # ---- planning and the claims checklist ---------------------------------------------------------------------

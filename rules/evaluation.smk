@@ -6,7 +6,7 @@ rule evaluate:
     item's generation and score."""
     input:
         model="results/models/{mixture}_s{seed}/final",
-        test_sets=lambda w: test_set_files(w.mixture),
+        test_sets=lambda w: test_set_files(run_of(w).mixture),
         code=EVALUATION_CODE,
     output:
         metrics="results/evaluation/{mixture}_s{seed}/metrics.csv",

@@ -130,6 +130,8 @@ rule figure_atlantis_histogram:
         code=FIGURE_CODE,
     output:
         figure_output("atlantis_histogram", "atlantis_histogram", "5. Atlantis"),
+    params:
+        layer=ANALYSIS_LAYER,
     log:
         "results/logs/figures/atlantis_histogram.log",
     conda:

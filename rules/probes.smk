@@ -16,7 +16,7 @@ rule probes:
         views="results/views/{mixture}_s{seed}.csv.gz",
     params:
         seed=config["probes"]["seed"],
-        layer=ANALYSIS_LAYER,
+        layer=run_analysis_layer,
     log:
         "results/logs/probes/{mixture}_s{seed}.log",
     conda:

@@ -1,6 +1,6 @@
 # Representation extraction (METHOD §10): for every eligible city (4-digit ID), the residual stream at the
 # last ID digit and the following delimiter of the task's partial prompt, the config's
-# `representations.layers` (3–6 of 6 for the paper), 2 × hidden_size dims per layer.
+# `representations.layers` (3–6 of 6 for the paper; a variant may list its own), 2 × hidden_size dims per layer.
 
 
 rule representations:
@@ -12,10 +12,10 @@ rule representations:
     output:
         "results/representations/{mixture}_s{seed}/final.npz",
     params:
-        tasks=lambda w: mixture_tasks(w.mixture),
-        finetuning=lambda w: w.mixture in FINETUNING_MIXTURES,
+        tasks=lambda w: mixture_tasks(run_of(w).mixture),
+        finetuning=lambda w: run_of(w).kind == "finetuning",
         configured_tasks=CONFIGURED_TASKS,
-        layers=REPRESENTATION_LAYERS,
+        layers=run_layers,
     log:
         "results/logs/representations/{mixture}_s{seed}.log",
     benchmark:

@@ -1,4 +1,4 @@
-# Training grid (METHOD §7): results/models/{mixture}_s{seed}/ per run, trained in stacks (issue 16). One job per
+# Training grid (METHOD §7): results/models/{mixture}_s{seed}/ per run ({mixture}-{variant}_s{seed} for a variant), trained in stacks (issue 16). One job per
 # stack: `training.stack: mixture` puts every seed of a mixture in one job, `family` every run of a family
 # (worldrep.grid.training_stacks). A stack lists every output of every run it trains, so downstream rules see the
 # per-run files they always saw. Each run works in its own `in_progress/` folder (resume state, checkpoints, logs)
@@ -20,7 +20,8 @@ def stack_outputs(stack):
 
 def stack_base(stack, run):
     """A fine-tuning run's starting point: the same-seed final model of `training.base` (§7.1); None otherwise."""
-    return f"{model_dir(config['training']['base'], run.seed)}/final" if stack.kind == "finetuning" else None
+    base = config["training"]["base"]
+    return f"{model_dir(base, run.seed, run.variant)}/final" if stack.kind == "finetuning" else None
 
 
 def stack_inputs(stack):
@@ -48,7 +49,7 @@ for _stack in STACKS:
             # One entry per run (name -> mixture, base model, architecture, recipe, seed, precisions): editing one
             # run retrains its stack.
             runs=canonical({run.name: {"mixture": run.mixture, "base": stack_base(_stack, run),
-                                       **training_params(run.mixture, run.seed)} for run in _stack.runs}),
+                                       **training_params(run)} for run in _stack.runs}),
             stack=_stack.name,
             kind=_stack.kind,
         threads: 1

@@ -1,4 +1,5 @@
-"""Snakemake adapter: every rule figure_* -> results/figures/{name}.png, .pdf and .csv (the plotted values).
+"""Snakemake adapter: every rule figure_* -> results/figures/{name}.png, .pdf and .csv (the plotted values); every
+rule variant_figure_* -> results/variants/{variant}/figures/{name}.png, ... likewise.
 
 Reads tables and draws (worldrep/figures.py); computes nothing."""
 import _workflow  # noqa: F401  (this workflow's `worldrep` first on sys.path)
@@ -39,9 +40,10 @@ DRAW = {
     "figure_cka_vs_generalization": lambda: figures.cka_vs_generalization(
         pd.read_csv(inp.points), pd.read_csv(inp.fit), w.estimator),
     "figure_deviation_matrix": lambda: figures.deviation_matrix(pd.read_csv(inp.table)),
+    "figure_ftwb2_matrix": lambda: figures.ftwb2_matrix(pd.read_csv(inp.ftwb2)),
     "figure_deviation_histogram": lambda: figures.deviation_histogram(pd.read_csv(inp.deviation), p.mixes),
     "figure_atlantis_histogram": lambda: figures.atlantis_histogram(
-        pd.read_csv(inp.errors), pd.read_csv(inp.summary)),
+        pd.read_csv(inp.errors), pd.read_csv(inp.summary), p.layer),
     "figure_representation_views": lambda: figures.representation_views(views(), p.labels, final_r2(), p.layer),
     "figure_two_task_views": lambda: figures.two_task_views(views(), p.labels, p.insets),
     "figure_pca_gallery": lambda: figures.pca_gallery(views([tuple(k) for k in p.runs]), p.labels),
@@ -53,6 +55,7 @@ DRAW = {
     "figure_checkpoint_metrics": lambda: figures.checkpoint_metrics(pd.read_csv(inp.checkpoints), f"{w.run}: every task"),
     "figure_atlantis_predictions": lambda: figures.atlantis_predictions(pd.read_csv(inp.errors), views(), p.labels),
 }
-fig, data = DRAW[snakemake.rule]()
+# An architecture variant's figure (rules/variants.smk) is drawn as the main grid's of the same name.
+fig, data = DRAW[snakemake.rule.removeprefix("variant_")]()
 written = figures.save_figure(fig, snakemake.output[0].removesuffix(".png"), data)
 print("\n".join(map(str, written)), file=log)

@@ -16,6 +16,7 @@ from worldrep.config import ConfigError, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+V = "variants.small"
 
 
 @pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml", "quick.yaml", "laptop.yaml", "paper_pt1.yaml"])
@@ -32,6 +33,14 @@ def setp(path, value):
             c = c[int(p)] if isinstance(c, list) else c[p]
         c[int(last) if isinstance(c, list) else last] = value
     return mutate
+
+
+def on(mutate):
+    """The mutation, then smoke.yaml's `small` variant turned on (its mixtures are checked only when it trains)."""
+    def both(c):
+        mutate(c)
+        c["variants"]["small"]["enabled"] = True
+    return both
 
 
 def delp(path):
@@ -142,6 +151,37 @@ BAD = {  # id: (mutation, key path named in the message, problem text on the sam
     "zero-init-std": (setp("model.init_std", 0), "model.init_std", "less than or equal to the minimum of 0"),
     "unknown-model-key": (setp("model.hidden", 64), "model", "'hidden' was unexpected"),
     "missing-model-section": (delp("model"), "<top level>", "'model' is a required property"),
+    # architecture variants (issue 13): smoke.yaml's `small` (hidden 64, 4 heads, 4 layers, layers 2-4)
+    "variant-heads-not-dividing-hidden": (setp(f"{V}.model.num_attention_heads", 3), f"{V}.model.num_attention_heads",
+                                          "3 heads do not divide hidden_size 64"),
+    "variant-odd-head-dim": (setp(f"{V}.model.hidden_size", 68), f"{V}.model.num_attention_heads",
+                             "head_dim 17 (hidden_size / heads) must be even"),
+    "variant-kv-heads-not-dividing-heads": (setp(f"{V}.model.num_key_value_heads", 3), f"{V}.model.num_key_value_heads",
+                                            "3 kv-heads do not divide 4 attention heads"),
+    "variant-zero-layers": (setp(f"{V}.model.num_hidden_layers", 0), f"{V}.model.num_hidden_layers",
+                            "less than the minimum of 1"),
+    "variant-layer-beyond-depth": (setp(f"{V}.model.num_hidden_layers", 3), f"{V}.representations.layers",
+                                   "[4] lie beyond the model's depth (variants.small.model.num_hidden_layers = 3"),
+    "variant-inherited-layers-beyond-depth": (delp(f"{V}.representations"), f"{V}.representations.layers",
+                                              "[5, 6] lie beyond the model's depth"),
+    "variant-analysis-layer-not-extracted": (setp(f"{V}.representations.analysis_layer", 1),
+                                             f"{V}.representations.analysis_layer",
+                                             "1 is not one of the extracted layers [2, 3, 4]"),
+    "variant-unknown-model-key": (setp(f"{V}.model.hidden", 64), f"{V}.model", "'hidden' was unexpected"),
+    "variant-zero-hidden": (setp(f"{V}.model.hidden_size", 0), f"{V}.model.hidden_size", "less than the minimum of 1"),
+    "variant-zero-init-std": (setp(f"{V}.model.init_std", 0), f"{V}.model.init_std",
+                              "less than or equal to the minimum of 0"),
+    "variant-named-default": (setp("variants.default", {"enabled": False, "model": {}, "pretraining": {"pt7": {
+        "seeds": [42]}}, "finetuning": []}), "variants", "'default' should not be valid"),
+    "variant-unknown-mixture": (on(setp(f"{V}.pretraining.pt9", {"seeds": [1]})), f"{V}.pretraining.pt9",
+                                "no pretraining mixture is named 'pt9'"),
+    "variant-unknown-mix": (on(setp(f"{V}.finetuning", ["ftwb9-1"])), f"{V}.finetuning", "no fine-tuning mix is named"),
+    "variant-finetuning-without-base": (on(setp(f"{V}.pretraining", {"pt1-1": {"seeds": [42]}})), f"{V}.pretraining",
+                                        "fine-tuning needs the variant's own base 'pt7'"),
+    "variant-without-seeds": (setp(f"{V}.pretraining.pt7", {"epochs": 2}), f"{V}.pretraining.pt7",
+                              "'seeds' is a required property"),
+    "variant-run-name-taken": (lambda c: c["variants"].update(atl={**c["variants"].pop("small"), "enabled": True}),
+                               "variants.atl", "its run name 'pt7-atl_s42' is also the name of another planned run"),
 }
 
 

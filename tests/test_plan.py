@@ -80,6 +80,20 @@ def test_paper_plan_counts_the_steps_of_method_7_3(paper):
     assert (some.runs_to_train, some.optimizer_steps) == (32, 328_128 + 28_560)
 
 
+def test_the_wide_variant_adds_its_own_steps_and_size(paper):
+    """variants.wide (issue 13): pt7 for 3 epochs, FTWB1 x7 and 6 FTWB2 mixes at the main recipe's T, in 3 stacks of
+    their own, each step at the wide model's size (6.35M parameters against 1.6M)."""
+    wide = {**paper, "variants": {"wide": {**paper["variants"]["wide"], "enabled": True}}}
+    base, more = plan.make_plan(paper, 5_671, plan.rates_of(paper)), plan.make_plan(wide, 5_671, plan.rates_of(wide))
+    assert (more.runs, more.stacks_to_train) == (193, 9)
+    assert more.run_steps - base.run_steps == 3 * 54_688 + 7 * 28_560 + 6 * 56_670
+    assert more.optimizer_steps - base.optimizer_steps == 3 * 54_688 + 28_560 + 56_670
+    pt7 = plan.make_plan(wide, 5_671, plan.rates_of(wide), to_train={"pretrain_pt7_wide"})
+    flops = 6 * plan.model_parameters({**paper["model"], "hidden_size": 256, "num_attention_heads": 8,
+                                       "num_key_value_heads": 8, "intermediate_size": 1024}) * 128 * 57
+    assert pt7.cpu_core_seconds == pytest.approx(3 * 54_688 * flops / 60e9)
+
+
 def test_cpu_seconds_follow_the_flop_model(paper):
     """6 · parameters · batch · width per run-step at the CPU rate, summed over runs."""
     rates = plan.rates_of(paper)

@@ -27,9 +27,10 @@ def snakemake(workdir: Path, *args: str) -> str:
     return out
 
 
-def planned_jobs(workdir: Path, configfile: str = SMOKE, *extra: str) -> set[str]:
-    """Job names `rule[wildcards]` that `snakemake -n` plans, parsed from its job blocks."""
-    out = snakemake(workdir, "-n", *extra, "--configfile", configfile)
+def planned_jobs(workdir: Path, configfile: str | tuple[str, ...] = SMOKE, *extra: str) -> set[str]:
+    """Job names `rule[wildcards]` that `snakemake -n` plans, parsed from its job blocks (config files merged in
+    order when several are given)."""
+    out = snakemake(workdir, "-n", *extra, "--configfile", *((configfile,) if isinstance(configfile, str) else configfile))
     jobs, rule = set(), None
     for line in out.splitlines():
         if m := re.match(r"^(?:local)?rule (\w+):$", line):
@@ -526,6 +527,77 @@ def test_archive_recompute_agrees_with_snakemakes_records(workflow):
     assert checked >= 18, out  # probes per run, probe table, Atlantis, CKA families, task count, generalization, fit
     assert re.search(r"recompute: [1-9]\d* tables match, 0 differ", out), out
     assert "recompute: ok       results/generalization/ftwb1_matrix.csv" in out, out
+
+
+def test_a_second_architecture_runs_through_every_stage(workflow, smoke_config, tmp_path):
+    """Issue 13 at smoke size: smoke.yaml's `small` variant (hidden 64, 4 heads, 4 layers, layers 2-4) turned on over
+    a copy of the finished smoke folder plans exactly its 4 runs, their per-run jobs and its analyses; it trains,
+    evaluates and extracts 128-d features; its CKA against the 256-d main-grid pt7 matches the reference
+    definition; every model loads with the Auto classes under its own config; editing its width replans exactly
+    its jobs, and the main grid stays planned out."""
+    import shutil
+
+    import numpy as np
+    import pandas as pd
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from worldrep.cka import kernel_cka
+    from worldrep.grid import model_settings, training_runs
+    from worldrep.representations import load_representations
+
+    work = tmp_path / "workflow"
+    shutil.copytree(workflow, work, symlinks=True)  # results and .snakemake, mtimes kept
+    (work / "small.yaml").write_text(yaml.safe_dump({"variants": {"small": {"enabled": True}}}))
+    files = (SMOKE, "small.yaml")
+    config = yaml.safe_load(yaml.safe_dump(smoke_config))
+    config["variants"]["small"]["enabled"] = True
+    runs = [r for r in training_runs(config) if r.variant == "small"]
+    assert [r.name for r in runs] == ["pt7-small_s42", "ftwb1-1-small_s42", "ftwb1-6-small_s42", "ftwb2-13-small_s42"]
+    expected = {"pretrain_pt7_small", "finetune_ftwb1_small", "finetune_ftwb2_small", "all"}
+    expected |= {f"{rule}[mixture={r.mixture}-small,seed=42]" for r in runs
+                 for rule in ("evaluate", "representations", "probes")}
+    expected |= {f"{rule}[variant=small]" for rule in (
+        "variant_evaluation_table", "variant_probe_table", "variant_generalization", "variant_atlantis_reconstruction",
+        "variant_cka", "variant_figure_ftwb1_matrix", "variant_figure_ftwb2_matrix", "variant_figure_deviation_matrix",
+        "variant_figure_atlantis_histogram")}
+    assert planned_jobs(work, files) == expected
+    snakemake(work, "--cores", "2", "--configfile", *files)
+    results = work / "results"
+
+    for run in runs:  # 128-d features (2 x hidden 64) at layers 2-4
+        ids, reps = load_representations(results / f"representations/{run.name}/final.npz")
+        assert sorted(reps) == [2, 3, 4] and {r.shape for r in reps.values()} == {(len(ids), 128)}
+        model = AutoModelForCausalLM.from_pretrained(results / f"models/{run.name}/final")
+        assert (model.config.hidden_size, model.config.num_hidden_layers, model.config.intermediate_size) == (64, 4, 256)
+        assert json.loads((results / f"models/{run.name}/final/run.json").read_text())["model"] == \
+            model_settings(config, "small")
+    main = AutoConfig.from_pretrained(results / "models/pt7_s42/final")
+    assert (main.hidden_size, main.num_hidden_layers) == (128, 6)
+
+    cka = pd.read_csv(results / "variants/small/cka_vs_default.csv")
+    assert set(zip(cka.run_a, cka.run_b)) == {("pt7-small_s42", "pt7_s42")} and len(cka) == 3 * 4 * 2
+    assert set(cka.width_a) == {128} and set(cka.width_b) == {256}
+    cities = pd.read_csv(results / "world/cities.csv")
+    atlantis = set(cities.loc[cities.is_atlantis, "city_id"])
+    (ids, small), (_, large) = (load_representations(results / f"representations/{r}/final.npz")
+                                for r in ("pt7-small_s42", "pt7_s42"))
+    keep = ~np.isin(ids, list(atlantis))
+    row = cka[(cka.layer_a == 4) & (cka.layer_b == 6) & (cka.estimator == "biased")].cka.item()
+    assert row == pytest.approx(kernel_cka(small[4][keep].astype(np.float64), large[6][keep].astype(np.float64)),
+                                rel=1e-9)
+
+    table = pd.read_csv(results / "variants/small/evaluation/metrics.csv")
+    assert set(table.run) == {r.name for r in runs}
+    assert not set(pd.read_csv(results / "evaluation/metrics.csv").run) & {r.name for r in runs}
+    ni = pd.read_csv(results / "variants/small/generalization/ftwb1_matrix.csv")
+    assert set(ni.finetuned_task) == {"distance", "perimeter"}
+    for name in ("ftwb1_matrix", "ftwb2_matrix", "deviation_matrix", "atlantis_histogram"):
+        assert (results / f"variants/small/figures/{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    assert planned_jobs(work, files) == set() and planned_jobs(work) == set()
+    (work / "small.yaml").write_text(yaml.safe_dump({"variants": {"small": {"enabled": True,
+                                                                            "model": {"hidden_size": 32}}}}))
+    assert planned_jobs(work, files) == expected  # its width: every job of the variant, nothing of the main grid
 
 
 def test_training_setting_change_replans_the_runs_it_shapes(workflow, smoke_config):

@@ -569,11 +569,12 @@ def recompute_jobs(config: dict) -> list[Job]:
     ATLANTIS_RUNS, CONTROL_RUNS, analysis_targets) and the three rule files: keep it in step with them.
     `verify --recompute` checks it against Snakemake's record of each archived table when the archive has one."""
     from .config import mixture_families
-    from .grid import training_runs
+    from .grid import representation_settings, training_runs
 
     families = mixture_families(config)
     pretraining, finetuning = {**families["pretraining"], **families["with_atlantis"]}, families["finetuning.mixes"]
-    runs = training_runs(config)
+    every_run = training_runs(config)  # architecture variants' runs too: each has its probe job, at its own layer
+    runs = [r for r in every_run if r.variant is None]  # the main grid's tables (rules/variants.smk: not recomputed)
     pre, fine = [r for r in runs if r.kind == "pretraining"], [r for r in runs if r.kind == "finetuning"]
     cka_families = {f: [m for m in families["pretraining"] if m.startswith(f"{f}-")] for f in ("pt1", "pt2", "pt3")
                     if any(m.startswith(f"{f}-") for m in families["pretraining"])}
@@ -587,7 +588,8 @@ def recompute_jobs(config: dict) -> list[Job]:
     jobs = [Job("probes", {"metrics": f"results/probes/{r.name}.csv", "views": f"results/views/{r.name}.csv.gz"},
                 {"final": [final(r.name)], "cities": [cities],
                  "checkpoints": [f"results/representations/{r.name}/checkpoints"] if r.name in curve else []},
-                {"seed": probes["seed"], "layer": layer}) for r in runs]
+                {"seed": probes["seed"], "layer": representation_settings(config, r.variant)["analysis_layer"]})
+            for r in every_run]
     if runs:
         jobs.append(Job("probe_table", {"table": "results/probes/probe_metrics.csv"},
                         {"tables": [f"results/probes/{r.name}.csv" for r in runs]},

@@ -341,3 +341,24 @@ def cka_vs_generalization_tables(cka: pd.DataFrame, ftwb1: pd.DataFrame, variant
         fits.append({"estimator": estimator, "layer": layer, "n": len(x), "r": r, "r2": r * r, "p": p,
                      "slope": slope, "intercept": intercept})
     return points, pd.DataFrame(fits, columns=["estimator", "layer", "n", "r", "r2", "p", "slope", "intercept"])
+
+
+def cross_model_table(pairs: Sequence[tuple[str, str]], paths: dict[str, Path], atlantis_ids,
+                      load: Callable) -> pd.DataFrame:
+    """CKA between models of different architectures (issue 13): for each (run_a, run_b) pair, every extracted layer
+    of a against every extracted layer of b, both estimators, on the eligible non-Atlantis cities. Linear CKA
+    compares Gram matrices, so the two widths (and depths) need not match."""
+    atlantis, rows = list(atlantis_ids), []
+    for run_a, run_b in pairs:
+        (ids_a, reps_a), (ids_b, reps_b) = load(paths[run_a]), load(paths[run_b])
+        keep_a, keep_b = ~np.isin(ids_a, atlantis), ~np.isin(ids_b, atlantis)
+        if not np.array_equal(ids_a[keep_a], ids_b[keep_b]):
+            raise ValueError(f"{paths[run_b]}: its city IDs differ from {paths[run_a]}'s")
+        for layer_a in sorted(reps_a):
+            for layer_b in sorted(reps_b):
+                x, y = reps_a[layer_a][keep_a], reps_b[layer_b][keep_b]
+                for estimator, value in (("biased", linear_cka(x, y)), ("debiased", debiased_cka(x, y))):
+                    rows.append({"run_a": run_a, "run_b": run_b, "layer_a": layer_a, "layer_b": layer_b,
+                                 "width_a": x.shape[1], "width_b": y.shape[1], "estimator": estimator, "cka": value})
+    return pd.DataFrame(rows, columns=["run_a", "run_b", "layer_a", "layer_b", "width_a", "width_b", "estimator",
+                                       "cka"])

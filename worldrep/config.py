@@ -67,24 +67,39 @@ def semantic_problems(config: dict) -> list[str]:
 
 
 def model_problems(config: dict) -> list[str]:
-    """The architecture (`model`) and the extracted layers (`representations`) fit together (METHOD §6, §10)."""
+    """The architecture (`model`) and the extracted layers (`representations`) fit together (METHOD §6, §10), and
+    so does each variant's (`variants.{name}`: its keys over `model`, its own layers or the default ones)."""
+    problems = architecture_problems(config["model"], config["representations"], "model", "representations")
+    for name, block in config.get("variants", {}).items():
+        # Named as the variant's key even when its layers are inherited: the fix is the variant's own list.
+        reps_key = f"variants.{name}.representations"
+        problems += architecture_problems({**config["model"], **block["model"]},
+                                          block.get("representations", config["representations"]),
+                                          f"variants.{name}.model", reps_key)
+    return problems
+
+
+def architecture_problems(model: dict, reps: dict, model_key: str, reps_key: str) -> list[str]:
+    """One architecture and its layers; messages name the keys given (`model_key`.field, `reps_key`.field)."""
     problems = []
-    model, reps = config["model"], config["representations"]
     hidden, heads, kv = model["hidden_size"], model["num_attention_heads"], model["num_key_value_heads"]
     if hidden % heads:
-        problems.append(f"config key 'model.num_attention_heads': {heads} heads do not divide hidden_size {hidden}")
+        problems.append(f"config key '{model_key}.num_attention_heads': {heads} heads do not divide hidden_size "
+                        f"{hidden}")
     elif (hidden // heads) % 2:
-        problems.append(f"config key 'model.num_attention_heads': head_dim {hidden // heads} (hidden_size / heads) "
-                        "must be even for the rotary embedding")
+        problems.append(f"config key '{model_key}.num_attention_heads': head_dim {hidden // heads} (hidden_size / "
+                        "heads) must be even for the rotary embedding")
     if heads % kv:
-        problems.append(f"config key 'model.num_key_value_heads': {kv} kv-heads do not divide {heads} attention heads")
+        problems.append(f"config key '{model_key}.num_key_value_heads': {kv} kv-heads do not divide {heads} "
+                        "attention heads")
     depth = model["num_hidden_layers"]
     beyond = [layer for layer in reps["layers"] if layer > depth]
     if beyond:
-        problems.append(f"config key 'representations.layers': {beyond} lie beyond the model's depth "
-                        f"(model.num_hidden_layers = {depth}; hidden_states[{depth}] is the last, after the final norm)")
+        problems.append(f"config key '{reps_key}.layers': {beyond} lie beyond the model's depth "
+                        f"({model_key}.num_hidden_layers = {depth}; hidden_states[{depth}] is the last, after the "
+                        "final norm)")
     if reps["analysis_layer"] not in reps["layers"]:
-        problems.append(f"config key 'representations.analysis_layer': {reps['analysis_layer']} is not one of "
+        problems.append(f"config key '{reps_key}.analysis_layer': {reps['analysis_layer']} is not one of "
                         f"the extracted layers {reps['layers']}")
     return problems
 

@@ -298,6 +298,28 @@ def ftwb1_matrix(ftwb1: pd.DataFrame, seed="mean"):
     return fig, data.assign(trained=data["finetuned_task"] == data["evaluated_task"], seed=str(seed))
 
 
+@styled
+def ftwb2_matrix(ftwb2: pd.DataFrame, seed="mean"):
+    """Mean (or one seed's) FTWB2 NI from `generalization/ftwb2_matrix.csv` (seed, pair, evaluated_task, ni): the
+    fine-tuned pairs' rows in file order, RdYlGn over [0, 1], pairs containing distance labelled in red."""
+    part = select_seed(ftwb2, seed)
+    rows = list(dict.fromkeys(part["pair"]))
+    columns = [t for t in TASK_NAMES if t in set(part["evaluated_task"])]
+    ni = part.pivot(index="pair", columns="evaluated_task", values="ni").reindex(index=rows, columns=columns)
+    fig, (ax,) = new_figure("deviation_matrix")  # the same rows-by-tasks layout
+    norm = colors.Normalize(0.0, 1.0)
+    image, cmap = heatmap(ax, ni.to_numpy(float), rows, [TASK_ABBR[t] for t in columns], "RdYlGn", norm)
+    annotate_cells(ax, ni.to_numpy(float), cmap, norm)
+    for tick, label in zip(ax.get_yticklabels(), rows):
+        tick.set_color("#d62728" if has_distance(label) else "black")
+    fig.colorbar(image, ax=ax, label="normalized improvement")
+    ax.set_xlabel("evaluated task")
+    ax.set_ylabel("fine-tuned pair")
+    ax.set_title("FTWB2 generalization" + (" (mean over seeds)" if str(seed) == "mean" else f" (seed {seed})"))
+    data = ni.stack(future_stack=True).rename("ni").reset_index()
+    return fig, data.assign(has_distance=data["pair"].map(has_distance), seed=str(seed))
+
+
 # ---- §13.8 CKA vs generalization ------------------------------------------------------------------------
 
 @styled
@@ -407,10 +429,11 @@ def log_bins(values: np.ndarray, count: int = 40) -> np.ndarray:
 
 
 @styled
-def atlantis_histogram(errors: pd.DataFrame, summary: pd.DataFrame):
+def atlantis_histogram(errors: pd.DataFrame, summary: pd.DataFrame, layer: int | None = None):
     """The three pooled groups of `probes/atlantis_errors.csv.gz` (run, group, city_id, error) on 40
     log-spaced bins over their pooled range; dashed lines at the group means and a solid green line at the
-    pt7-atl Atlantis mean (`probes/atlantis_summary.csv`), when there is one."""
+    pt7-atl Atlantis mean (`probes/atlantis_summary.csv`), when there is one. `layer`: the probed layer, named in
+    the axis label."""
     part = errors[errors["group"].isin(list(ATLANTIS_GROUPS))]
     bins = log_bins(part["error"].to_numpy(float))
     means = summary.set_index("group")["mean"]
@@ -432,7 +455,7 @@ def atlantis_histogram(errors: pd.DataFrame, summary: pd.DataFrame):
         ax.axvline(float(control.iloc[0]), color="#2ca02c", linestyle="-", linewidth=1.5,
                    label="pt7-atl Atlantis mean", gid="control-mean")
     ax.set_xscale("log")
-    ax.set_xlabel("reconstruction error (scaled units)")
+    ax.set_xlabel("reconstruction error (scaled units)" + (f", layer-{layer} probe" if layer is not None else ""))
     ax.set_ylabel("cities")
     ax.legend(loc="upper left")
     data = pd.concat(rows, ignore_index=True)

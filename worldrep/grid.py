@@ -20,14 +20,16 @@ class Run:
     seed: int
     kind: str          # "pretraining" or "finetuning"
     seeds_entry: str   # the `training.seeds` key that gave this seed (recorded: §7.3 overrides)
+    variant: str | None = None  # an architecture of `variants` (issue 13); None: the config's `model`
 
     @property
     def name(self) -> str:
-        return run_name(self.mixture, self.seed)
+        return run_name(self.mixture, self.seed, self.variant)
 
 
-def run_name(mixture: str, seed: int) -> str:
-    return f"{mixture}_s{seed}"
+def run_name(mixture: str, seed: int, variant: str | None = None) -> str:
+    """`pt7_s42`; a variant's run shows its architecture after the mixture: `pt7-wide_s42`."""
+    return f"{mixture}-{variant}_s{seed}" if variant else f"{mixture}_s{seed}"
 
 
 def pretraining_mixtures(config: dict) -> dict[str, list[str]]:
@@ -47,8 +49,14 @@ def seeds_entry(config: dict, mixture: str) -> str:
     return "default"
 
 
+def enabled_variants(config: dict) -> dict[str, dict]:
+    """The `variants` blocks that are on (issue 13), in config order."""
+    return {name: block for name, block in config.get("variants", {}).items() if block["enabled"]}
+
+
 def training_runs(config: dict) -> list[Run]:
-    """Every planned run: pretraining mixtures × their seeds, then fine-tuning mixes × the base's seeds."""
+    """Every planned run: pretraining mixtures × their seeds, then fine-tuning mixes × the base's seeds; then each
+    enabled variant's runs: its pretraining mixtures × their seeds, its fine-tuning mixes × its base's seeds."""
     runs = []
     for mixture in pretraining_mixtures(config):
         entry = seeds_entry(config, mixture)
@@ -56,12 +64,30 @@ def training_runs(config: dict) -> list[Run]:
     for mixture in mixture_families(config)["finetuning.mixes"]:
         entry = seeds_entry(config, mixture)
         runs += [Run(mixture, seed, "finetuning", entry) for seed in config["training"]["seeds"][entry]]
+    base = config["training"]["base"]
+    for variant, block in enabled_variants(config).items():
+        for mixture, entry in block["pretraining"].items():
+            key = f"variants.{variant}.pretraining.{mixture}"
+            runs += [Run(mixture, seed, "pretraining", key, variant) for seed in entry["seeds"]]
+        for mixture in block["finetuning"]:
+            key = f"variants.{variant}.pretraining.{base}"
+            runs += [Run(mixture, seed, "finetuning", key, variant) for seed in block["pretraining"][base]["seeds"]]
     return runs
 
 
-def recipe_settings(config: dict, mixture: str) -> dict:
+def model_settings(config: dict, variant: str | None = None) -> dict:
+    """The architecture of a run: the config's `model`, with a variant's keys over it."""
+    return {**config["model"], **(config["variants"][variant]["model"] if variant else {})}
+
+
+def representation_settings(config: dict, variant: str | None = None) -> dict:
+    """The extracted layers and the analysis layer of a run: `representations`, or the variant's own."""
+    return {**config["representations"], **(config["variants"][variant].get("representations", {}) if variant else {})}
+
+
+def recipe_settings(config: dict, mixture: str, variant: str | None = None) -> dict:
     """The `Recipe` fields of a mixture's runs: the shared settings plus the kind's peak lr and epochs
-    (pretraining epochs by number of tasks, §7.1)."""
+    (pretraining epochs by number of tasks, §7.1; a variant's pretraining entry may set its own epochs)."""
     training = config["training"]
     shared = {k: training[k] for k in ("batch_size", "warmup_steps", "eps", "weight_decay", "grad_clip",
                                        "checkpoint_fraction", "validation_fraction", "log_every", "compile")}
@@ -70,6 +96,8 @@ def recipe_settings(config: dict, mixture: str) -> dict:
     if mixture in pretraining:
         kind = training["pretraining"]
         epochs = kind["epochs"][len(pretraining[mixture])]
+        if variant:
+            epochs = config["variants"][variant]["pretraining"].get(mixture, {}).get("epochs", epochs)
     else:
         kind = training["finetuning"]
         epochs = kind["epochs"]
@@ -99,9 +127,9 @@ def train_items(config: dict, mixture: str) -> int:
                for s in mixture_sources(config, mixture))
 
 
-def step_counts(config: dict, mixture: str) -> tuple[int, int]:
+def step_counts(config: dict, mixture: str, variant: str | None = None) -> tuple[int, int]:
     """(epochs, steps per epoch) of a mixture's runs: the last partial batch is kept (§7.1)."""
-    recipe = recipe_settings(config, mixture)
+    recipe = recipe_settings(config, mixture, variant)
     return recipe["epochs"], -(-train_items(config, mixture) // recipe["batch_size"])
 
 
@@ -119,7 +147,8 @@ def family(config: dict, mixture: str) -> str:
 
 @dataclass(frozen=True)
 class Stack:
-    name: str               # the mixture (training.stack: mixture) or the family (training.stack: family)
+    name: str               # the mixture (training.stack: mixture) or the family (training.stack: family), then
+                            # `-{variant}` for a variant's runs (a stack has one architecture)
     kind: str               # "pretraining" or "finetuning": a stack never mixes them
     runs: tuple[Run, ...]
 
@@ -136,12 +165,12 @@ class Stack:
 def training_stacks(config: dict) -> list[Stack]:
     """The planned runs grouped into training jobs by `training.stack`: `mixture` puts every seed of a mixture in
     one stack, `family` every run of a family (`family`). Runs keep their `training_runs` order; stacks come in
-    order of their first run. One architecture per config, so every stack has one."""
+    order of their first run. A variant's runs stack apart, so that every stack has one architecture."""
     by = config["training"]["stack"]
     groups: dict[tuple[str, str], list[Run]] = {}
     for run in training_runs(config):
         name = run.mixture if by == "mixture" else family(config, run.mixture)
-        groups.setdefault((name, run.kind), []).append(run)
+        groups.setdefault((f"{name}-{run.variant}" if run.variant else name, run.kind), []).append(run)
     return [Stack(name, kind, tuple(runs)) for (name, kind), runs in groups.items()]
 
 
@@ -149,7 +178,8 @@ def stack_problems(config: dict) -> list[str]:
     """A stack's runs must share the step count (one lr schedule, one batch of static shape per step)."""
     problems = []
     for stack in training_stacks(config):
-        counts = {m: step_counts(config, m) for m in stack.mixtures}
+        variant = stack.runs[0].variant
+        counts = {m: step_counts(config, m, variant) for m in stack.mixtures}
         if len(set(counts.values())) > 1:
             shown = ", ".join(f"{m}: {e} epochs x {spe} steps" for m, (e, spe) in counts.items())
             problems.append(f"config key 'training.stack': stack {stack.name!r} ({stack.kind}) groups runs of "
@@ -222,9 +252,36 @@ def grid_problems(config: dict) -> list[str]:
         if len(tasks) not in epochs:
             problems.append(f"config key 'training.pretraining.epochs': no entry for {len(tasks)} task(s), "
                             f"needed by mixture {mixture!r}")
+    problems += variant_problems(config)
     problems += [] if problems else stack_problems(config)
     planned = {run.name for run in training_runs(config) if run.kind == "pretraining"} if not problems else set()
     for name in config["evaluation"]["checkpoint_runs"]:
         if not problems and name not in planned:
             problems.append(f"config key 'evaluation.checkpoint_runs': {name!r} is not a planned pretraining run")
+    return problems
+
+
+def variant_problems(config: dict) -> list[str]:
+    """Each enabled variant names configured mixtures, has its base run when it fine-tunes, and names no run that
+    another run already has (e.g. a variant `atl` would make `pt7-atl_s42`, the with-Atlantis control's name)."""
+    problems = []
+    pretraining, finetuning = pretraining_mixtures(config), mixture_families(config)["finetuning.mixes"]
+    base = config["training"]["base"]
+    for name, block in enabled_variants(config).items():  # a block that is off may name mixtures a config cut
+        key = f"variants.{name}"
+        problems += [f"config key '{key}.pretraining.{m}': no pretraining mixture is named {m!r}"
+                     for m in block["pretraining"] if m not in pretraining]
+        problems += [f"config key '{key}.finetuning': no fine-tuning mix is named {m!r}"
+                     for m in block["finetuning"] if m not in finetuning]
+        if block["finetuning"] and base not in block["pretraining"]:
+            problems.append(f"config key '{key}.pretraining': fine-tuning needs the variant's own base "
+                            f"'{base}' (training.base) among its pretraining mixtures")
+    if problems:
+        return problems
+    seen: dict[str, Run] = {}
+    for run in training_runs(config):
+        if run.name in seen:
+            problems.append(f"config key 'variants.{run.variant or seen[run.name].variant}': its run name "
+                            f"{run.name!r} is also the name of another planned run")
+        seen[run.name] = run
     return problems

@@ -1,6 +1,6 @@
 """What a config plans and what it will cost on this machine, said before any job runs (issue 15).
 
-    python -m worldrep.plan --configfile config/quick.yaml [--cores N] [--gpus G] [--results DIR]
+    python -m worldrep.plan --configfile config/quick.yaml [more config files] [--cores N] [--gpus G] [--results DIR]
 
 prints the block the workflow prints before its first job (the Snakefile's `onstart`): runs to train, optimizer
 steps (one per update of a stack), run-steps (one per update of one run), the disk the results will take, and a
@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import mixture_families
-from .grid import (configured_tasks, mixture_sources, pretraining_mixtures, recipe_settings, step_counts,
-                   training_stacks)
+from .grid import (configured_tasks, mixture_sources, model_settings, pretraining_mixtures, recipe_settings,
+                   representation_settings, step_counts, training_stacks)
 from .tokenizer import VOCAB
 
 # Where a rate came from travels with it into the block, so that nobody mistakes an assumption for a measurement.
@@ -97,10 +97,10 @@ def mixture_width(config: dict, mixture: str) -> int:
     return max(TASK_WIDTH[s.task] for s in mixture_sources(config, mixture))
 
 
-def step_flops(config: dict, mixture: str) -> float:
-    """One training step of one run: 6 · parameters · tokens in the batch."""
-    batch = recipe_settings(config, mixture)["batch_size"]
-    return 6.0 * model_parameters(config["model"]) * batch * mixture_width(config, mixture)
+def step_flops(config: dict, run) -> float:
+    """One training step of one run: 6 · parameters (of its architecture) · tokens in the batch."""
+    batch = recipe_settings(config, run.mixture, run.variant)["batch_size"]
+    return 6.0 * model_parameters(model_settings(config, run.variant)) * batch * mixture_width(config, run.mixture)
 
 
 def checkpoint_count(total: int, fraction: float) -> int:
@@ -139,12 +139,13 @@ def disk_bytes(config: dict, n_cities: int) -> int:
         items = sum((s.n_train if s.n_train is not None else config["datasets"][s.variant]["n_train"])
                     for s in mixture_sources(config, mixture))
         total += items * 1.1 * (mixture_width(config, mixture) + MIXTURE_BYTES_PER_ITEM)  # + val and test
-    model_bytes = 4 * model_parameters(config["model"])
-    features = len(config["representations"]["layers"]) * 2 * config["model"]["hidden_size"]
     curves = curve_runs(config)
     for stack in training_stacks(config):
         for run in stack.runs:
-            epochs, per_epoch = step_counts(config, run.mixture)
+            model = model_settings(config, run.variant)
+            model_bytes = 4 * model_parameters(model)
+            features = len(representation_settings(config, run.variant)["layers"]) * 2 * model["hidden_size"]
+            epochs, per_epoch = step_counts(config, run.mixture, run.variant)
             checkpoints = checkpoint_count(epochs * per_epoch, config["training"]["checkpoint_fraction"])
             total += model_bytes * (1 + (checkpoints if run.kind == "pretraining" else 0))
             total += 4 * n_cities * features * (1 + (checkpoints if run.name in curves else 0))
@@ -171,9 +172,10 @@ def make_plan(config: dict, n_cities: int, rates: dict, results: Path | None = N
     optimizer_steps = run_steps = 0
     core_s, gpu_s, cpu_longest, gpu_longest = 0.0, 0.0, 0.0, 0.0
     for stack in todo:
-        epochs, per_epoch = step_counts(config, stack.mixtures[0])  # one step count per stack (grid.stack_problems)
+        # One step count per stack (grid.stack_problems).
+        epochs, per_epoch = step_counts(config, stack.mixtures[0], stack.runs[0].variant)
         steps = epochs * per_epoch
-        flops = [step_flops(config, run.mixture) for run in stack.runs]
+        flops = [step_flops(config, run) for run in stack.runs]
         optimizer_steps += steps
         run_steps += steps * len(stack.runs)
         stack_core_s = steps * sum(flops) / (cpu["gflops_per_core"] * 1e9)
@@ -299,19 +301,31 @@ def report(config: dict, results: Path, cores: int, gpus: int, to_train: set[str
             stop_reason(plan, config, rates, cores, gpus, free, have))
 
 
+def merged(base: dict, update: dict) -> dict:
+    """`update` over `base`, dicts merged key by key: what Snakemake does with several --configfile."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     import yaml
 
     from .config import validate_config
 
     parser = argparse.ArgumentParser(prog="python -m worldrep.plan", description=__doc__.split("\n")[0])
-    parser.add_argument("--configfile", type=Path, default=Path("config/config.yaml"))
+    parser.add_argument("--configfile", type=Path, nargs="+", default=[Path("config/config.yaml")],
+                        help="config files, merged in order as Snakemake does (config/config.yaml config/wide.yaml)")
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--gpus", type=int, help="GPUs to project for (default: those torch sees)")
     parser.add_argument("--results", type=Path, default=Path("results"),
                         help="results folder: runs with a final model there are not counted again")
     args = parser.parse_args(argv)
-    config = validate_config(yaml.safe_load(args.configfile.read_text()))
+    config = {}
+    for path in args.configfile:
+        config = merged(config, yaml.safe_load(path.read_text()))
+    config = validate_config(config)
     gpus = visible_gpus() if args.gpus is None else args.gpus
     text, reason = report(config, args.results, args.cores, gpus)
     print(text)
