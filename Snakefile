@@ -2,6 +2,7 @@
 # The pipeline reads off rules/: world -> tokenizer, datasets -> mixtures -> training -> evaluation
 # -> representations -> probes, CKA, generalization -> figures, claims checklist.
 # Method: docs/METHOD.md (the source of truth for formats, formulas, hyperparameters and the grid).
+import os
 import sys
 from pathlib import Path
 
@@ -59,8 +60,11 @@ onstart:
     except AttributeError:  # a Snakemake whose DAG says otherwise: count stacks whose final models are missing
         to_train = None
     local = workflow.local_exec and not workflow.touch
-    text, reason = report(config, Path("results"), workflow.cores, visible_gpus() if local else 0, to_train)
-    print(text, file=sys.stderr)
+    # A cluster executor runs without --cores (workflow.cores would raise): project for this machine's cores.
+    cores = workflow.resource_settings.cores or os.cpu_count() or 1
+    text, reason = report(config, Path("results"), cores, visible_gpus() if local else 0, to_train)
+    print(text if local else f"{text}\n  (jobs go to {'--touch' if workflow.touch else 'a cluster executor'}: "
+          "the projection is for this machine, and nothing stops)", file=sys.stderr)
     if reason and local:
         raise WorkflowError(reason)
 

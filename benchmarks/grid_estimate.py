@@ -333,6 +333,9 @@ def parse_args():
     parser.add_argument("--check", action="store_true", help="assert the step totals of METHOD §7.3 (paper config)")
     args = parser.parse_args()
     config = validate_config(yaml.safe_load(args.config.read_text()))
+    # The main grid only: an architecture variant's runs have their own sizes and epochs, which this model does not
+    # carry; `python -m worldrep.plan` counts them.
+    config["variants"] = {}
     args.slots = args.slots or config["gpu"]["slots_per_device"]
     if args.slowdown is None:
         if args.slots > 1:

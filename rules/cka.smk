@@ -54,7 +54,7 @@ rule cka_vs_generalization:
     input:
         cka="results/cka/pt1/matrix.csv",
         ftwb1="results/generalization/ftwb1_matrix.csv",
-        code=["worldrep/artifacts.py"],
+        code=["worldrep/cka.py", "worldrep/artifacts.py"],
     output:
         points="results/cka/cka_vs_generalization.csv",
         fit=table_output("cka/cka_vs_generalization_fit", "cka_vs_generalization_fit", "4. Fine-tuning generalization"),

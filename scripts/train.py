@@ -16,7 +16,7 @@ import torch  # noqa: E402
 from worldrep.artifacts import sha256_file  # noqa: E402
 from worldrep.datasets import load_split  # noqa: E402
 from worldrep.evaluation import resolve_device_precision  # noqa: E402
-from worldrep.grid import seeds_entry  # noqa: E402
+from worldrep.grid import training_runs  # noqa: E402
 from worldrep.model import ModelSettings, build_model  # noqa: E402
 from worldrep.provenance import provenance  # noqa: E402
 from worldrep.stack import from_hf_models  # noqa: E402
@@ -25,6 +25,7 @@ from worldrep.training import (Recipe, StackRun, Validation, fingerprint, publis
 
 torch.set_num_threads(snakemake.threads)
 runs = snakemake.params.runs  # run name -> its mixture and training params, in stack order
+planned = {run.name: run for run in training_runs(snakemake.config)}
 stack_name, finetuning = snakemake.params.stack, snakemake.params.kind == "finetuning"
 device = torch.device(lease.device)
 # CUDA graphs change how fast an update runs, not what it computes (same kernels), so, like the lease, they are
@@ -82,7 +83,8 @@ for name, p in runs.items():
         # Which `training.seeds` entry planned this run (§7.3 overrides). Read from the config, not params: adding
         # an override for a failed seed must not retrain the healthy seeds of that mixture.
         "run": name, "mixture": p["mixture"], "seed": p["seed"],
-        "seeds_entry": seeds_entry(snakemake.config, p["mixture"]),
+        "seeds_entry": planned[name].seeds_entry,
+        **({"variant": planned[name].variant} if planned[name].variant else {}),  # an architecture variant's run
         "base_model": base, "model": p["model"], "recipe": vars(recipe), "n_train": len(train_tokens),
         "weight_decay_groups": "weight matrices and embeddings; no decay on biases and RMSNorm gains",
         "fingerprint": run_fingerprint, "inputs_sha256": inputs,

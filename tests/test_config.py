@@ -180,6 +180,13 @@ BAD = {  # id: (mutation, key path named in the message, problem text on the sam
                                         "fine-tuning needs the variant's own base 'pt7'"),
     "variant-without-seeds": (setp(f"{V}.pretraining.pt7", {"epochs": 2}), f"{V}.pretraining.pt7",
                               "'seeds' is a required property"),
+    "variant-ftwb1-only": (on(setp(f"{V}.finetuning", ["ftwb1-1"])), f"{V}.finetuning",
+                           "needs both one-task (FTWB1) and two-task (FTWB2) mixes"),
+    "variant-pair-without-teacher": (on(setp(f"{V}.finetuning", ["ftwb1-1", "ftwb2-13"])), f"{V}.finetuning",
+                                     "ftwb2-13 (perimeter, distance) needs the FTWB1 mixes of perimeter"),
+    "variant-stack-name-taken": (lambda c: c["variants"].update(atl={**c["variants"].pop("small"), "enabled": True,
+                                                                      "pretraining": {"pt7": {"seeds": [7]}}}),
+                                 "variants", "stack 'pt7-atl' would train runs of architectures ['atl', 'main grid']"),
     "variant-run-name-taken": (lambda c: c["variants"].update(atl={**c["variants"].pop("small"), "enabled": True}),
                                "variants.atl", "its run name 'pt7-atl_s42' is also the name of another planned run"),
 }

@@ -147,7 +147,8 @@ def test_main_command_stops_on_a_cpu_before_any_job(tmp_path):
     """`snakemake --cores 2` (the paper grid) on this GPU-less machine prints the plan and stops before its first
     job, leaving no results; a dry run and --lint go through; `python -m worldrep.plan` prints the same block."""
     workdir = copy_workflow(tmp_path)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WORLDREP_ALLOW")}
+    # WORLDREP_DEVICE=cpu: on a GPU machine too, this must be the GPU-less case (and never start the paper grid).
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("WORLDREP_ALLOW")}, "WORLDREP_DEVICE": "cpu"}
     started = run(workdir, "-m", "snakemake", "--cores", "2", env=env)
     out = started.stdout + started.stderr
     assert started.returncode != 0, out

@@ -81,6 +81,8 @@ def slurm_run(cluster, copies) -> tuple[Path, list[dict[str, str]]]:
     env = {**cluster.env, "WORLDREP_DEVICE": "cpu"}
     out = snakemake(workdir, "--profile", "profiles/slurm", *SLURM_ARGS, "--configfile", SMOKE, env=env,
                     cluster=cluster)
+    # The plan before the first job (worldrep/plan.py): printed under a cluster executor, which it never stops.
+    assert "plan (smoke): 10 of 10 runs to train" in out and "jobs go to a cluster executor" in out, out[-3000:]
     run_id = re.search(r"SLURM run ID: (\S+)", out).group(1)
     return workdir, [job for job in cluster.jobs() if job["JobName"] == run_id]
 

@@ -633,7 +633,11 @@ def recompute_jobs(config: dict) -> list[Job]:
 
 
 def is_analysis_table(path: str) -> bool:
+    """A probe, view, CKA or generalization table: the main grid's, or an architecture variant's (results/variants/
+    {variant}/probes/..., not recomputed yet: listed as such)."""
     parts = PurePosixPath(path).parts
+    if len(parts) >= 4 and parts[:2] == ("results", "variants"):
+        return parts[3] in ANALYSIS_STAGES or parts[3] == "cka_vs_default.csv"
     return len(parts) > 2 and parts[0] == "results" and parts[1] in ANALYSIS_STAGES
 
 
@@ -688,7 +692,9 @@ def recompute_statement(config: dict, members: set[str]) -> dict:
                 recomputable[path] = {"rule": job.rule, "inputs": job.input_paths(), "inputs_as_archived": as_archived}
     for path in sorted(members):
         if is_analysis_table(path) and path not in produced:
-            not_recomputable[path] = "not a table the archived config's probe, CKA or generalization rules make"
+            not_recomputable[path] = ("an architecture variant's table (rules/variants.smk): not recomputed yet"
+                                      if path.startswith("results/variants/") else
+                                      "not a table the archived config's probe, CKA or generalization rules make")
     return {"about": "the analysis tables `python -m worldrep.archive verify --recompute` recomputes from the "
                      "archived inputs under the archived config (inputs_as_archived: upstream tables it cannot "
                      "recompute itself, taken as archived), and those it cannot",

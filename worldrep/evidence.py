@@ -102,7 +102,7 @@ def partial_checklist(config: dict, results: Path) -> str:
     from .grid import pretraining_mixtures, training_runs
     from .config import mixture_families
 
-    runs = training_runs(config)
+    runs = [r for r in training_runs(config) if r.variant is None]  # the checklist is the main grid's (claims rule)
     mixes = {**pretraining_mixtures(config), **mixture_families(config)["finetuning.mixes"]}
     tables = {key: pd.read_csv(results / path) if (results / path).exists() else None
               for key, path in CLAIMS_TABLES.items()}

@@ -271,11 +271,14 @@ def variant_problems(config: dict) -> list[str]:
         key = f"variants.{name}"
         problems += [f"config key '{key}.pretraining.{m}': no pretraining mixture is named {m!r}"
                      for m in block["pretraining"] if m not in pretraining]
-        problems += [f"config key '{key}.finetuning': no fine-tuning mix is named {m!r}"
-                     for m in block["finetuning"] if m not in finetuning]
+        unknown = [m for m in block["finetuning"] if m not in finetuning]
+        problems += [f"config key '{key}.finetuning': no fine-tuning mix is named {m!r}" for m in unknown]
+        if unknown:
+            continue
         if block["finetuning"] and base not in block["pretraining"]:
             problems.append(f"config key '{key}.pretraining': fine-tuning needs the variant's own base "
                             f"'{base}' (training.base) among its pretraining mixtures")
+        problems += finetuning_list_problems(key, block["finetuning"], finetuning)
     if problems:
         return problems
     seen: dict[str, Run] = {}
@@ -284,4 +287,23 @@ def variant_problems(config: dict) -> list[str]:
             problems.append(f"config key 'variants.{run.variant or seen[run.name].variant}': its run name "
                             f"{run.name!r} is also the name of another planned run")
         seen[run.name] = run
+    for stack in training_stacks(config):  # e.g. a variant `atl` would make stack `pt7-atl`, the control's
+        variants = sorted({run.variant or "main grid" for run in stack.runs})
+        if len(variants) > 1:
+            problems.append(f"config key 'variants': stack {stack.name!r} would train runs of architectures "
+                            f"{variants} together; rename the variant")
     return problems
+
+
+def finetuning_list_problems(key: str, mixes: list[str], finetuning: dict[str, list[str]]) -> list[str]:
+    """A variant's generalization (§9) needs FTWB1 and FTWB2 mixes, and every FTWB2 pair's two FTWB1 teachers."""
+    if not mixes:
+        return []
+    single = {finetuning[m][0] for m in mixes if len(finetuning[m]) == 1}
+    pairs = [m for m in mixes if len(finetuning[m]) == 2]
+    if not single or not pairs:
+        return [f"config key '{key}.finetuning': the generalization analysis needs both one-task (FTWB1) and "
+                "two-task (FTWB2) mixes"]
+    return [f"config key '{key}.finetuning': {m} ({', '.join(finetuning[m])}) needs the FTWB1 mixes of "
+            f"{', '.join(t for t in finetuning[m] if t not in single)} too (its best-teacher prediction)"
+            for m in pairs if not set(finetuning[m]) <= single]

@@ -110,11 +110,12 @@ def checkpoint_count(total: int, fraction: float) -> int:
 
 
 def curve_runs(config: dict) -> set[str]:
-    """Runs whose every checkpoint is extracted (METHOD §10): the single-task runs and the checkpoint runs."""
+    """Runs whose every checkpoint is extracted (METHOD §10): the main grid's single-task runs and the checkpoint
+    runs (rules/common.smk's CURVE_RUNS; an architecture variant's runs have no curves)."""
     single = {m for m, tasks in pretraining_mixtures(config).items()
               if len(tasks) == 1 and m not in mixture_families(config)["with_atlantis"]}
-    return {run.name for stack in training_stacks(config) for run in stack.runs if run.mixture in single} \
-        | set(config["evaluation"]["checkpoint_runs"])
+    return {run.name for stack in training_stacks(config) for run in stack.runs
+            if run.mixture in single and run.variant is None} | set(config["evaluation"]["checkpoint_runs"])
 
 
 def all_mixtures(config: dict) -> list[str]:
@@ -257,8 +258,8 @@ def stop_reason(plan: Plan, config: dict, rates: dict, cores: int, gpus: int, fr
                 "config/laptop.yaml (the first real maps, about an hour)\n"
                 "  - on a SLURM cluster: snakemake --profile profiles/slurm\n"
                 f"  - or run it here anyway: {ALLOW_LONG_CPU}=1 snakemake ...")
-    needed = plan.disk_bytes - have_bytes
-    if free_bytes is not None and needed > free_bytes and environ.get(ALLOW_LOW_DISK) != "1":
+    needed = plan.disk_bytes - have_bytes  # the whole results folder: checked when runs are to train
+    if plan.runs_to_train and free_bytes is not None and needed > free_bytes and environ.get(ALLOW_LOW_DISK) != "1":
         return (f"stopped before the first job: the results need about {gigabytes(needed)} more and only "
                 f"{gigabytes(free_bytes)} is free. Free some space, point results/ at a larger disk (a symlink), "
                 f"or run it anyway: {ALLOW_LOW_DISK}=1 snakemake ...")
