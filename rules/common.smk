@@ -75,11 +75,8 @@ def mixture_input(wildcards):
 
 
 def dataset_targets():
-    """Every configured task's pretraining and Atlantis-required sets (the test sets of evaluation), plus
-    whatever other dataset a configured mixture needs."""
-    pairs = {(v, t) for v in ("pretraining", "atlantis_required") for t in CONFIGURED_TASKS}
-    pairs |= {(s.variant, s.task) for m in [*PRETRAINING_MIXTURES, *FINETUNING_MIXTURES] for s in mixture_sources(m)}
-    return [f"results/datasets/{v}/{t}/metadata.json" for v, t in sorted(pairs)]
+    """Every dataset the workflow builds (`grid.dataset_pairs`)."""
+    return [f"results/datasets/{v}/{t}/metadata.json" for v, t in sorted(grid.dataset_pairs(config))]
 
 
 def mixture_targets():

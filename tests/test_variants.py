@@ -2,14 +2,12 @@
 nothing; turned on (config/wide.yaml) it adds exactly its 14 runs, their per-run jobs and its analyses. The
 smoke-size variant that runs through every stage is in tests/test_workflow.py (it shares the smoke folder)."""
 import copy
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from test_workflow import planned_jobs
 from worldrep.archive import copy_workflow
 from worldrep.config import validate_config
 from worldrep.grid import model_settings, recipe_settings, representation_settings, training_runs, training_stacks
@@ -59,23 +57,6 @@ def test_off_it_changes_nothing_of_the_main_grid():
     assert [r for r in training_runs(on) if r.variant is None] == training_runs(PAPER)
 
 
-def planned(workdir: Path, *configfiles: str) -> set[str]:
-    """`rule[wildcards]` of every job `snakemake -n` plans with these config files."""
-    args = ["--configfile", *configfiles] if configfiles else []
-    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", *args], cwd=workdir, capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout + out.stderr
-    jobs, rule = set(), None
-    for line in out.stdout.splitlines():
-        if m := re.match(r"^(?:local)?rule (\w+):$", line):
-            if rule:
-                jobs.add(rule)
-            rule = m.group(1)
-        elif rule and (m := re.match(r"^\s+wildcards: (.*)$", line)):
-            jobs.add(f"{rule}[{m.group(1).replace(' ', '')}]")
-            rule = None
-    return jobs | ({rule} if rule else set())
-
-
 @pytest.fixture(scope="module")
 def paper_workflow(tmp_path_factory) -> Path:
     workdir = copy_workflow(tmp_path_factory.mktemp("paper"))
@@ -88,10 +69,10 @@ def paper_workflow(tmp_path_factory) -> Path:
 def test_paper_dry_run_is_unchanged_with_the_block_off_and_grows_by_its_runs_when_on(paper_workflow):
     """Off: exactly the jobs of a config with no `variants` at all (179 runs). On: those plus the wide stacks, the
     14 runs' evaluation, extraction and probes, and the variant's analyses and figures; nothing else."""
-    off = planned(paper_workflow)
-    assert off == planned(paper_workflow, "no_variants.yaml")
+    off = planned_jobs(paper_workflow, "config/config.yaml")  # what the Snakefile loads when given no config file
+    assert off == planned_jobs(paper_workflow, "no_variants.yaml")
     assert sum(job.startswith("evaluate[") for job in off) == 179
-    on = planned(paper_workflow, "config/config.yaml", "config/wide.yaml")
+    on = planned_jobs(paper_workflow, ("config/config.yaml", "config/wide.yaml"))
     runs = [r for r in training_runs(wide_on(PAPER)) if r.variant == "wide"]
     per_run = {f"{rule}[mixture={r.mixture}-wide,seed={r.seed}]" for r in runs
                for rule in ("evaluate", "representations", "probes")}

@@ -298,28 +298,6 @@ def ftwb1_matrix(ftwb1: pd.DataFrame, seed="mean"):
     return fig, data.assign(trained=data["finetuned_task"] == data["evaluated_task"], seed=str(seed))
 
 
-@styled
-def ftwb2_matrix(ftwb2: pd.DataFrame, seed="mean"):
-    """Mean (or one seed's) FTWB2 NI from `generalization/ftwb2_matrix.csv` (seed, pair, evaluated_task, ni): the
-    fine-tuned pairs' rows in file order, RdYlGn over [0, 1], pairs containing distance labelled in red."""
-    part = select_seed(ftwb2, seed)
-    rows = list(dict.fromkeys(part["pair"]))
-    columns = [t for t in TASK_NAMES if t in set(part["evaluated_task"])]
-    ni = part.pivot(index="pair", columns="evaluated_task", values="ni").reindex(index=rows, columns=columns)
-    fig, (ax,) = new_figure("deviation_matrix")  # the same rows-by-tasks layout
-    norm = colors.Normalize(0.0, 1.0)
-    image, cmap = heatmap(ax, ni.to_numpy(float), rows, [TASK_ABBR[t] for t in columns], "RdYlGn", norm)
-    annotate_cells(ax, ni.to_numpy(float), cmap, norm)
-    for tick, label in zip(ax.get_yticklabels(), rows):
-        tick.set_color("#d62728" if has_distance(label) else "black")
-    fig.colorbar(image, ax=ax, label="normalized improvement")
-    ax.set_xlabel("evaluated task")
-    ax.set_ylabel("fine-tuned pair")
-    ax.set_title("FTWB2 generalization" + (" (mean over seeds)" if str(seed) == "mean" else f" (seed {seed})"))
-    data = ni.stack(future_stack=True).rename("ni").reset_index()
-    return fig, data.assign(has_distance=data["pair"].map(has_distance), seed=str(seed))
-
-
 # ---- §13.8 CKA vs generalization ------------------------------------------------------------------------
 
 @styled
@@ -353,29 +331,45 @@ def has_distance(label: str) -> bool:
     return TASK_ABBR["distance"] in label.split(",")
 
 
+def pair_rows_figure(part: pd.DataFrame, value: str, cmap: str, norm: colors.Normalize | None, colorbar_label: str,
+                     title: str, seed) -> tuple:
+    """One seed's FTWB2 rows (fine-tuned pairs, in file order) by evaluated task of `value`, annotated, pairs
+    containing distance labelled in red. `norm` None: symmetric limits around 0 from the values."""
+    rows = list(dict.fromkeys(part["pair"]))
+    columns = [t for t in TASK_NAMES if t in set(part["evaluated_task"])]
+    matrix = part.pivot(index="pair", columns="evaluated_task", values=value).reindex(index=rows, columns=columns)
+    if norm is None:
+        limit = np.nanmax(np.abs(matrix.to_numpy(float)), initial=0.0)
+        limit = limit if limit > 0 else 1.0
+        norm = colors.Normalize(-limit, limit)
+    fig, (ax,) = new_figure("deviation_matrix")
+    image, cmap = heatmap(ax, matrix.to_numpy(float), rows, [TASK_ABBR[t] for t in columns], cmap, norm)
+    annotate_cells(ax, matrix.to_numpy(float), cmap, norm)
+    for tick, label in zip(ax.get_yticklabels(), rows):
+        tick.set_color("#d62728" if has_distance(label) else "black")
+    fig.colorbar(image, ax=ax, label=colorbar_label)
+    ax.set_xlabel("evaluated task")
+    ax.set_ylabel("fine-tuned pair")
+    ax.set_title(title + (" (mean over seeds)" if str(seed) == "mean" else f" (seed {seed})"))
+    data = matrix.stack(future_stack=True).rename(value).reset_index()
+    return fig, data.assign(has_distance=data["pair"].map(has_distance), seed=str(seed))
+
+
 @styled
 def deviation_matrix(table: pd.DataFrame, seed="mean"):
     """Mean (or one seed's) deviation from `generalization/deviation_matrix.csv` (seed, pair, evaluated_task,
     deviation); rows in file order (ftwb2 index), RdBu centred at 0 with symmetric limits (red = interference);
     row labels of pairs containing distance in red."""
-    part = select_seed(table, seed)
-    rows = list(dict.fromkeys(part["pair"]))
-    columns = [t for t in TASK_NAMES if t in set(part["evaluated_task"])]
-    dev = part.pivot(index="pair", columns="evaluated_task", values="deviation").reindex(index=rows, columns=columns)
-    limit = np.nanmax(np.abs(dev.to_numpy(float)), initial=0.0)
-    limit = limit if limit > 0 else 1.0
-    norm = colors.Normalize(-limit, limit)
-    fig, (ax,) = new_figure("deviation_matrix")
-    image, cmap = heatmap(ax, dev.to_numpy(float), rows, [TASK_ABBR[t] for t in columns], "RdBu", norm)
-    annotate_cells(ax, dev.to_numpy(float), cmap, norm)
-    for tick, label in zip(ax.get_yticklabels(), rows):
-        tick.set_color("#d62728" if has_distance(label) else "black")
-    fig.colorbar(image, ax=ax, label="deviation from best-teacher prediction")
-    ax.set_xlabel("evaluated task")
-    ax.set_ylabel("fine-tuned pair")
-    ax.set_title("FTWB2 deviation" + (" (mean over seeds)" if str(seed) == "mean" else f" (seed {seed})"))
-    data = dev.stack(future_stack=True).rename("deviation").reset_index()
-    return fig, data.assign(has_distance=data["pair"].map(has_distance), seed=str(seed))
+    return pair_rows_figure(select_seed(table, seed), "deviation", "RdBu", None,
+                            "deviation from best-teacher prediction", "FTWB2 deviation", seed)
+
+
+@styled
+def ftwb2_matrix(ftwb2: pd.DataFrame, seed="mean"):
+    """Mean (or one seed's) FTWB2 NI from `generalization/ftwb2_matrix.csv` (seed, pair, evaluated_task, ni), laid out
+    as `deviation_matrix`: RdYlGn over [0, 1]."""
+    return pair_rows_figure(select_seed(ftwb2, seed), "ni", "RdYlGn", colors.Normalize(0.0, 1.0),
+                            "normalized improvement", "FTWB2 generalization", seed)
 
 
 # ---- §13.10 deviation histogram -------------------------------------------------------------------------

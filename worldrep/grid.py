@@ -121,6 +121,14 @@ def mixture_sources(config: dict, mixture: str):
     return pretraining_sources(pretraining_mixtures(config)[mixture], variant)
 
 
+def dataset_pairs(config: dict) -> set[tuple[str, str]]:
+    """(variant, task) of every dataset the workflow builds: every configured task's pretraining and
+    Atlantis-required sets (the evaluation's test sets), plus whatever other dataset a configured mixture needs."""
+    pairs = {(v, t) for v in ("pretraining", "atlantis_required") for t in configured_tasks(config)}
+    mixtures = [*pretraining_mixtures(config), *mixture_families(config)["finetuning.mixes"]]
+    return pairs | {(s.variant, s.task) for m in mixtures for s in mixture_sources(config, m)}
+
+
 def train_items(config: dict, mixture: str) -> int:
     """A mixture's train N: each source's slice, or its dataset's whole train split (METHOD §4)."""
     return sum(s.n_train if s.n_train is not None else config["datasets"][s.variant]["n_train"]

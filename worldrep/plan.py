@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import mixture_families
-from .grid import (configured_tasks, mixture_sources, model_settings, pretraining_mixtures, recipe_settings,
-                   representation_settings, step_counts, training_stacks)
+from .grid import (dataset_pairs, mixture_sources, model_settings, pretraining_mixtures, recipe_settings,
+                   representation_settings, step_counts, train_items, training_stacks)
 from .tokenizer import VOCAB
 
 # Where a rate came from travels with it into the block, so that nobody mistakes an assumption for a measurement.
@@ -122,12 +122,6 @@ def all_mixtures(config: dict) -> list[str]:
     return [*pretraining_mixtures(config), *mixture_families(config)["finetuning.mixes"]]
 
 
-def dataset_pairs(config: dict) -> set[tuple[str, str]]:
-    """(variant, task) of every dataset the workflow builds: as rules/common.smk's `dataset_targets`."""
-    pairs = {(v, t) for v in ("pretraining", "atlantis_required") for t in configured_tasks(config)}
-    return pairs | {(s.variant, s.task) for m in all_mixtures(config) for s in mixture_sources(config, m)}
-
-
 def disk_bytes(config: dict, n_cities: int) -> int:
     """The results of the whole config: datasets, mixtures, models (final, and every checkpoint of pretraining
     runs) and representations (final, and every checkpoint of the curve runs). Tables, views and figures are
@@ -137,9 +131,7 @@ def disk_bytes(config: dict, n_cities: int) -> int:
         sizes = config["datasets"][variant]
         total += (sizes["n_train"] + sizes["n_val"] + sizes["n_test"]) * TASK_WIDTH[task] * DATASET_BYTES_PER_TOKEN
     for mixture in all_mixtures(config):
-        items = sum((s.n_train if s.n_train is not None else config["datasets"][s.variant]["n_train"])
-                    for s in mixture_sources(config, mixture))
-        total += items * 1.1 * (mixture_width(config, mixture) + MIXTURE_BYTES_PER_ITEM)  # + val and test
+        total += train_items(config, mixture) * 1.1 * (mixture_width(config, mixture) + MIXTURE_BYTES_PER_ITEM)  # + val and test
     curves = curve_runs(config)
     for stack in training_stacks(config):
         for run in stack.runs:

