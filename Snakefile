@@ -44,6 +44,11 @@ include: "rules/generalization.smk"
 include: "rules/figures.smk"
 include: "rules/claims.smk"
 include: "rules/variants.smk"
+# The paper's open questions as experiments (issue 14), each off unless `experiments.{name}.enabled`.
+include: "rules/subspace.smk"
+include: "rules/noise.smk"
+include: "rules/gradients.smk"
+include: "rules/scale.smk"
 
 
 # Before the first job of a local run, the plan (worldrep/plan.py, also `python -m worldrep.plan`): runs, steps,
@@ -95,5 +100,9 @@ rule all:
         analysis_targets(),
         figure_targets(),
         variant_targets(),
+        subspace_targets(),
+        noise_targets(),
+        gradients_targets(),
+        scale_targets(),
         ["results/claims.csv"] if RUNS else [],
     default_target: True

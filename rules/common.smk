@@ -5,7 +5,7 @@ import sys
 
 from worldrep import grid
 from worldrep.config import mixture_families
-from worldrep.datasets import SPLITS, VARIANTS
+from worldrep.datasets import SPLITS, VARIANTS, dataset_base
 from worldrep.tasks import TASK_NAMES, TASKS
 
 # Pinned conda environments for `--sdm conda`, one per kind of job (envs/; same pins as pyproject.toml).
@@ -47,9 +47,15 @@ def one_of(names):
     return "|".join(map(re.escape, names)) or "(?!)"
 
 
+# Dataset variants: the three generated ones, and the label-noise copies some runs train on (issue 14.2).
+DATASET_VARIANTS = sorted(set(VARIANTS) | {v for v, _ in grid.dataset_pairs(config)})
+# Label-noise copies of mixtures: name -> (clean mixture, variant).
+NOISY_MIXTURES = grid.noisy_mixtures(config)
+
+
 wildcard_constraints:
     task=one_of(TASK_NAMES),
-    variant=one_of(VARIANTS),
+    variant=one_of(DATASET_VARIANTS),
     split=one_of(SPLITS),
 
 
@@ -66,7 +72,7 @@ def mixture_sources(name):
 def city_counts(wildcards):
     """The city counts of a (task, variant): only what reaches that dataset, so editing the with-Atlantis
     hull sizes of inside does not replan its other variants."""
-    return list(TASKS[wildcards.task].city_counts(config["tasks"][wildcards.task], wildcards.variant))
+    return list(TASKS[wildcards.task].city_counts(config["tasks"][wildcards.task], dataset_base(wildcards.variant)))
 
 
 def mixture_input(wildcards):
@@ -80,7 +86,12 @@ def dataset_targets():
 
 
 def mixture_targets():
-    return [f"results/mixtures/{m}/metadata.json" for m in [*PRETRAINING_MIXTURES, *FINETUNING_MIXTURES]]
+    return [f"results/mixtures/{m}/metadata.json" for m in grid.all_mixtures(config)]
+
+
+def mixtures_of_kind(mixtures):
+    """These mixtures and their label-noise copies: the names one mixture rule composes."""
+    return [*mixtures, *(name for name, (clean, _) in NOISY_MIXTURES.items() if clean in mixtures)]
 
 
 # ---- training and evaluation -----------------------------------------------------------------------------
@@ -398,3 +409,133 @@ def claims_input(wildcards):
     if ATLANTIS_RUNS:
         inputs["atlantis"] = "results/probes/atlantis_summary.csv"
     return inputs
+
+
+# ---- the open questions as experiments (issue 14; rules/subspace.smk, noise.smk, gradients.smk, scale.smk) --------
+from worldrep import experiments
+
+EXPERIMENT_CATEGORY = "8. Open questions"
+
+
+def experiment_table(path, caption, subcategory):
+    """An experiment's table, in the report's section 8."""
+    return report_item(path, caption=f"captions/{caption}.rst", category=EXPERIMENT_CATEGORY, subcategory=subcategory)
+
+
+def experiment_figure_output(experiment, name, caption, subcategory):
+    """An experiment's figure: PNG (in the report, section 8), PDF and plotted values under results/experiments/."""
+    folder = f"results/experiments/{experiment}/figures"
+    return [report_item(f"{folder}/{name}.png", caption=f"captions/{caption}.rst", category=EXPERIMENT_CATEGORY,
+                        subcategory=subcategory),
+            f"{folder}/{name}.pdf", f"{folder}/{name}.csv"]
+
+
+# Issue 14.2 and 14.4 (rules/noise.smk, rules/scale.smk): the single-task family compared across conditions, label
+# noise levels or model sizes, each a variant of worldrep/experiments.py, against the main grid's runs of its seeds.
+from worldrep.plan import model_parameters
+
+NOISE_CATEGORY = "2. Label noise"
+SCALE_CATEGORY = "4. Model size"
+
+
+def condition_group(variant, seeds, columns):
+    """The single-task runs of one condition: the main grid's (variant None) or a variant's, mixture-major."""
+    mixtures = experiments.single_task_mixtures(config)
+    runs = {run_name(m, s, variant): m for m in mixtures for s in seeds}
+    return {"runs": list(runs), "mixtures": runs, "seeds": {m: list(seeds) for m in mixtures},
+            "layer": representation_settings(config, variant)["analysis_layer"], "columns": columns}
+
+
+def noise_groups():
+    """Clean (p = 0: the main grid's runs), then each level, in config order."""
+    block = experiments.experiment(config, "noise")
+    groups = {"clean": condition_group(None, block["seeds"], {"level": 0.0, "variant": "clean"})}
+    for level in block["levels"]:
+        name = experiments.noise_variant(level)
+        groups[name] = condition_group(name, block["seeds"], {"level": level, "variant": name})
+    return groups
+
+
+def group_runs(groups):
+    return [run for group in groups.values() for run in group["runs"]]
+
+
+def noise_targets():
+    if not experiments.enabled(config, "noise"):
+        return []
+    return ["results/experiments/noise/summary.csv", "results/experiments/noise/figures/noise_summary.png"]
+
+
+def scale_groups():
+    """The main model's runs at the experiment's seeds and each size's, by parameter count."""
+    block = experiments.experiment(config, "scale")
+
+    def columns(variant):
+        model = model_settings(config, variant)
+        return {"variant": variant or "model", "hidden_size": model["hidden_size"],
+                "num_hidden_layers": model["num_hidden_layers"], "parameters": model_parameters(model)}
+
+    groups = {"model": condition_group(None, block["seeds"], columns(None))}
+    for size in block["sizes"]:
+        name = experiments.scale_variant(size)
+        groups[name] = condition_group(name, block["seeds"], columns(name))
+    return dict(sorted(groups.items(), key=lambda item: item[1]["columns"]["parameters"]))  # smallest first
+
+
+def scale_targets():
+    if not experiments.enabled(config, "scale"):
+        return []
+    return ["results/experiments/scale/summary.csv", "results/experiments/scale/figures/scale_summary.png"]
+
+
+# Issue 14.1 (rules/subspace.smk): every fine-tuned model of the main grid against its same-seed base.
+SUBSPACE_RUNS = FINETUNING_RUNS if experiments.enabled(config, "subspace") else []
+SUBSPACE_FOLDER = "results/experiments/subspace"
+SUBSPACE_CATEGORY = "1. Fine-tuning subspace"
+
+
+def subspace_prompt(run):
+    """The task whose partial prompt gave the fine-tuned run's representation file (§10). Imported here, not at the
+    top: worldrep.representations imports torch, which a workflow without this experiment never needs to load."""
+    from worldrep.representations import prompt_task
+
+    return prompt_task(run.mixture, mixture_tasks(run.mixture), finetuning=True, configured_tasks=CONFIGURED_TASKS)
+
+
+# Per fine-tuned run: its same-seed base run, and the base's file at the run's prompt task. A base is extracted
+# once per prompt task its fine-tuned models use (the FTWB1 models of one seed use 7 prompts, every FTWB2 distance).
+SUBSPACE_BASE = {r.name: run_name(config["training"]["base"], r.seed) for r in SUBSPACE_RUNS}
+SUBSPACE_BASE_FILE = {r.name: f"{SUBSPACE_FOLDER}/representations/{SUBSPACE_BASE[r.name]}/{subspace_prompt(r)}.npz"
+                      for r in SUBSPACE_RUNS}
+
+
+def subspace_targets():
+    if not SUBSPACE_RUNS:
+        return []
+    return [f"{SUBSPACE_FOLDER}/{name}.csv" for name in ("fractions", "summary", "correlation")] + \
+        [f"{SUBSPACE_FOLDER}/figures/{name}.png" for name in ("subspace_fraction", "subspace_vs_error")]
+
+
+# Issue 14.3 (rules/gradients.smk): one pretraining run's first checkpoints.
+GRADIENTS = experiments.experiment(config, "gradients")
+GRADIENTS_RUN = experiments.gradients_run(config)  # `run`, else the first seed's run of training.base
+GRADIENTS_FOLDER = "results/experiments/gradients"
+GRADIENTS_CATEGORY = "3. Gradient similarity"
+# What the similarity is compared with, per scatter figure: its targets (the `target` values of `correlation.csv`)
+# and their axis labels; a comparison is planned only with its input (the pt1 CKA family; FTWB1 runs).
+GRADIENT_COMPARISONS = {}
+if "pt1" in CKA_FAMILIES:
+    GRADIENT_COMPARISONS["cka"] = {f"cka_{e}": f"layer-{ANALYSIS_LAYER} single-task CKA ({e})"
+                                   for e in ("biased", "debiased")}
+if any(len(FINETUNING_MIXTURES[r.mixture]) == 1 for r in FINETUNING_RUNS):
+    GRADIENT_COMPARISONS["ftwb1"] = {"ftwb1": "FTWB1 NI on Y after fine-tuning on X"}
+# The table each comparison correlates with, under the input name scripts/gradient_correlation.py looks up.
+GRADIENT_TARGET_TABLES = {"cka": "results/cka/pt1/matrix.csv", "ftwb1": "results/generalization/ftwb1_matrix.csv"}
+
+
+def gradients_targets():
+    if not GRADIENTS["enabled"]:
+        return []
+    targets = [f"{GRADIENTS_FOLDER}/similarity.csv", f"{GRADIENTS_FOLDER}/figures/similarity.png"]
+    targets += [f"{GRADIENTS_FOLDER}/correlation.csv"] if GRADIENT_COMPARISONS else []
+    return targets + [f"{GRADIENTS_FOLDER}/figures/vs_{name}.png" for name in GRADIENT_COMPARISONS]

@@ -14,8 +14,10 @@ rule dataset:
         metadata="results/datasets/{variant}/{task}/metadata.json",
     params:
         city_counts=city_counts,
-        sizes=lambda w: canonical(config["datasets"][w.variant]),
+        sizes=lambda w: canonical(config["datasets"][dataset_base(w.variant)]),
         seed=config["datasets"]["seed"],
+        # the task's own `label_noise`, or for a copy `{variant}-{noise variant}` that variant's level (issue 14.2)
+        label_noise=lambda w: grid.label_noise(config, w.variant, w.task),
     resources:
         # A bound on work, not a data setting: a job that succeeds gives the same bytes under any bound, so
         # raising it after a failure must not replan finished datasets (params would).

@@ -7,7 +7,7 @@ rule pretraining_mixture:
         arrays=expand("results/mixtures/{{mixture}}/{split}.npz", split=SPLITS),
         metadata="results/mixtures/{mixture}/metadata.json",
     wildcard_constraints:
-        mixture=one_of(PRETRAINING_MIXTURES),
+        mixture=one_of(mixtures_of_kind(PRETRAINING_MIXTURES)),
     params:
         sources=lambda w: [vars(s) for s in mixture_sources(w.mixture)],
         seed=config["mixtures"]["seed"],
@@ -25,4 +25,4 @@ rule pretraining_mixture:
 # every task's Atlantis-required set, METHOD §4.2) come from mixture_sources() through `params`.
 use rule pretraining_mixture as finetuning_mixture with:
     wildcard_constraints:
-        mixture=one_of(FINETUNING_MIXTURES),
+        mixture=one_of(mixtures_of_kind(FINETUNING_MIXTURES)),

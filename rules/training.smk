@@ -25,9 +25,10 @@ def stack_base(stack, run):
 
 
 def stack_inputs(stack):
-    """Every run's mixture (train and val splits, metadata) and, for fine-tuning, its same-seed base model."""
-    files = [f"results/mixtures/{m}/{name}" for m in stack.mixtures
-             for name in ("train.npz", "val.npz", "metadata.json")]
+    """Every run's mixture (train and val splits, metadata; a label-noise variant's noisy copy) and, for
+    fine-tuning, its same-seed base model."""
+    mixtures = dict.fromkeys(grid.training_mixture(config, run) for run in stack.runs)
+    files = [f"results/mixtures/{m}/{name}" for m in mixtures for name in ("train.npz", "val.npz", "metadata.json")]
     if stack.kind == "finetuning":
         files += sorted({stack_base(stack, run) for run in stack.runs})
     return files
@@ -48,7 +49,7 @@ for _stack in STACKS:
         params:
             # One entry per run (name -> mixture, base model, architecture, recipe, seed, precisions): editing one
             # run retrains its stack.
-            runs=canonical({run.name: {"mixture": run.mixture, "base": stack_base(_stack, run),
+            runs=canonical({run.name: {"mixture": grid.training_mixture(config, run), "base": stack_base(_stack, run),
                                        **training_params(run)} for run in _stack.runs}),
             stack=_stack.name,
             kind=_stack.kind,

@@ -54,6 +54,18 @@ DRAW = {
         f"{w.run}: training", p.layer),
     "figure_checkpoint_metrics": lambda: figures.checkpoint_metrics(pd.read_csv(inp.checkpoints), f"{w.run}: every task"),
     "figure_atlantis_predictions": lambda: figures.atlantis_predictions(pd.read_csv(inp.errors), views(), p.labels),
+    "figure_subspace_fraction": lambda: figures.subspace_fraction(pd.read_csv(inp.fractions), pd.read_csv(inp.summary)),
+    "figure_subspace_vs_error": lambda: figures.subspace_vs_error(
+        pd.read_csv(inp.fractions), pd.read_csv(inp.correlation)),
+    # issue 14.2 (rules/noise.smk)
+    "figure_noise_summary": lambda: figures.condition_summary(
+        pd.read_csv(inp.summary), pd.read_csv(inp.probes), "label noise p of the training answers"),
+    "figure_gradient_similarity": lambda: figures.gradient_similarity(pd.read_csv(inp.similarity)),
+    "figure_gradient_scatter": lambda: figures.gradient_scatter(
+        pd.read_csv(inp.points), pd.read_csv(inp.correlation), p.labels),
+    # issue 14.4 (rules/scale.smk)
+    "figure_scale_summary": lambda: figures.condition_summary(
+        pd.read_csv(inp.summary), pd.read_csv(inp.probes), "model size (hidden × blocks, parameters)"),
 }
 # An architecture variant's figure (rules/variants.smk) is drawn as the main grid's of the same name.
 fig, data = DRAW[snakemake.rule.removeprefix("variant_")]()

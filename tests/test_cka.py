@@ -264,3 +264,67 @@ def test_disjoint_pairs_by_hand():
     # pt2-1 (D, T) and pt2-4 (Cr, D) share distance
     assert (1, 4) not in disjoint_pairs(task_sets("pt2"))
     assert len(disjoint_pairs(task_sets("pt1", range(1, 8)))) == 21
+
+
+# ---- the single-task family across conditions (issue 14.2, 14.4) ------------------------------------------------
+
+def test_single_task_summary_means_the_right_cells():
+    """distance's row/column off the diagonal vs the other pairs, per estimator, at the asked layer only."""
+    import pandas as pd
+
+    from worldrep.cka import single_task_summary
+
+    tasks = {"pt1-1": "distance", "pt1-2": "trianglearea", "pt1-3": "angle"}
+    values = {("pt1-1", "pt1-2"): 0.2, ("pt1-1", "pt1-3"): 0.4, ("pt1-2", "pt1-3"): 0.9}
+    cells = []
+    for layer, offset in ((5, 0.0), (6, 0.05)):
+        for estimator, scale in (("biased", 1.0), ("debiased", 0.5)):
+            for a in tasks:
+                for b in tasks:
+                    v = 1.0 if a == b else values.get((a, b), values.get((b, a)))
+                    cells.append({"layer": layer, "estimator": estimator, "row": a, "column": b,
+                                  "mean": scale * v + offset})
+    summary = single_task_summary(pd.DataFrame(cells), tasks, layer=5).set_index("estimator")
+    assert summary.loc["biased", "anchor_vs_others"] == pytest.approx(0.3)
+    assert summary.loc["biased", "others_vs_others"] == pytest.approx(0.9)
+    assert summary.loc["debiased", "anchor_vs_others"] == pytest.approx(0.15)
+    assert summary.loc["debiased", "n_tasks"] == 3
+    without = single_task_summary(pd.DataFrame(cells), tasks, layer=5, anchor="compass")
+    assert without["anchor_vs_others"].isna().all()
+    assert without.set_index("estimator").loc["biased", "others_vs_others"] == pytest.approx(0.5)
+
+
+def test_condition_tables_against_direct_cka_and_probe_rows():
+    """Two conditions of three single-task models (one seed): the summary equals linear CKA of the models' features
+    computed directly, Atlantis rows excluded; the probe rows are the final rows at each condition's layer."""
+    import pandas as pd
+
+    from worldrep.cka import linear_cka, single_task_condition_tables
+
+    rng = np.random.default_rng(3)
+    ids = np.arange(1000, 1060)
+    atlantis = set(ids[-10:].tolist())
+    tasks = {"pt1-1": "distance", "pt1-6": "perimeter", "pt1-7": "crossing"}
+    features, groups = {}, {}
+    for label, suffix, layer in (("clean", "", 5), ("noise30", "-noise30", 4)):
+        runs = {f"{m}{suffix}_s42": m for m in tasks}
+        for run in runs:
+            features[run] = {layer: rng.normal(size=(len(ids), 6)), 6: rng.normal(size=(len(ids), 6))}
+        probes = {run: pd.DataFrame({"step": ["final", "final", "10"], "layer": [layer, 6, layer],
+                                     "r2_x": [0.1 * i, 9, 9], "r2_y": [0.3 * i, 9, 9], "r2_mean": [0.2 * i, 9, 9]})
+                  for i, run in enumerate(runs)}
+        groups[label] = {"runs": list(runs), "mixtures": runs, "seeds": {m: [42] for m in tasks}, "layer": layer,
+                         "paths": {run: run for run in runs}, "probes": probes, "columns": {"level": len(suffix)}}
+    summary, matrices, probes = single_task_condition_tables(groups, tasks, atlantis,
+                                                             lambda run: (ids, features[run]))
+    keep = ~np.isin(ids, list(atlantis))
+    for label, group in groups.items():
+        a, b, c = (features[run][group["layer"]][keep] for run in group["runs"])
+        row = summary[(summary["group"] == label) & (summary["estimator"] == "biased")].iloc[0]
+        assert row["anchor_vs_others"] == pytest.approx((linear_cka(a, b) + linear_cka(a, c)) / 2, rel=1e-9)
+        assert row["others_vs_others"] == pytest.approx(linear_cka(b, c), rel=1e-9)
+        assert row["mean_probe_r2"] == pytest.approx(0.2) and row["layer"] == group["layer"]
+    assert list(summary.columns[:2]) == ["group", "level"] and len(summary) == 4
+    assert set(matrices["layer"]) == {4, 5, 6} and len(probes) == 6
+    assert probes.groupby("group")["r2_x"].apply(list).to_dict() == {"clean": [0.0, 0.1, 0.2],
+                                                                     "noise30": [0.0, 0.1, 0.2]}

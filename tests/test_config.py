@@ -25,6 +25,19 @@ def test_shipped_configs_validate(name):
     assert validate_config(config) is config
 
 
+@pytest.mark.parametrize("name,overlay", [("config.yaml", "wide.yaml")] + [
+    (base, f"{experiment}.yaml") for base in ("config.yaml", "smoke.yaml", "quick.yaml", "laptop.yaml")
+    for experiment in ("subspace", "noise", "gradients", "scale")])
+def test_overlays_validate_over_their_bases(name, overlay):
+    """Each overlay merged over a base as Snakemake merges --configfile lists (dicts recursively, the rest replaced):
+    wide.yaml turns on config.yaml's block; the experiments' overlays are whole blocks, valid over any base."""
+    from snakemake.utils import update_config
+
+    config = yaml.safe_load((ROOT / "config" / name).read_text())
+    update_config(config, yaml.safe_load((ROOT / "config" / overlay).read_text()))
+    validate_config(config)
+
+
 def setp(path, value):
     """Mutation: set the dotted key `path` (list indices allowed) to `value`."""
     def mutate(c):
@@ -41,6 +54,14 @@ def on(mutate):
         mutate(c)
         c["variants"]["small"]["enabled"] = True
     return both
+
+
+def experiment(name, **settings):
+    """Mutation: the overlay config/{name}.yaml's block, with `settings` over it."""
+    def mutate(c):
+        block = yaml.safe_load((ROOT / "config" / f"{name}.yaml").read_text())["experiments"][name]
+        c.setdefault("experiments", {})[name] = {**block, **settings}
+    return mutate
 
 
 def delp(path):
@@ -189,6 +210,38 @@ BAD = {  # id: (mutation, key path named in the message, problem text on the sam
                                  "variants", "stack 'pt7-atl' would train runs of architectures ['atl', 'main grid']"),
     "variant-run-name-taken": (lambda c: c["variants"].update(atl={**c["variants"].pop("small"), "enabled": True}),
                                "variants.atl", "its run name 'pt7-atl_s42' is also the name of another planned run"),
+    # the open questions as experiments (issue 14): the overlays' blocks over smoke.yaml
+    "noise-level-not-a-percentage": (experiment("noise", levels=[0.125]), "experiments.noise.levels",
+                                     "[0.125] are not whole percentages"),
+    "noise-level-one": (experiment("noise", levels=[1.0]), "experiments.noise.levels.0",
+                        "1.0 is greater than or equal to the maximum of 1"),
+    "noise-seed-without-clean-run": (experiment("noise", seeds=[7]), "experiments.noise.seeds",
+                                     "the main grid has no runs ['pt1-1_s7', 'pt1-6_s7', 'pt1-7_s7'] to compare with"),
+    "noise-without-single-task-mixtures": (lambda c: (experiment("noise")(c), [c["mixtures"]["pretraining"].pop(m)
+                                                                               for m in ("pt1-1", "pt1-6", "pt1-7")]),
+                                           "experiments.noise", "needs single-task pretraining mixtures"),
+    "scale-repeated-size": (experiment("scale", sizes=[{"hidden_size": 64, "num_hidden_layers": 2}] * 2),
+                            "experiments", "levels or sizes repeat the variants ['w64d2']"),
+    "scale-heads-not-dividing-hidden": (experiment("scale", sizes=[{"hidden_size": 64, "num_hidden_layers": 2,
+                                                                    "num_attention_heads": 3}]),
+                                        "experiments.scale.sizes (w64d2).num_attention_heads",
+                                        "3 heads do not divide hidden_size 64"),
+    "scale-zero-depth": (experiment("scale", sizes=[{"hidden_size": 64, "num_hidden_layers": 0}]),
+                         "experiments.scale.sizes.0.num_hidden_layers", "less than the minimum of 1"),
+    "variant-named-like-an-experiment": (lambda c: (experiment("noise")(c), c["variants"].update(
+        noise10=c["variants"].pop("small"))), "variants", "['noise10'] are the names of experiment variants"),
+    "gradients-run-not-planned": (experiment("gradients", run="pt2-1_s1"), "experiments.gradients.run",
+                                  "'pt2-1_s1' is not a planned pretraining run"),
+    "gradients-missing-key": (lambda c: (experiment("gradients")(c), c["experiments"]["gradients"].pop("seed")),
+                              "experiments.gradients", "'seed' is a required property"),
+    "gradients-more-checkpoints-than-saved": (experiment("gradients", checkpoints=6), "experiments.gradients.checkpoints",
+                                              "6 asked, but pt7_s42 saves 5"),
+    "gradients-batch-beyond-the-split": (experiment("gradients", batch_size=251), "experiments.gradients.batch_size",
+                                         "251 items per batch, but a task's train split has 250"),
+    "subspace-without-finetuning": (lambda c: (experiment("subspace")(c), c["mixtures"]["finetuning"]["mixes"].clear()),
+                                    "experiments.subspace", "needs fine-tuning mixes"),
+    "label-noise-negative": (setp("tasks.distance", {"label_noise": -0.1}), "tasks.distance.label_noise",
+                             "less than the minimum of 0"),
 }
 
 

@@ -288,3 +288,54 @@ def test_check_dataset_refuses_broken_splits(data):
                               ("true_count", {**meta["true_count"], "test": 1}, "not balanced")]:
         with pytest.raises(RuntimeError, match=rf"crossing/pretraining: .*{message}"):
             check_dataset({**meta, key: bad}, SIZES, balanced=True)
+
+
+# ---- label noise (issue 14.2) -------------------------------------------------------------------------------------
+
+def noisy(data, task, p, seed=SEED):
+    from worldrep.datasets import add_label_noise, noise_rng
+    splits, _ = data(task, "pretraining")
+    return splits, add_label_noise(splits["train"], TASKS[task].categories, p, noise_rng(seed, task, "pretraining"))
+
+
+@pytest.mark.parametrize("task", ["distance", "compass", "inside", "perimeter"])
+@pytest.mark.parametrize("p", [0.1, 0.25, 0.5, 0.0005])
+def test_label_noise_changes_exactly_round_pn_train_answers(data, task, p):
+    """Exactly round(p·n) answers differ from the clean ones, each a wrong answer of the task's kind; the items and
+    the val and test splits are untouched."""
+    splits, (train, changed) = noisy(data, task, p)
+    clean = splits["train"]
+    n = len(clean.answers)
+    differ = np.flatnonzero(train.answers != clean.answers)
+    assert len(differ) == math.floor(p * n + 0.5) and differ.tolist() == changed.tolist()
+    assert train.answers.dtype == clean.answers.dtype
+    assert (train.cities == clean.cities).all() and (train.k == clean.k).all()
+    categories = TASKS[task].categories
+    if categories:  # another label of the task
+        assert set(np.unique(train.answers[differ]).tolist()) <= set(range(categories)) | {False, True}
+    else:  # the answer of another item, different from this one's
+        assert np.isin(train.answers[differ], clean.answers).all()
+
+
+def test_label_noise_is_seeded_nested_and_uniform_over_other_labels(data, world):
+    """Same seed, same answers; another seed, other items; the items wrong at p are among those wrong at a larger p,
+    with the same wrong answers; compass's wrong labels spread over the 7 other directions."""
+    _, (a, changed_a) = noisy(data, "compass", 0.3)
+    _, (b, changed_b) = noisy(data, "compass", 0.3)
+    assert (a.answers == b.answers).all()
+    _, (c, changed_c) = noisy(data, "compass", 0.3, seed=SEED + 1)
+    assert not np.array_equal(changed_a, changed_c)
+    _, (small, changed_small) = noisy(data, "compass", 0.1)
+    assert set(changed_small) <= set(changed_a) and (small.answers[changed_small] == a.answers[changed_small]).all()
+    splits, _ = data("compass", "pretraining")
+    shift = (a.answers[changed_a] - splits["train"].answers[changed_a]) % 8
+    assert set(np.unique(shift)) == set(range(1, 8))
+    assert np.bincount(shift, minlength=8)[1:].min() > len(changed_a) / 7 * 0.6
+
+
+def test_wrong_answers_need_two_different_answers():
+    from worldrep.datasets import wrong_answers
+    with pytest.raises(ValueError, match="two different answers"):
+        wrong_answers(np.full(5, 7), 0, np.random.default_rng(0))
+    wrong = wrong_answers(np.array([1, 1, 1, 2]), 0, np.random.default_rng(0))
+    assert wrong.tolist() == [2, 2, 2, 1]

@@ -600,6 +600,102 @@ def test_a_second_architecture_runs_through_every_stage(workflow, smoke_config, 
     assert planned_jobs(work, files) == expected  # its width: every job of the variant, nothing of the main grid
 
 
+# The open questions as experiments (issue 14) at smoke size: each experiment's overlay block over smoke.yaml, small.
+EXPERIMENTS = {
+    "subspace": {"enabled": True, "components": 4},
+    "noise": {"enabled": True, "levels": [0.3], "seeds": [42]},
+    "gradients": {"enabled": True, "checkpoints": 2, "batches": 2, "batch_size": 16, "seed": 42},
+    "scale": {"enabled": True, "sizes": [{"hidden_size": 64, "num_hidden_layers": 2}], "seeds": [42]},
+}
+
+
+def test_the_open_questions_run_at_smoke_size(workflow, smoke_config, tmp_path):
+    """Issue 14, all four experiments on over a copy of the finished smoke folder: exactly their jobs are planned
+    and run; the noisy datasets hold their clean twins' items with exactly round(p·n) train answers changed and
+    val/test byte-identical; the clean condition's CKA is the main grid's pt1 matrix; the scale variant has its own
+    architecture and layers; each experiment's own checks pass; and afterwards nothing is planned."""
+    import shutil
+
+    import numpy as np
+    import pandas as pd
+    from transformers import AutoConfig
+
+    import test_gradients
+    import test_subspace
+    from worldrep.config import validate_config
+    from worldrep.datasets import noise_count
+
+    work = tmp_path / "workflow"
+    shutil.copytree(workflow, work, symlinks=True)  # results and .snakemake, mtimes kept
+    (work / "experiments.yaml").write_text(yaml.safe_dump({"experiments": EXPERIMENTS}))
+    files = (SMOKE, "experiments.yaml")
+    config = validate_config({**yaml.safe_load(yaml.safe_dump(smoke_config)), "experiments": EXPERIMENTS})
+    singles = ["pt1-1", "pt1-6", "pt1-7"]
+    tasks = {"pt1-1": "distance", "pt1-6": "perimeter", "pt1-7": "crossing"}
+    new_runs = [f"{m}-{v}_s42" for v in ("noise30", "w64d2") for m in singles]
+    expected = {"all", "pretrain_pt1_noise30", "pretrain_pt1_w64d2"}
+    expected |= {f"dataset[variant=pretraining-noise30,task={t}]" for t in tasks.values()}
+    expected |= {f"pretraining_mixture[mixture={m}-noise30]" for m in singles}
+    expected |= {f"{rule}[mixture={run.rsplit('_s', 1)[0]},seed=42]" for run in new_runs
+                 for rule in ("evaluate", "representations", "probes")}
+    expected |= {f"{rule}[variant={v}]" for v in ("noise30", "w64d2")
+                 for rule in ("variant_evaluation_table", "variant_probe_table", "variant_cka")}
+    expected |= {"noise_summary", "figure_noise_summary", "scale_summary", "figure_scale_summary"}
+    expected |= {f"subspace_representations[run=pt7_s42,task={t}]" for t in ("distance", "perimeter")}
+    expected |= {"subspace", "figure_subspace_fraction", "figure_subspace_vs_error"}
+    expected |= {"gradient_similarity", "gradient_correlation", "figure_gradient_similarity",
+                 "figure_gradient_scatter[comparison=cka]", "figure_gradient_scatter[comparison=ftwb1]"}
+    assert planned_jobs(work, files) == expected
+    snakemake(work, "--cores", "2", "--configfile", *files)
+    results = work / "results"
+
+    for task in tasks.values():  # label noise: the clean items, round(p·n) train answers changed, val/test untouched
+        clean, noisy = results / f"datasets/pretraining/{task}", results / f"datasets/pretraining-noise30/{task}"
+        for split in ("val", "test"):
+            assert (noisy / f"{split}.npz").read_bytes() == (clean / f"{split}.npz").read_bytes()
+            assert (noisy / f"{split}.txt").read_bytes() == (clean / f"{split}.txt").read_bytes()
+        a, b = (np.load(folder / "train.npz") for folder in (clean, noisy))
+        assert (a["city_ids"] == b["city_ids"]).all()
+        n = len(a["answers"])
+        assert (a["answers"] != b["answers"]).sum() == noise_count(n, 0.3) == 75
+        meta = json.loads((noisy / "metadata.json").read_text())
+        assert meta["label_noise"]["changed"] == 75 and meta["params"]["label_noise"] == 0.3
+        assert json.loads((clean / "metadata.json").read_text())["label_noise"] is None
+    for m in singles:
+        assert json.loads((results / f"models/{m}-noise30_s42/final/run.json").read_text())["mixture"] == f"{m}-noise30"
+
+    summary = pd.read_csv(results / "experiments/noise/summary.csv")
+    assert list(summary.group) == ["clean", "clean", "noise30", "noise30"] and list(summary.level) == [0, 0, 0.3, 0.3]
+    main = pd.read_csv(results / "cka/pt1/matrix.csv")  # the clean condition is the main grid's pt1 family, seed 42
+    main = main[(main.layer == 5) & (main.row != main["column"])]
+    for estimator in ("biased", "debiased"):
+        cells = main[main.estimator == estimator]
+        anchor = (cells.row == "pt1-1") | (cells["column"] == "pt1-1")
+        row = summary[(summary.group == "clean") & (summary.estimator == estimator)].iloc[0]
+        assert row.anchor_vs_others == pytest.approx(cells[anchor]["mean"].mean(), rel=1e-12)
+        assert row.others_vs_others == pytest.approx(cells[~anchor]["mean"].mean(), rel=1e-12)
+    probes = pd.read_csv(results / "experiments/noise/probe_r2.csv").set_index("run")
+    for m in singles:
+        table = pd.read_csv(results / f"probes/{m}-noise30_s42.csv")
+        final = table[(table.step.astype(str) == "final") & (table.layer == 5)].iloc[0]
+        assert probes.loc[f"{m}-noise30_s42", "r2_mean"] == pytest.approx(final.r2_mean, rel=1e-12)
+
+    scale = pd.read_csv(results / "experiments/scale/summary.csv")
+    assert list(dict.fromkeys(scale.group)) == ["w64d2", "model"]  # by parameter count
+    assert set(scale[scale.group == "w64d2"].layer) == {1} and set(scale[scale.group == "model"].layer) == {5}
+    model = AutoConfig.from_pretrained(results / "models/pt1-6-w64d2_s42/final")
+    assert (model.hidden_size, model.num_hidden_layers, model.num_attention_heads) == (64, 2, 2)
+    from worldrep.representations import load_representations
+    ids, reps = load_representations(results / "representations/pt1-6-w64d2_s42/final.npz")
+    assert sorted(reps) == [1, 2] and reps[1].shape == (len(ids), 128)
+    for name in ("noise/figures/noise_summary", "scale/figures/scale_summary"):
+        assert (results / f"experiments/{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    test_subspace.check_smoke_outputs(results, config)
+    test_gradients.check_smoke_outputs(results, config)
+    assert planned_jobs(work, files) == set() and planned_jobs(work) == set()
+
+
 def test_training_setting_change_replans_the_runs_it_shapes(workflow, smoke_config):
     """The fine-tuning epochs reach the fine-tuning runs and their evaluations, nothing upstream or beside."""
     edited = yaml.safe_load(yaml.safe_dump(smoke_config))
@@ -649,6 +745,15 @@ def test_task_settings_change_replans_exactly_that_task(workflow, smoke_config):
     assert planned_jobs(workflow, "config/edited.yaml") == expected
     # Sanity of the expectation itself: some mixtures stay untouched.
     assert "pretraining_mixture[mixture=pt1-1]" not in expected
+
+
+def test_label_noise_setting_replans_exactly_that_task(workflow, smoke_config):
+    """A task's own `label_noise` (issue 14.2) reaches its datasets and what descends from them, as a task edit does."""
+    edited = yaml.safe_load(yaml.safe_dump(smoke_config))
+    edited["tasks"]["distance"] = {"label_noise": 0.1}
+    (workflow / "config/edited.yaml").write_text(yaml.safe_dump(edited))
+    expected = expected_jobs(smoke_config, {"pretraining", "atlantis_required", "with_atlantis"}, {"distance"})
+    assert planned_jobs(workflow, "config/edited.yaml") == expected
 
 
 def test_variant_size_change_replans_that_variant_only(workflow, smoke_config):

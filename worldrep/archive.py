@@ -156,6 +156,8 @@ def derived_hashes(results: Path) -> dict[str, str]:
 def config_mismatches(config: dict, results: Path) -> list[str]:
     """Settings recorded in the world/dataset metadata that disagree with the config: an archive of results
     made under another config would fail re-derivation only after minutes of work."""
+    from .datasets import dataset_base
+
     problems = []
     world = results / "world" / "world.json"
     if world.exists():
@@ -166,7 +168,9 @@ def config_mismatches(config: dict, results: Path) -> list[str]:
             problems.append(f"{world}: seeds or min_population differ from the config")
     for path in sorted((results / "datasets").glob("*/*/metadata.json")):
         params = json.loads(path.read_text()).get("params", {})
-        expected = {"sizes": config["datasets"].get(path.parent.parent.name), "seed": config["datasets"]["seed"]}
+        # a label-noise copy (pretraining-noise10) has its clean variant's sizes
+        expected = {"sizes": config["datasets"].get(dataset_base(path.parent.parent.name)),
+                    "seed": config["datasets"]["seed"]}
         found = {k: params.get(k) for k in expected}
         if found != expected:
             problems.append(f"{path}: made with {found}, the config says {expected}")
@@ -634,8 +638,10 @@ def recompute_jobs(config: dict) -> list[Job]:
 
 def is_analysis_table(path: str) -> bool:
     """A probe, view, CKA or generalization table: the main grid's, or an architecture variant's (results/variants/
-    {variant}/probes/..., not recomputed yet: listed as such)."""
+    {variant}/probes/...) or an experiment's (results/experiments/{name}/...), not recomputed yet: listed as such."""
     parts = PurePosixPath(path).parts
+    if len(parts) >= 4 and parts[:2] == ("results", "experiments"):  # issue 14's tables, not yet recomputed either
+        return parts[3] != "figures" and path.endswith((".csv", ".csv.gz"))
     if len(parts) >= 4 and parts[:2] == ("results", "variants"):
         return parts[3] in ANALYSIS_STAGES or parts[3] == "cka_vs_default.csv"
     return len(parts) > 2 and parts[0] == "results" and parts[1] in ANALYSIS_STAGES
@@ -694,6 +700,8 @@ def recompute_statement(config: dict, members: set[str]) -> dict:
         if is_analysis_table(path) and path not in produced:
             not_recomputable[path] = ("an architecture variant's table (rules/variants.smk): not recomputed yet"
                                       if path.startswith("results/variants/") else
+                                      "an experiment's table (issue 14, rules/{subspace,noise,gradients,scale}.smk): "
+                                      "not recomputed yet" if path.startswith("results/experiments/") else
                                       "not a table the archived config's probe, CKA or generalization rules make")
     return {"about": "the analysis tables `python -m worldrep.archive verify --recompute` recomputes from the "
                      "archived inputs under the archived config (inputs_as_archived: upstream tables it cannot "

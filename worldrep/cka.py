@@ -362,3 +362,52 @@ def cross_model_table(pairs: Sequence[tuple[str, str]], paths: dict[str, Path], 
                                  "width_a": x.shape[1], "width_b": y.shape[1], "estimator": estimator, "cka": value})
     return pd.DataFrame(rows, columns=["run_a", "run_b", "layer_a", "layer_b", "width_a", "width_b", "estimator",
                                        "cka"])
+
+
+# ---- the single-task family across conditions (issue 14.2 label noise, 14.4 model size) -------------------------
+# One summary per group of single-task runs (a noise level, a model size): the seed-averaged task × task CKA matrix of
+# its runs (`family_tables`), reduced to two numbers per estimator, with the mean probe R² of its runs.
+
+def single_task_summary(matrix: pd.DataFrame, variant_task: dict[str, str], layer: int,
+                        anchor: str = "distance") -> pd.DataFrame:
+    """Per estimator at `layer`: the mean off-diagonal CKA between `anchor`'s model and the other tasks' models
+    (`anchor_vs_others`, NaN without it), and the mean over pairs of the other tasks (`others_vs_others`). `matrix`
+    is a `family_tables` cell table whose rows and columns are single-task mixtures; `variant_task` maps them."""
+    cells = matrix[(matrix["layer"] == layer) & (matrix["row"] != matrix["column"])]
+    rows = []
+    for estimator, frame in cells.groupby("estimator", sort=True):
+        row_task, column_task = frame["row"].map(variant_task), frame["column"].map(variant_task)
+        with_anchor = (row_task == anchor) | (column_task == anchor)
+        rows.append({"estimator": estimator, "layer": layer,
+                     "anchor_vs_others": frame.loc[with_anchor, "mean"].mean() if with_anchor.any() else np.nan,
+                     "others_vs_others": frame.loc[~with_anchor, "mean"].mean() if (~with_anchor).any() else np.nan,
+                     "n_tasks": int(frame["row"].nunique())})
+    return pd.DataFrame(rows)
+
+
+def single_task_condition_tables(groups: dict[str, dict], variant_task: dict[str, str], atlantis_ids,
+                                 load: Callable) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(summary, matrices, probes) over conditions. `groups`: label -> {"runs": [run], "mixtures": {run: mixture},
+    "seeds": {mixture: [seeds]}, "paths": {run: representation file}, "probes": {run: probe table}, "layer": the
+    analysis layer, "columns": {extra column: value}}; runs mixture-major, seeds in order. The summary has one row
+    per (group, estimator); `matrices` every group's family cells; `probes` each run's final R² at the layer."""
+    summaries, matrices, probes = [], [], []
+    for label, group in groups.items():
+        mixtures = list(dict.fromkeys(group["mixtures"][run] for run in group["runs"]))
+        _, cells = family_tables(group["runs"], [group["paths"][run] for run in group["runs"]], mixtures,
+                                 group["seeds"], atlantis_ids, load, family=label)
+        extra = {"group": label, **group["columns"]}
+        summary = single_task_summary(cells, variant_task, group["layer"])
+        for run in group["runs"]:
+            table = group["probes"][run]
+            final = table[(table["step"].astype(str) == "final") & (table["layer"] == group["layer"])]
+            probes.append({**extra, "run": run, "task": variant_task[group["mixtures"][run]], "layer": group["layer"],
+                           "r2_x": float(final["r2_x"].iloc[0]), "r2_y": float(final["r2_y"].iloc[0]),
+                           "r2_mean": float(final["r2_mean"].iloc[0])})
+        run_r2 = pd.DataFrame([p for p in probes if p["group"] == label])["r2_mean"]
+        summaries.append(summary.assign(**extra, mean_probe_r2=run_r2.mean(), n_runs=len(group["runs"])))
+        matrices.append(cells.assign(**extra))
+    order = lambda frame, first: frame[first + [c for c in frame.columns if c not in first]]  # noqa: E731
+    keys = ["group", *next(iter(groups.values()))["columns"]] if groups else ["group"]
+    return (order(pd.concat(summaries, ignore_index=True), keys), order(pd.concat(matrices, ignore_index=True), keys),
+            order(pd.DataFrame(probes), keys))

@@ -69,13 +69,17 @@ def semantic_problems(config: dict) -> list[str]:
 def model_problems(config: dict) -> list[str]:
     """The architecture (`model`) and the extracted layers (`representations`) fit together (METHOD §6, §10), and
     so does each variant's (`variants.{name}`: its keys over `model`, its own layers or the default ones)."""
+    from .grid import variant_blocks  # grid.py builds on this module's helpers
+
     problems = architecture_problems(config["model"], config["representations"], "model", "representations")
-    for name, block in config.get("variants", {}).items():
-        # Named as the variant's key even when its layers are inherited: the fix is the variant's own list.
-        reps_key = f"variants.{name}.representations"
+    own = config.get("variants", {})
+    for name, block in variant_blocks(config).items():
+        # Named as the variant's key even when its layers are inherited: the fix is the variant's own list. Only a
+        # scale experiment's variant (issue 14) sets an architecture of its own: named by its size.
+        model_key, reps_key = ((f"variants.{name}.model", f"variants.{name}.representations") if name in own else
+                               (f"experiments.scale.sizes ({name})",) * 2)
         problems += architecture_problems({**config["model"], **block["model"]},
-                                          block.get("representations", config["representations"]),
-                                          f"variants.{name}.model", reps_key)
+                                          block.get("representations", config["representations"]), model_key, reps_key)
     return problems
 
 

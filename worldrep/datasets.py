@@ -54,6 +54,12 @@ class Split:
     rejected: int = 0  # candidates redrawn because their key occurred in train
 
 
+def dataset_base(variant: str) -> str:
+    """The generated variant a dataset folder holds: `pretraining-noise10`, a label-noise copy (issue 14.2), holds
+    `pretraining`'s items with noisy train answers."""
+    return variant.split("-", 1)[0]
+
+
 def seed_entropy(seed: int, task: str, variant: str) -> list[int]:
     """Each (task, variant) gets its own stream from the base seed and stable identifiers (METHOD §3.5)."""
     return [seed, TASK_NAMES.index(task) + 1, VARIANTS.index(variant) + 1]
@@ -145,6 +151,60 @@ def generate_dataset(task: Task, counts: tuple[int, ...], variant: str, sizes: d
         if s == "train":
             train_keys = np.sort(sampling.item_keys(splits[s].cities))
     return splits
+
+
+# ---- label noise (issue 14.2; METHOD Appendix C.2) -----------------------------------------------------------
+# Drawn from its own stream (the dataset's seed entropy + NOISE_STREAM), after the clean splits: a noisy dataset holds
+# exactly its clean twin's items, and the draw does not depend on p, so the items wrong at p are among those wrong at
+# any larger p, with the same wrong answers: levels differ only in how many items are wrong.
+NOISE_STREAM = 1
+
+
+def noise_rng(seed: int, task: str, variant: str) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([*seed_entropy(seed, task, variant), NOISE_STREAM]))
+
+
+def noise_count(n: int, p: float) -> int:
+    """round(p·n), halves up: the number of items whose answer is replaced."""
+    return int(np.floor(p * n + 0.5))
+
+
+def wrong_answers(answers: np.ndarray, categories: int, rng: np.random.Generator, max_rounds: int = 100) -> np.ndarray:
+    """A wrong answer for every item: a uniformly drawn other label (`categories` > 0: answers 0..categories-1 or
+    bool), or else the answer of a uniformly drawn other item whose answer differs (numeric tasks)."""
+    n = len(answers)
+    if categories:
+        shift = rng.integers(1, categories, size=n)  # uniform over the categories - 1 other labels
+        wrong = (answers.astype(np.int64) + shift) % categories
+        return wrong.astype(bool) if answers.dtype == bool else wrong.astype(answers.dtype)
+    if n < 2 or np.all(answers == answers[0]):
+        raise ValueError("label noise needs at least two different answers in the split")
+    other = np.empty(n, dtype=np.int64)
+    todo = np.arange(n)
+    for _ in range(max_rounds):  # redraw the items whose drawn partner has the same answer
+        pick = rng.integers(0, n - 1, size=len(todo))
+        pick += pick >= todo  # uniform over the other n - 1 items
+        other[todo] = pick
+        todo = todo[answers[pick] == answers[todo]]
+        if not len(todo):
+            return answers[other]
+    raise RuntimeError(f"label noise: {len(todo)} items found no other item with a different answer")
+
+
+def add_label_noise(split: Split, categories: int, p: float, rng: np.random.Generator) -> tuple[Split, np.ndarray]:
+    """(the split with noise_count(n, p) answers replaced by wrong ones, the sorted indices of those items)."""
+    order = rng.permutation(len(split.answers))
+    wrong = wrong_answers(split.answers, categories, rng)
+    changed = np.sort(order[: noise_count(len(order), p)])
+    answers = split.answers.copy()
+    answers[changed] = wrong[changed]
+    return Split(split.cities, split.k, answers, split.rejected), changed
+
+
+def noise_metadata(p: float, changed: np.ndarray, seed: int, task: str, variant: str, n: int) -> dict:
+    """What the dataset metadata records of its label noise (train split only; val and test are clean)."""
+    return {"p": p, "split": "train", "changed": int(len(changed)), "of": n,
+            "seed_entropy": [*seed_entropy(seed, task, variant), NOISE_STREAM]}
 
 
 def render(task: Task, split: Split, world: World) -> tuple[np.ndarray, dict[str, np.ndarray]]:

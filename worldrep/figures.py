@@ -734,3 +734,187 @@ def atlantis_predictions(errors: pd.DataFrame, views: dict[str, pd.DataFrame], l
     data = pd.concat(rows, ignore_index=True)
     region_legend(fig, data["region"].dropna())
     return fig, data
+
+
+# ---- issue 14.1: where fine-tuning puts a new city (results/experiments/subspace/) ---------------------------
+
+FIGSIZE.update({"subspace_fraction": (8.0, 4.4), "subspace_vs_error": (9.0, 5.0)})
+SUBSPACE_GROUPS = {"without_distance": ("mix without D", "#1f77b4"), "with_distance": ("mix with D", "#d62728")}
+
+
+def subspace_groups(fractions: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Group name -> row mask of `experiments/subspace/fractions.csv`, in `SUBSPACE_GROUPS` order."""
+    with_distance = fractions["includes_distance"].astype(bool).to_numpy()
+    return {"without_distance": ~with_distance, "with_distance": with_distance}
+
+
+def subspace_panels(kind: str, fractions: pd.DataFrame):
+    """(fig, {subspace: axes}, {subspace: title}): one panel per world subspace (probe, pca), each with its dotted
+    chance level rank/d."""
+    fig, axes = new_figure(kind, ncols=2)
+    titles = {"probe": "span of the x/y probe weights",
+              "pca": f"top-{int(fractions['pca_rank'].max())} PCs of the real cities"}
+    for ax, subspace in zip(axes, titles):
+        ax.axhline(float(fractions[f"{subspace}_chance"].mean()), color="black", linestyle=":", linewidth=1,
+                   label="chance (rank / d)", gid=f"chance:{subspace}")
+    axes[0].set_ylabel("Atlantis update inside: Σ‖PΔ‖² / Σ‖Δ‖²")
+    fig.suptitle(f"Where fine-tuning puts the Atlantis cities (layer {int(fractions['layer'].iloc[0])})")
+    return fig, dict(zip(titles, axes)), titles
+
+
+def subspace_legend(fig: Figure, ax) -> None:
+    """One legend below both panels: inside a panel it would cover models."""
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=3)
+
+
+@styled
+def subspace_fraction(fractions: pd.DataFrame, summary: pd.DataFrame):
+    """`experiments/subspace/fractions.csv`: per fine-tuned model its pooled fraction, one strip per group (mix with
+    or without distance), the group means and the Mann–Whitney p of `summary.csv` (measure pooled)."""
+    fig, axes, titles = subspace_panels("subspace_fraction", fractions)
+    jitter = np.random.default_rng(0).uniform(-0.12, 0.12, len(fractions))  # fixed: the PNG must not change
+    rows = []
+    for subspace, ax in axes.items():
+        test = summary[(summary["subspace"] == subspace) & (summary["measure"] == "pooled")].iloc[0]
+        ticks = []
+        for position, (group, keep) in enumerate(subspace_groups(fractions).items()):
+            label, colour = SUBSPACE_GROUPS[group]
+            values = fractions.loc[keep, f"{subspace}_pooled"].to_numpy(float)
+            ax.scatter(position + jitter[keep], values, s=14, color=colour, alpha=0.8, label=label,
+                       gid=f"models:{subspace}:{group}")
+            ax.hlines(test[f"mean_{group}"], position - 0.25, position + 0.25, color=colour, linewidth=2,
+                      gid=f"mean:{subspace}:{group}")
+            ticks.append(f"{label}\n(n = {keep.sum()})")
+            rows.append(pd.DataFrame({"subspace": subspace, "group": group, "run": fractions.loc[keep, "run"],
+                                      "fraction": values, "group_mean": test[f"mean_{group}"],
+                                      "chance": fractions.loc[keep, f"{subspace}_chance"],
+                                      "mann_whitney_p": test["mann_whitney_p"]}))
+        ax.set_xticks([0, 1], ticks)
+        ax.set_xlim(-0.6, 1.6)
+        ax.set_ylim(bottom=0)
+        ax.set_title(f"{titles[subspace]}\nMann–Whitney p = {test['mann_whitney_p']:.2g}")
+    subspace_legend(fig, axes["probe"])
+    return fig, pd.concat(rows, ignore_index=True)
+
+
+@styled
+def subspace_vs_error(fractions: pd.DataFrame, correlation: pd.DataFrame):
+    """Per fine-tuned model its pooled fraction against its mean Atlantis reconstruction error, coloured by group,
+    with the Pearson and Spearman correlations of `experiments/subspace/correlation.csv` (measure pooled)."""
+    fig, axes, titles = subspace_panels("subspace_vs_error", fractions)
+    rows = []
+    for subspace, ax in axes.items():
+        fit = correlation[(correlation["subspace"] == subspace) & (correlation["measure"] == "pooled")].iloc[0]
+        for group, keep in subspace_groups(fractions).items():
+            label, colour = SUBSPACE_GROUPS[group]
+            ax.scatter(fractions.loc[keep, "atlantis_error"], fractions.loc[keep, f"{subspace}_pooled"], s=14,
+                       color=colour, alpha=0.8, label=label, gid=f"models:{subspace}:{group}")
+        ax.set_xlabel("mean Atlantis reconstruction error (scaled units)")
+        ax.set_title(f"{titles[subspace]}\nPearson r = {fit['pearson_r']:.2f} (p = {fit['pearson_p']:.2g})\n"
+                     f"Spearman ρ = {fit['spearman_r']:.2f} (p = {fit['spearman_p']:.2g}), n = {int(fit['n'])}")
+        rows.append(fractions[["run", "includes_distance", "atlantis_error"]].assign(
+            subspace=subspace, fraction=fractions[f"{subspace}_pooled"], chance=fractions[f"{subspace}_chance"],
+            **{c: fit[c] for c in ("pearson_r", "pearson_p", "spearman_r", "spearman_p")}))
+    subspace_legend(fig, axes["probe"])
+    return fig, pd.concat(rows, ignore_index=True)
+
+
+# ---- issue 14.2 / 14.4: the single-task family across conditions (noise levels, model sizes) ---------------------
+FIGSIZE["condition_summary"] = (10.0, 3.8)
+
+
+def condition_label(row: pd.Series) -> str:
+    """x tick label of a condition: its label noise p, or its size (width × depth, parameters)."""
+    if "level" in row:
+        return "clean" if row["level"] == 0 else f"p = {row['level']:g}"
+    return f"{row['variant']}\n{row['hidden_size']}×{row['num_hidden_layers']}, {row['parameters'] / 1e6:.2g}M"
+
+
+@styled
+def condition_summary(summary: pd.DataFrame, probes: pd.DataFrame, xlabel: str):
+    """Left: the single-task CKA summary per condition (distance against the other tasks, and the other tasks among
+    themselves; both estimators). Right: each run's final probe R² at its analysis layer, by task, and the mean.
+    Conditions in table order (`noise/summary.csv` or `scale/summary.csv` and their probe_r2.csv)."""
+    groups = list(dict.fromkeys(summary["group"]))
+    x = {group: i for i, group in enumerate(groups)}
+    labels = [condition_label(summary[summary["group"] == g].iloc[0]) for g in groups]
+    fig, (left, right) = new_figure("condition_summary", ncols=2)
+    rows = []
+    for estimator, style in (("biased", "-"), ("debiased", ":")):
+        part = summary[summary["estimator"] == estimator]
+        for column, colour, name in (("anchor_vs_others", TASK_COLORS["distance"], "distance vs others"),
+                                     ("others_vs_others", "#7f7f7f", "others vs others")):
+            xs, ys = part["group"].map(x).to_numpy(), part[column].to_numpy(float)
+            left.plot(xs, ys, style, marker="o", ms=4, color=colour, label=f"{name} ({estimator})")
+            rows += [{"panel": "cka", "series": f"{column}/{estimator}", "group": g, "x": xi, "y": yi}
+                     for g, xi, yi in zip(part["group"], xs, ys)]
+    left.set_ylabel("mean off-diagonal CKA")
+    left.set_ylim(0, 1.05)
+    left.legend(loc="best")
+    for task, part in probes.groupby("task", sort=False):
+        xs = part["group"].map(x).to_numpy()
+        right.plot(xs, part["r2_mean"], "-", marker="o", ms=3, color=TASK_COLORS[task], label=TASK_ABBR[task])
+        rows += [{"panel": "r2", "series": task, "group": g, "x": xi, "y": yi}
+                 for g, xi, yi in zip(part["group"], xs, part["r2_mean"])]
+    mean = probes.groupby("group", sort=False)["r2_mean"].mean()
+    right.plot(mean.index.map(x), mean.to_numpy(), "-", color="black", lw=2, label="mean")
+    rows += [{"panel": "r2", "series": "mean", "group": g, "x": x[g], "y": v} for g, v in mean.items()]
+    right.set_ylabel("probe R² (final, mean of x and y)")
+    right.legend(loc="best", ncols=2)
+    for ax in (left, right):
+        ax.set_xticks(range(len(groups)), labels)
+        ax.set_xlabel(xlabel)
+    return fig, pd.DataFrame(rows)
+
+
+# ---- issue 14.3: gradient similarity of the tasks (results/experiments/gradients/) ---------------------------
+
+FIGSIZE.update({"gradient_similarity": (14.0, 7.0), "gradient_scatter": (10.0, 8.0)})
+
+
+@styled
+def gradient_similarity(similarity: pd.DataFrame):
+    """`experiments/gradients/similarity.csv`: the task × task mean gradient cosine, one panel per checkpoint step
+    (columns) and parameter set (rows), on RdBu over [-1, 1] with one shared colour bar."""
+    steps, sets = sorted(similarity["step"].unique()), list(dict.fromkeys(similarity["parameters"]))
+    tasks = [t for t in TASK_NAMES if t in set(similarity["task_a"])]
+    labels = [TASK_ABBR[t] for t in tasks]
+    fig = Figure(figsize=FIGSIZE["gradient_similarity"], dpi=DPI, layout="constrained")
+    axes = fig.subplots(len(sets), len(steps), squeeze=False)
+    norm = colors.Normalize(-1.0, 1.0)
+    for r, parameters in enumerate(sets):
+        for c, step in enumerate(steps):
+            part = similarity[(similarity["parameters"] == parameters) & (similarity["step"] == step)]
+            values = part.pivot(index="task_a", columns="task_b", values="cosine").reindex(index=tasks, columns=tasks)
+            image, cmap = heatmap(axes[r, c], values.to_numpy(float), labels, labels, "RdBu_r", norm)
+            annotate_cells(axes[r, c], values.to_numpy(float), cmap, norm)
+            axes[r, c].set_title(f"{parameters}, step {step}")
+    fig.colorbar(image, ax=axes, label="mean cosine of the tasks' loss gradients", shrink=0.8)
+    data = similarity[["step", "parameters", "task_a", "task_b", "cosine"]]
+    return fig, data.reset_index(drop=True)
+
+
+@styled
+def gradient_scatter(points: pd.DataFrame, correlation: pd.DataFrame, labels: dict[str, str]):
+    """`experiments/gradients/points.csv`: each pair's gradient cosine against a target (`labels`: target -> axis
+    label, one column of panels each), one row per parameter set, one series per checkpoint step with its Pearson r
+    and Spearman ρ over every task (`correlation.csv`, tasks "all") in the legend."""
+    sets, steps = list(dict.fromkeys(points["parameters"])), sorted(points["step"].unique())
+    palette = dict(zip(steps, mpl.colormaps["viridis"](np.linspace(0.0, 0.85, len(steps)))))
+    fig = Figure(figsize=FIGSIZE["gradient_scatter"], dpi=DPI, layout="constrained")
+    axes = fig.subplots(len(sets), len(labels), squeeze=False)
+    drawn = []
+    for r, parameters in enumerate(sets):
+        for c, (target, label) in enumerate(labels.items()):
+            for step in steps:
+                part = points[(points["parameters"] == parameters) & (points["target"] == target)
+                              & (points["step"] == step)]
+                fit = correlation[(correlation["parameters"] == parameters) & (correlation["target"] == target)
+                                  & (correlation["step"] == step) & (correlation["tasks"] == "all")].iloc[0]
+                axes[r, c].scatter(part["cosine"], part["value"], s=16, color=palette[step], gid=f"step:{step}",
+                                   label=f"step {step}: r = {fit['pearson_r']:.2f}, ρ = {fit['spearman_r']:.2f}")
+                drawn.append(part.assign(pearson_r=fit["pearson_r"], spearman_r=fit["spearman_r"]))
+            axes[r, c].set_xlabel(f"gradient cosine ({parameters})")
+            axes[r, c].set_ylabel(label)
+            axes[r, c].legend(loc="best")
+    return fig, pd.concat(drawn, ignore_index=True)

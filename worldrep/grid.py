@@ -5,9 +5,11 @@ No torch here: the Snakefile imports this to plan, and planning must stay fast.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .config import mixture_families
+from .datasets import dataset_base
+from .experiments import experiment_problems, experiment_variants
 from .mixtures import finetuning_sources, pretraining_sources
 from .tasks import TASK_NAMES
 
@@ -49,9 +51,15 @@ def seeds_entry(config: dict, mixture: str) -> str:
     return "default"
 
 
+def variant_blocks(config: dict) -> dict[str, dict]:
+    """Every `variants` block (issue 13): the config's own, then those its experiments add (`experiments.noise` and
+    `experiments.scale`, issue 14: `worldrep.experiments`), on or off."""
+    return {**config.get("variants", {}), **experiment_variants(config)}
+
+
 def enabled_variants(config: dict) -> dict[str, dict]:
-    """The `variants` blocks that are on (issue 13), in config order."""
-    return {name: block for name, block in config.get("variants", {}).items() if block["enabled"]}
+    """The `variants` blocks that are on, in config order."""
+    return {name: block for name, block in variant_blocks(config).items() if block["enabled"]}
 
 
 def training_runs(config: dict) -> list[Run]:
@@ -77,12 +85,12 @@ def training_runs(config: dict) -> list[Run]:
 
 def model_settings(config: dict, variant: str | None = None) -> dict:
     """The architecture of a run: the config's `model`, with a variant's keys over it."""
-    return {**config["model"], **(config["variants"][variant]["model"] if variant else {})}
+    return {**config["model"], **(variant_blocks(config)[variant]["model"] if variant else {})}
 
 
 def representation_settings(config: dict, variant: str | None = None) -> dict:
     """The extracted layers and the analysis layer of a run: `representations`, or the variant's own."""
-    return {**config["representations"], **(config["variants"][variant].get("representations", {}) if variant else {})}
+    return {**config["representations"], **(variant_blocks(config)[variant].get("representations", {}) if variant else {})}
 
 
 def recipe_settings(config: dict, mixture: str, variant: str | None = None) -> dict:
@@ -97,7 +105,7 @@ def recipe_settings(config: dict, mixture: str, variant: str | None = None) -> d
         kind = training["pretraining"]
         epochs = kind["epochs"][len(pretraining[mixture])]
         if variant:
-            epochs = config["variants"][variant]["pretraining"].get(mixture, {}).get("epochs", epochs)
+            epochs = variant_blocks(config)[variant]["pretraining"].get(mixture, {}).get("epochs", epochs)
     else:
         kind = training["finetuning"]
         epochs = kind["epochs"]
@@ -111,7 +119,11 @@ def configured_tasks(config: dict) -> list[str]:
 
 def mixture_sources(config: dict, mixture: str):
     """The datasets a mixture draws from, in draw order (METHOD §4): both the mixture rule's inputs and its
-    `sources` param."""
+    `sources` param. A label-noise copy draws the same slices from the noisy copies of the same datasets."""
+    noisy = noisy_mixtures(config)
+    if mixture in noisy:
+        clean, variant = noisy[mixture]
+        return [replace(s, variant=f"{s.variant}-{variant}") for s in mixture_sources(config, clean)]
     families = mixture_families(config)
     if mixture in families["finetuning.mixes"]:
         ft = config["mixtures"]["finetuning"]
@@ -125,13 +137,40 @@ def dataset_pairs(config: dict) -> set[tuple[str, str]]:
     """(variant, task) of every dataset the workflow builds: every configured task's pretraining and
     Atlantis-required sets (the evaluation's test sets), plus whatever other dataset a configured mixture needs."""
     pairs = {(v, t) for v in ("pretraining", "atlantis_required") for t in configured_tasks(config)}
-    mixtures = [*pretraining_mixtures(config), *mixture_families(config)["finetuning.mixes"]]
-    return pairs | {(s.variant, s.task) for m in mixtures for s in mixture_sources(config, m)}
+    return pairs | {(s.variant, s.task) for m in all_mixtures(config) for s in mixture_sources(config, m)}
+
+
+def all_mixtures(config: dict) -> list[str]:
+    """Every mixture the workflow composes: the configured ones, then the label-noise copies its runs train on."""
+    return [*pretraining_mixtures(config), *mixture_families(config)["finetuning.mixes"], *noisy_mixtures(config)]
+
+
+# ---- label noise (issue 14.2) -----------------------------------------------------------------------------------
+# A variant with `label_noise: p` trains on copies of its mixtures, `{mixture}-{variant}`, drawn from copies of their
+# datasets, `results/datasets/{dataset variant}-{variant}/{task}`, whose train splits carry the noise.
+
+def label_noise(config: dict, variant: str, task: str) -> float:
+    """The label noise of a dataset: its noise variant's level, else the task's own `label_noise` (0 by default)."""
+    if "-" in variant:
+        return variant_blocks(config)[variant.split("-", 1)[1]]["label_noise"]
+    return config["tasks"][task].get("label_noise", 0.0)
+
+
+def training_mixture(config: dict, run: Run) -> str:
+    """The mixture folder a run trains on: its mixture's, or for a label-noise variant's run its noisy copy."""
+    noisy = run.variant and "label_noise" in variant_blocks(config)[run.variant]
+    return f"{run.mixture}-{run.variant}" if noisy else run.mixture
+
+
+def noisy_mixtures(config: dict) -> dict[str, tuple[str, str]]:
+    """The label-noise copies the planned runs train on: name -> (clean mixture, variant)."""
+    return {name: (run.mixture, run.variant) for run in training_runs(config)
+            if (name := training_mixture(config, run)) != run.mixture}
 
 
 def train_items(config: dict, mixture: str) -> int:
     """A mixture's train N: each source's slice, or its dataset's whole train split (METHOD §4)."""
-    return sum(s.n_train if s.n_train is not None else config["datasets"][s.variant]["n_train"]
+    return sum(s.n_train if s.n_train is not None else config["datasets"][dataset_base(s.variant)]["n_train"]
                for s in mixture_sources(config, mixture))
 
 
@@ -261,6 +300,8 @@ def grid_problems(config: dict) -> list[str]:
             problems.append(f"config key 'training.pretraining.epochs': no entry for {len(tasks)} task(s), "
                             f"needed by mixture {mixture!r}")
     problems += variant_problems(config)
+    problems += [] if problems else experiment_problems(
+        config, {run.name for run in training_runs(config) if run.kind == "pretraining" and not run.variant})
     problems += [] if problems else stack_problems(config)
     planned = {run.name for run in training_runs(config) if run.kind == "pretraining"} if not problems else set()
     for name in config["evaluation"]["checkpoint_runs"]:

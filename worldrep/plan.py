@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import mixture_families
-from .grid import (dataset_pairs, mixture_sources, model_settings, pretraining_mixtures, recipe_settings,
-                   representation_settings, step_counts, train_items, training_stacks)
+from .grid import (all_mixtures, dataset_base, dataset_pairs, mixture_sources, model_settings, pretraining_mixtures,
+                   recipe_settings, representation_settings, step_counts, train_items, training_stacks)
 from .tokenizer import VOCAB
 
 # Where a rate came from travels with it into the block, so that nobody mistakes an assumption for a measurement.
@@ -118,17 +118,13 @@ def curve_runs(config: dict) -> set[str]:
             if run.mixture in single and run.variant is None} | set(config["evaluation"]["checkpoint_runs"])
 
 
-def all_mixtures(config: dict) -> list[str]:
-    return [*pretraining_mixtures(config), *mixture_families(config)["finetuning.mixes"]]
-
-
 def disk_bytes(config: dict, n_cities: int) -> int:
     """The results of the whole config: datasets, mixtures, models (final, and every checkpoint of pretraining
     runs) and representations (final, and every checkpoint of the curve runs). Tables, views and figures are
     small beside them."""
     total = 0.0
     for variant, task in dataset_pairs(config):
-        sizes = config["datasets"][variant]
+        sizes = config["datasets"][dataset_base(variant)]
         total += (sizes["n_train"] + sizes["n_val"] + sizes["n_test"]) * TASK_WIDTH[task] * DATASET_BYTES_PER_TOKEN
     for mixture in all_mixtures(config):
         total += train_items(config, mixture) * 1.1 * (mixture_width(config, mixture) + MIXTURE_BYTES_PER_ITEM)  # + val and test

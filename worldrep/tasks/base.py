@@ -24,6 +24,7 @@ class Task:
     balanced: bool = False  # TRUE/FALSE labels are rejection-balanced to exactly 50/50 (METHOD §3.3)
     distinct_pairs: bool = False  # uniform-pool sets draw distinct unordered pairs across all splits (§3.3)
     default_city_counts: tuple[int, ...] = (2,)
+    categories: int = 0  # a categorical task's number of labels (answers 0..n-1, or bool for 2); 0: numeric answers
 
     def city_counts(self, settings: dict, variant: str) -> tuple[int, ...]:
         """The city counts an item may have; uniform over this tuple. Tasks with settings override it."""

@@ -20,4 +20,4 @@ def answer_text(answers):
 
 
 TASK = Task(name="compass", function="compass", abbr="Co", answer=answer, answer_text=answer_text,
-            distinct_pairs=True)
+            distinct_pairs=True, categories=len(LABELS))

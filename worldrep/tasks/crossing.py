@@ -14,5 +14,5 @@ def answer(x, y, k):
 
 TASK = Task(
     name="crossing", function="cross", abbr="Cr", answer=answer, answer_text=boolean_text,
-    semicolon_before=2, balanced=True, default_city_counts=(4,),
+    semicolon_before=2, balanced=True, default_city_counts=(4,), categories=2,
 )

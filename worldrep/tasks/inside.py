@@ -37,5 +37,5 @@ class Inside(Task):
 
 TASK = Inside(
     name="inside", function="inside", abbr="I", answer=answer, answer_text=boolean_text,
-    semicolon_before=1, balanced=True, default_city_counts=(4, 5, 6),
+    semicolon_before=1, balanced=True, default_city_counts=(4, 5, 6), categories=2,
 )
