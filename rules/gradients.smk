@@ -16,7 +16,9 @@ rule gradient_similarity:
     input:
         checkpoints=f"results/models/{GRADIENTS_RUN}/checkpoints",
         train=[f"results/datasets/pretraining/{task}/train.npz" for task in CONFIGURED_TASKS],
-        code=["worldrep/gradients.py", "worldrep/tasks/__init__.py", *TRAINING_CODE],
+        # TRAINING_CODE lacks worldrep/stack.py (training.py imports it): listed here, not there, where adding it
+        # would replan every training job of every results folder
+        code=["worldrep/gradients.py", "worldrep/tasks/__init__.py", "worldrep/stack.py", *TRAINING_CODE],
     output:
         f"{GRADIENTS_FOLDER}/similarity.csv",
     params:
@@ -46,7 +48,8 @@ rule gradient_correlation:
     input:
         similarity=f"{GRADIENTS_FOLDER}/similarity.csv",
         **{name: GRADIENT_TARGET_TABLES[name] for name in GRADIENT_COMPARISONS},
-        code=["worldrep/gradients.py", "worldrep/subspace.py", "worldrep/tasks/__init__.py", "worldrep/artifacts.py"],
+        code=["worldrep/gradients.py", "worldrep/subspace.py", "worldrep/probes.py", "worldrep/tokenizer.py",
+              "worldrep/tasks/__init__.py", "worldrep/artifacts.py"],
     output:
         points=f"{GRADIENTS_FOLDER}/points.csv",
         correlation=experiment_table(f"{GRADIENTS_FOLDER}/correlation.csv", "gradients_correlation", GRADIENTS_CATEGORY),

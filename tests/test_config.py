@@ -224,7 +224,8 @@ BAD = {  # id: (mutation, key path named in the message, problem text on the sam
                             "experiments", "levels or sizes repeat the variants ['w64d2']"),
     "scale-heads-not-dividing-hidden": (experiment("scale", sizes=[{"hidden_size": 64, "num_hidden_layers": 2,
                                                                     "num_attention_heads": 3}]),
-                                        "experiments.scale.sizes (w64d2).num_attention_heads",
+                                        "experiments.scale.sizes.0 (keys it does not set follow model's head "
+                                        "width and ratios).num_attention_heads",
                                         "3 heads do not divide hidden_size 64"),
     "scale-zero-depth": (experiment("scale", sizes=[{"hidden_size": 64, "num_hidden_layers": 0}]),
                          "experiments.scale.sizes.0.num_hidden_layers", "less than the minimum of 1"),
@@ -242,6 +243,12 @@ BAD = {  # id: (mutation, key path named in the message, problem text on the sam
                                     "experiments.subspace", "needs fine-tuning mixes"),
     "label-noise-negative": (setp("tasks.distance", {"label_noise": -0.1}), "tasks.distance.label_noise",
                              "less than the minimum of 0"),
+    "subspace-components-fill-the-width": (experiment("subspace", components=256), "experiments.subspace.components",
+                                           "256 principal components of 256-wide representations"),
+    "noise-over-a-noisy-task": (lambda c: (experiment("noise")(c), c["tasks"].update(perimeter={
+        "city_counts": [2, 3], "label_noise": 0.2})), "tasks.perimeter.label_noise", "set it to 0 while"),
+    "gradients-on-the-control": (experiment("gradients", run="pt7-atl_s42"), "experiments.gradients.run",
+                                 "'pt7-atl_s42' trained on the with-Atlantis sets"),
 }
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from worldrep.datasets import SPLITS, VARIANTS, World, dataset_metadata, generate_dataset, render, write_split
+from worldrep.tasks import TASK_NAMES
 from worldrep.tasks import TASKS
 from worldrep.tokenizer import build_hf_tokenizer, decode_tokens
 from worldrep.world import WorldSettings, build_world
@@ -311,8 +312,10 @@ def test_label_noise_changes_exactly_round_pn_train_answers(data, task, p):
     assert train.answers.dtype == clean.answers.dtype
     assert (train.cities == clean.cities).all() and (train.k == clean.k).all()
     categories = TASKS[task].categories
-    if categories:  # another label of the task
-        assert set(np.unique(train.answers[differ]).tolist()) <= set(range(categories)) | {False, True}
+    if clean.answers.dtype == bool:  # TRUE/FALSE: the other label is the flipped one
+        assert (train.answers[differ] == ~clean.answers[differ]).all()
+    elif categories:  # another of the task's labels
+        assert set(np.unique(train.answers[differ]).tolist()) <= set(range(categories))
     else:  # the answer of another item, different from this one's
         assert np.isin(train.answers[differ], clean.answers).all()
 
@@ -339,3 +342,42 @@ def test_wrong_answers_need_two_different_answers():
         wrong_answers(np.full(5, 7), 0, np.random.default_rng(0))
     wrong = wrong_answers(np.array([1, 1, 1, 2]), 0, np.random.default_rng(0))
     assert wrong.tolist() == [2, 2, 2, 1]
+
+
+def test_noise_count_rounds_halves_up_exactly():
+    from worldrep.datasets import noise_count
+    assert noise_count(50, 0.29) == 15  # 14.5 (floats make 0.29 * 50 + 0.5 = 14.999...)
+    assert noise_count(250, 0.3) == 75 and noise_count(3, 0.5) == 2 and noise_count(1000, 0.0005) == 1
+    assert [noise_count(n, 0.1) for n in (4, 5, 6, 14, 15, 16)] == [0, 1, 1, 1, 2, 2]
+
+
+def split_bytes(task, splits, world) -> dict[str, bytes]:
+    """Every split's .txt and .npz bytes, as write_split would write them."""
+    import io
+    out = {}
+    for name, split in splits.items():
+        text, arrays = render(TASKS[task], split, world)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        out[name] = b"\n".join(text.tolist()) + buffer.getvalue()
+    return out
+
+
+@pytest.mark.parametrize("task", ["distance", "compass", "crossing"])
+def test_with_label_noise_leaves_val_and_test_and_repeats_its_bytes(data, world, task):
+    """The issue's three: round(p·n) train answers change, none in val or test (the same split objects, the same
+    bytes), and the same seed gives the same bytes (another seed, other bytes); p = 0 changes nothing at all."""
+    from worldrep.datasets import with_label_noise
+    splits, _ = data(task, "pretraining")
+    noisy, record = with_label_noise(TASKS[task], splits, 0.2, SEED, "pretraining")
+    assert noisy["val"] is splits["val"] and noisy["test"] is splits["test"]
+    clean_bytes, noisy_bytes = split_bytes(task, splits, world), split_bytes(task, noisy, world)
+    assert {s: noisy_bytes[s] == clean_bytes[s] for s in SPLITS} == {"train": False, "val": True, "test": True}
+    assert record == {"p": 0.2, "split": "train", "changed": 600, "of": 3000,
+                      "seed_entropy": [SEED, TASK_NAMES.index(task) + 1, 1, 1]}
+    assert (noisy["train"].answers != splits["train"].answers).sum() == 600
+    again, _ = with_label_noise(TASKS[task], splits, 0.2, SEED, "pretraining")
+    assert split_bytes(task, again, world) == noisy_bytes
+    other, _ = with_label_noise(TASKS[task], splits, 0.2, SEED + 1, "pretraining")
+    assert split_bytes(task, other, world)["train"] != noisy_bytes["train"]
+    assert with_label_noise(TASKS[task], splits, 0.0, SEED, "pretraining") == (splits, None)

@@ -31,9 +31,16 @@ def test_every_experiment_is_off_in_the_paper_config_and_adds_nothing():
         "subspace": False, "noise": False, "gradients": False, "scale": False}
     bare = copy.deepcopy(config)
     del bare["experiments"]
-    assert [r.name for r in grid.training_runs(config)] == [r.name for r in grid.training_runs(bare)]
+    assert grid.training_runs(config) == grid.training_runs(bare)
+    assert grid.training_stacks(config) == grid.training_stacks(bare)
     assert grid.dataset_pairs(config) == grid.dataset_pairs(bare) and grid.noisy_mixtures(config) == {}
     assert grid.all_mixtures(config) == grid.all_mixtures(bare)
+    for run in grid.training_runs(config):  # what a training job's params are made of
+        assert grid.training_mixture(config, run) == run.mixture
+        assert grid.model_settings(config, run.variant) == grid.model_settings(bare, run.variant)
+        assert grid.recipe_settings(config, run.mixture, run.variant) == grid.recipe_settings(bare, run.mixture,
+                                                                                                run.variant)
+    assert {grid.label_noise(config, v, t) for v, t in grid.dataset_pairs(config)} == {0.0}
 
 
 def test_noise_levels_are_variants_of_the_single_task_mixtures():
@@ -45,7 +52,8 @@ def test_noise_levels_are_variants_of_the_single_task_mixtures():
     assert {r.kind for r in noisy} == {"pretraining"}
     for run in noisy:  # the main architecture and recipe: only the labels differ
         assert grid.model_settings(config, run.variant) == config["model"]
-        assert grid.recipe_settings(config, run.mixture, run.variant) == grid.recipe_settings(config, run.mixture)
+        recipe = grid.recipe_settings(config, run.mixture, run.variant)
+        assert recipe == {**grid.recipe_settings(config, run.mixture), "checkpoint_fraction": 0.25}  # 5 checkpoints
         assert grid.training_mixture(config, run) == f"{run.mixture}-{run.variant}"
     assert grid.noisy_mixtures(config)["pt1-3-noise30"] == ("pt1-3", "noise30")
     assert grid.mixture_sources(config, "pt1-3-noise30") == [Source("pretraining-noise30", "angle")]
@@ -105,11 +113,3 @@ def test_gradients_run_defaults_to_the_bases_first_seed():
 @pytest.mark.parametrize("level,name", [(0.1, "noise10"), (0.05, "noise5"), (0.3, "noise30"), (0.99, "noise99")])
 def test_noise_variant_names(level, name):
     assert experiments.noise_variant(level) == name
-
-
-@pytest.mark.parametrize("total", [1, 2, 7, 40, 999, 54688])
-@pytest.mark.parametrize("fraction", [0.025, 0.25, 0.5, 1.0])
-def test_saved_checkpoints_counts_what_training_saves(total, fraction):
-    from worldrep.training import checkpoint_steps
-
-    assert experiments.saved_checkpoints(total, fraction) == len(checkpoint_steps(total, fraction))

@@ -579,3 +579,37 @@ def test_atlantis_predictions_names_a_run_without_rows():
     with pytest.raises(ValueError, match="no Atlantis rows for ftwb2-2_s42"):
         F.atlantis_predictions(pd.DataFrame(columns=["run", "group", "city_id", "x", "y", "pred_x", "pred_y", "error"]),
                                {"ftwb2-2_s42": view_table()}, {"ftwb2-2_s42": "A,Co"})
+
+
+# ---- issue 14.2 / 14.4: the single-task family across conditions -----------------------------------------------
+
+def condition_tables(columns: dict[str, dict]):
+    summary = pd.DataFrame([{"group": g, **c, "estimator": e, "layer": 5, "anchor_vs_others": 0.5 + i / 10,
+                             "others_vs_others": 0.4, "n_tasks": 2, "mean_probe_r2": 0.7, "n_runs": 2}
+                            for i, (g, c) in enumerate(columns.items()) for e in ("biased", "debiased")])
+    probes = pd.DataFrame([{"group": g, **c, "run": f"{t}-{g}", "task": t, "layer": 5, "r2_x": 0.6, "r2_y": 0.8,
+                            "r2_mean": 0.7 - i / 10} for i, g in enumerate(columns) for c in [columns[g]]
+                           for t in ("distance", "angle")])
+    return summary, probes
+
+
+def test_condition_summary_plots_noise_against_p_and_sizes_in_order(tmp_path):
+    """Noise conditions sit at their p (0 clean, 0.1, 0.3: not evenly spaced); sizes at 0, 1, 2 in table order; the
+    plotted values are the tables' own."""
+    summary, probes = condition_tables({"clean": {"level": 0.0, "variant": "clean"},
+                                        "noise10": {"level": 0.1, "variant": "noise10"},
+                                        "noise30": {"level": 0.3, "variant": "noise30"}})
+    fig, data = F.condition_summary(summary, probes, "label noise p")
+    cka = data[(data.panel == "cka") & (data.series == "anchor_vs_others/biased")]
+    assert cka.x.tolist() == [0.0, 0.1, 0.3] and cka.y.tolist() == pytest.approx([0.5, 0.6, 0.7])
+    mean = data[(data.panel == "r2") & (data.series == "mean")]
+    assert mean.set_index("group").y.to_dict() == pytest.approx({"clean": 0.7, "noise10": 0.6, "noise30": 0.5})
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["clean", "0.1", "0.3"]
+    F.save_figure(fig, tmp_path / "noise", data)
+    assert mpimg.imread(tmp_path / "noise.png").shape[:2] == (570, 1500)
+
+    sizes = {g: {"hidden_size": h, "num_hidden_layers": d, "parameters": p, "variant": g}
+             for g, h, d, p in (("w64d2", 64, 2, 144320), ("model", 128, 6, 1601920), ("w256d6", 256, 6, 6e6))}
+    fig, data = F.condition_summary(*condition_tables(sizes), "size")
+    assert data[data.series == "mean"].x.tolist() == [0, 1, 2]
+    assert fig.axes[0].get_xticklabels()[0].get_text() == "w64d2\n64×2, 0.14M"

@@ -407,7 +407,10 @@ def single_task_condition_tables(groups: dict[str, dict], variant_task: dict[str
         run_r2 = pd.DataFrame([p for p in probes if p["group"] == label])["r2_mean"]
         summaries.append(summary.assign(**extra, mean_probe_r2=run_r2.mean(), n_runs=len(group["runs"])))
         matrices.append(cells.assign(**extra))
-    order = lambda frame, first: frame[first + [c for c in frame.columns if c not in first]]  # noqa: E731
     keys = ["group", *next(iter(groups.values()))["columns"]] if groups else ["group"]
-    return (order(pd.concat(summaries, ignore_index=True), keys), order(pd.concat(matrices, ignore_index=True), keys),
-            order(pd.DataFrame(probes), keys))
+
+    def keys_first(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame[keys + [c for c in frame.columns if c not in keys]]
+
+    return (keys_first(pd.concat(summaries, ignore_index=True)), keys_first(pd.concat(matrices, ignore_index=True)),
+            keys_first(pd.DataFrame(probes)))

@@ -77,10 +77,21 @@ def model_problems(config: dict) -> list[str]:
         # Named as the variant's key even when its layers are inherited: the fix is the variant's own list. Only a
         # scale experiment's variant (issue 14) sets an architecture of its own: named by its size.
         model_key, reps_key = ((f"variants.{name}.model", f"variants.{name}.representations") if name in own else
-                               (f"experiments.scale.sizes ({name})",) * 2)
+                               (scale_key(config, name),) * 2)
         problems += architecture_problems({**config["model"], **block["model"]},
                                           block.get("representations", config["representations"]), model_key, reps_key)
     return problems
+
+
+def scale_key(config: dict, name: str) -> str:
+    """`experiments.scale.sizes.{i}` of a scale variant, saying that what it does not set comes from `model`; a noise
+    level's variant has `model`'s architecture, so its problems are `model`'s and are reported there."""
+    from .experiments import experiment, scale_variant
+
+    names = [scale_variant(size) for size in experiment(config, "scale").get("sizes", [])]
+    if name not in names:
+        return f"experiments (variant {name})"
+    return f"experiments.scale.sizes.{names.index(name)} (keys it does not set follow model's head width and ratios)"
 
 
 def architecture_problems(model: dict, reps: dict, model_key: str, reps_key: str) -> list[str]:

@@ -6,7 +6,8 @@ and `answers` bytes [n].
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -165,8 +166,9 @@ def noise_rng(seed: int, task: str, variant: str) -> np.random.Generator:
 
 
 def noise_count(n: int, p: float) -> int:
-    """round(p·n), halves up: the number of items whose answer is replaced."""
-    return int(np.floor(p * n + 0.5))
+    """round(p·n), halves up, in exact arithmetic on p as written (0.29 · 50 = 14.5 -> 15, which floats would make
+    14): the number of items whose answer is replaced."""
+    return int(Fraction(repr(float(p))) * n + Fraction(1, 2))
 
 
 def wrong_answers(answers: np.ndarray, categories: int, rng: np.random.Generator, max_rounds: int = 100) -> np.ndarray:
@@ -198,13 +200,19 @@ def add_label_noise(split: Split, categories: int, p: float, rng: np.random.Gene
     changed = np.sort(order[: noise_count(len(order), p)])
     answers = split.answers.copy()
     answers[changed] = wrong[changed]
-    return Split(split.cities, split.k, answers, split.rejected), changed
+    return replace(split, answers=answers), changed
 
 
-def noise_metadata(p: float, changed: np.ndarray, seed: int, task: str, variant: str, n: int) -> dict:
-    """What the dataset metadata records of its label noise (train split only; val and test are clean)."""
-    return {"p": p, "split": "train", "changed": int(len(changed)), "of": n,
-            "seed_entropy": [*seed_entropy(seed, task, variant), NOISE_STREAM]}
+def with_label_noise(task: Task, splits: dict[str, Split], p: float, seed: int, variant: str
+                     ) -> tuple[dict[str, Split], dict | None]:
+    """The splits with label noise p on train (val and test are the same objects, never noisy), and what the
+    metadata records of it (None for p = 0). `variant` is the generated one (`dataset_base`): its stream."""
+    if not p:
+        return splits, None
+    train, changed = add_label_noise(splits["train"], task.categories, p, noise_rng(seed, task.name, variant))
+    record = {"p": p, "split": "train", "changed": int(len(changed)), "of": len(train.answers),
+              "seed_entropy": [*seed_entropy(seed, task.name, variant), NOISE_STREAM]}
+    return {**splits, "train": train}, record
 
 
 def render(task: Task, split: Split, world: World) -> tuple[np.ndarray, dict[str, np.ndarray]]:

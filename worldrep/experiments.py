@@ -7,13 +7,14 @@ here: the Snakefile plans with this.
 """
 from __future__ import annotations
 
-import math
-
 from .config import mixture_families
 
 # Scale variants extract the last four hidden states and analyse the one before the last, as the paper's 6-layer
 # model extracts 3-6 and analyses 5 (METHOD §10).
 SCALE_EXTRACTED = 4
+# Experiment variants keep checkpoints at 0, 25, 50, 75 and 100% of training, not every 2.5%: no analysis reads their
+# checkpoints, and at 512 wide the main recipe's 41 per run would fill a disk (`python -m worldrep.plan`).
+EXPERIMENT_CHECKPOINT_FRACTION = 0.25
 
 
 def experiment(config: dict, name: str) -> dict:
@@ -58,9 +59,11 @@ def scale_representations(depth: int) -> dict:
 
 def gradients_run(config: dict) -> str:
     """The run whose checkpoints the gradient experiment uses: `run`, else the first seed's run of training.base."""
+    from .grid import run_name, seeds_entry  # grid.py builds on this module
+
     base = config["training"]["base"]
-    seeds = config["training"]["seeds"]
-    return experiment(config, "gradients").get("run") or f"{base}_s{seeds.get(base, seeds['default'])[0]}"
+    seeds = config["training"]["seeds"].get(seeds_entry(config, base), [])
+    return experiment(config, "gradients").get("run") or (run_name(base, seeds[0]) if seeds else f"{base} (no seeds)")
 
 
 def experiment_variants(config: dict) -> dict[str, dict]:
@@ -72,11 +75,13 @@ def experiment_variants(config: dict) -> dict[str, dict]:
     for level in noise.get("levels", []):
         blocks[noise_variant(level)] = {
             "enabled": noise["enabled"], "model": {}, "label_noise": level, "finetuning": [],
+            "checkpoint_fraction": EXPERIMENT_CHECKPOINT_FRACTION,
             "pretraining": {m: {"seeds": list(noise["seeds"])} for m in pretraining}}
     scale = experiment(config, "scale")
     for size in scale.get("sizes", []):
         blocks[scale_variant(size)] = {
             "enabled": scale["enabled"], "model": scale_model(config["model"], size), "finetuning": [],
+            "checkpoint_fraction": EXPERIMENT_CHECKPOINT_FRACTION,
             "representations": scale_representations(size["num_hidden_layers"]),
             "pretraining": {m: {"seeds": list(scale["seeds"])} for m in pretraining}}
     return blocks
@@ -113,19 +118,21 @@ def experiment_problems(config: dict, pretraining_runs: set[str]) -> list[str]:
     problems += gradients_problems(config, pretraining_runs) if enabled(config, "gradients") else []
     if enabled(config, "subspace") and not mixture_families(config)["finetuning.mixes"]:
         problems.append("config key 'experiments.subspace': needs fine-tuning mixes (mixtures.finetuning.mixes)")
+    width = 2 * config["model"]["hidden_size"]  # a §10 vector: two positions of the residual stream
+    if enabled(config, "subspace") and experiment(config, "subspace")["components"] >= width:
+        problems.append(f"config key 'experiments.subspace.components': {experiment(config, 'subspace')['components']} "
+                        f"principal components of {width}-wide representations leave no room outside them")
+    noisy = [t for m in single_task_mixtures(config) for t in mixture_families(config)["pretraining"][m]
+             if config["tasks"][t].get("label_noise")]
+    if enabled(config, "noise") and noisy:  # its clean condition would not be clean
+        problems.append(f"config key 'tasks.{noisy[0]}.label_noise': experiments.noise compares with the main grid's "
+                        "runs as the clean condition; set it to 0 while the experiment is on")
     return problems
-
-
-def saved_checkpoints(total_steps: int, fraction: float) -> int:
-    """How many checkpoints a run of `total_steps` saves: `training.checkpoint_steps` counted without importing torch
-    (step 0, every multiple of ceil(fraction · T), and T; tests/test_experiments.py holds the two equal)."""
-    every = max(1, math.ceil(fraction * total_steps))
-    return len(set(range(0, total_steps + 1, every)) | {total_steps})
 
 
 def gradients_problems(config: dict, pretraining_runs: set[str]) -> list[str]:
     """The run is planned and saves enough checkpoints; a batch fits in a train split; there are tasks to pair."""
-    from .grid import RUN_NAME, configured_tasks, step_counts  # grid.py builds on this module
+    from .grid import RUN_NAME, checkpoint_count, configured_tasks, recipe_settings, step_counts  # builds on this
 
     block, run, key = experiment(config, "gradients"), gradients_run(config), "config key 'experiments.gradients"
     problems = []
@@ -136,8 +143,12 @@ def gradients_problems(config: dict, pretraining_runs: set[str]) -> list[str]:
                         f"{config['datasets']['pretraining']['n_train']} (datasets.pretraining.n_train)")
     if run not in pretraining_runs:
         return problems + [f"{key}.run': {run!r} is not a planned pretraining run (its checkpoints are the ones used)"]
-    epochs, per_epoch = step_counts(config, RUN_NAME.match(run)["mixture"])
-    saved = saved_checkpoints(epochs * per_epoch, config["training"]["checkpoint_fraction"])
+    mixture = RUN_NAME.match(run)["mixture"]
+    if mixture not in mixture_families(config)["pretraining"]:  # the batches come from the pretraining sets
+        return problems + [f"{key}.run': {run!r} trained on the with-Atlantis sets, not the pretraining sets whose "
+                           "batches the gradients are taken on"]
+    epochs, per_epoch = step_counts(config, mixture)
+    saved = checkpoint_count(epochs * per_epoch, recipe_settings(config, mixture)["checkpoint_fraction"])
     if block["checkpoints"] > saved:
         problems.append(f"{key}.checkpoints': {block['checkpoints']} asked, but {run} saves {saved} "
                         "(training.checkpoint_fraction)")

@@ -826,7 +826,7 @@ FIGSIZE["condition_summary"] = (10.0, 3.8)
 def condition_label(row: pd.Series) -> str:
     """x tick label of a condition: its label noise p, or its size (width × depth, parameters)."""
     if "level" in row:
-        return "clean" if row["level"] == 0 else f"p = {row['level']:g}"
+        return "clean" if row["level"] == 0 else f"{row['level']:g}"
     return f"{row['variant']}\n{row['hidden_size']}×{row['num_hidden_layers']}, {row['parameters'] / 1e6:.2g}M"
 
 
@@ -836,8 +836,10 @@ def condition_summary(summary: pd.DataFrame, probes: pd.DataFrame, xlabel: str):
     themselves; both estimators). Right: each run's final probe R² at its analysis layer, by task, and the mean.
     Conditions in table order (`noise/summary.csv` or `scale/summary.csv` and their probe_r2.csv)."""
     groups = list(dict.fromkeys(summary["group"]))
-    x = {group: i for i, group in enumerate(groups)}
-    labels = [condition_label(summary[summary["group"] == g].iloc[0]) for g in groups]
+    first = {g: summary[summary["group"] == g].iloc[0] for g in groups}
+    # Noise levels on their own scale (a function of p); sizes in order, evenly spaced.
+    x = {g: float(first[g]["level"]) if "level" in summary else i for i, g in enumerate(groups)}
+    labels = [condition_label(first[g]) for g in groups]
     fig, (left, right) = new_figure("condition_summary", ncols=2)
     rows = []
     for estimator, style in (("biased", "-"), ("debiased", ":")):
@@ -862,7 +864,7 @@ def condition_summary(summary: pd.DataFrame, probes: pd.DataFrame, xlabel: str):
     right.set_ylabel("probe R² (final, mean of x and y)")
     right.legend(loc="best", ncols=2)
     for ax in (left, right):
-        ax.set_xticks(range(len(groups)), labels)
+        ax.set_xticks([x[g] for g in groups], labels)
         ax.set_xlabel(xlabel)
     return fig, pd.DataFrame(rows)
 

@@ -21,7 +21,6 @@ Snakefile imports this, and planning must stay fast.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shutil
 import sys
@@ -29,8 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import mixture_families
-from .grid import (all_mixtures, dataset_base, dataset_pairs, mixture_sources, model_settings, pretraining_mixtures,
-                   recipe_settings, representation_settings, step_counts, train_items, training_stacks)
+from .grid import (all_mixtures, checkpoint_count, dataset_base, dataset_pairs, mixture_sources, model_settings,
+                   pretraining_mixtures, recipe_settings, representation_settings, step_counts, train_items,
+                   training_stacks)
 from .tokenizer import VOCAB
 
 # Where a rate came from travels with it into the block, so that nobody mistakes an assumption for a measurement.
@@ -103,12 +103,6 @@ def step_flops(config: dict, run) -> float:
     return 6.0 * model_parameters(model_settings(config, run.variant)) * batch * mixture_width(config, run.mixture)
 
 
-def checkpoint_count(total: int, fraction: float) -> int:
-    """len(training.checkpoint_steps(total, fraction)) without importing torch: 0, every ⌈fraction·T⌉, and T."""
-    interval = max(1, math.ceil(fraction * total))  # as training.every
-    return len(set(range(0, total + 1, interval)) | {total})
-
-
 def curve_runs(config: dict) -> set[str]:
     """Runs whose every checkpoint is extracted (METHOD §10): the main grid's single-task runs and the checkpoint
     runs (rules/common.smk's CURVE_RUNS; an architecture variant's runs have no curves)."""
@@ -135,7 +129,8 @@ def disk_bytes(config: dict, n_cities: int) -> int:
             model_bytes = 4 * model_parameters(model)
             features = len(representation_settings(config, run.variant)["layers"]) * 2 * model["hidden_size"]
             epochs, per_epoch = step_counts(config, run.mixture, run.variant)
-            checkpoints = checkpoint_count(epochs * per_epoch, config["training"]["checkpoint_fraction"])
+            fraction = recipe_settings(config, run.mixture, run.variant)["checkpoint_fraction"]
+            checkpoints = checkpoint_count(epochs * per_epoch, fraction)
             total += model_bytes * (1 + (checkpoints if run.kind == "pretraining" else 0))
             total += 4 * n_cities * features * (1 + (checkpoints if run.name in curves else 0))
     return int(total)
