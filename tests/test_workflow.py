@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -890,24 +891,37 @@ def test_distance_edit_replans_exactly_its_stacks(workflow, mixture_workflow, sm
 
 
 def test_gpu_window_rehearsal_writes_the_evidence_of_a_window(workflow, tmp_path, smoke_config):
-    """`benchmarks/gpu_window.py --rehearse` (issue 12) on this smoke results folder: every stage done on the CPU,
-    the throughput and determinism figures, the stack invariant, and an evidence folder with the checklist (every
-    §15 claim with a status), the health report and every figure the smoke config draws; small enough to commit."""
+    """`benchmarks/gpu_window.py --rehearse --budget-min 6 --bundle B` (issues 12, 24) on this smoke results folder:
+    every stage done on the CPU within 6 minutes; B holds exactly summary.md and evidence.tar.gz, which
+    `gpu_bundle.py unpack` turns into an evidence folder with the canary, the throughput rows and the HF Trainer
+    baseline, the determinism figures and the stack invariant, and the smoke config's checklist (every §15 claim
+    with a status), health report and every figure; small enough to commit."""
     import pandas as pd
 
-    work, out = tmp_path / "work", tmp_path / "window"
+    work, bundle = tmp_path / "work", tmp_path / "bundle"
     work.mkdir()
     (work / "smoke").symlink_to(workflow)  # the window's copy of the workflow for `smoke`: this finished one
-    proc = subprocess.run([sys.executable, "benchmarks/gpu_window.py", "--rehearse", "--budget-min", "20", "--out",
-                           str(out), "--work", str(work)], cwd=REPO, capture_output=True, text=True, timeout=1500)
+    began = time.monotonic()
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_window.py", "--rehearse", "--budget-min", "6", "--bundle",
+                           str(bundle), "--work", str(work)], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert time.monotonic() - began < 6 * 60
+    assert sorted(p.name for p in bundle.iterdir()) == ["evidence.tar.gz", "summary.md"]
+    unpacked = subprocess.run([sys.executable, "benchmarks/gpu_bundle.py", "unpack", str(bundle), "--into",
+                               str(tmp_path / "evidence")], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert unpacked.returncode == 0, unpacked.stderr
+    [out] = (tmp_path / "evidence").iterdir()
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}-cpu-window", out.name)
     summary = (out / "summary.md").read_text()
-    stages = dict(re.findall(r"^\| (install|facts|throughput|determinism|reproduction: smoke) \| (\w+) \|", summary,
-                             flags=re.MULTILINE))
-    assert stages == {"install": "done", "facts": "done", "throughput": "done", "determinism": "done",
-                      "reproduction: smoke": "done"}, summary
+    assert summary == (bundle / "summary.md").read_text()
+    stages = dict(re.findall(r"^\| (install|facts|canary|throughput|determinism|reproduction: smoke) \| (\w+) \|",
+                             summary, flags=re.MULTILINE))
+    assert stages == {"install": "done", "facts": "done", "canary": "done", "throughput": "done",
+                      "determinism": "done", "reproduction: smoke": "done"}, summary
+    assert "max |Δ weight| 0, max |Δ loss| 0" in (out / "canary.txt").read_text()
     throughput = (out / "throughput.txt").read_text()
     assert len(re.findall(r"^\s+[12]  (run by run|fused) ", throughput, flags=re.MULTILINE)) == 4, throughput
+    assert re.search(r"^HF Trainer \(\w+, 2 workers\): [0-9.]+ ms per step", throughput, flags=re.MULTILINE), throughput
     assert "stack invariance (cpu, fused, 2 steps, fp32): run 0 in a stack of 2 vs alone: identical weights" in \
         (out / "determinism.txt").read_text()
     claims = pd.read_csv(out / "smoke/claims.csv")
