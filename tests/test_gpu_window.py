@@ -234,3 +234,26 @@ def test_a_window_killed_mid_stage_still_leaves_its_bundle(tmp_path):
     assert canary["graphs"] == {"k": 2, "steps": 2, "captured": False, "max_weight_diff": 0.0, "max_loss_diff": 0.0}
     assert canary["attention"] == ["flash (CPU)"] and canary["memory"] is None
     assert facts["canary"]["graphs"] == canary["graphs"] and facts["gpus"] == []
+
+
+def test_a_failing_baseline_keeps_every_stack_row(monkeypatch, capsys):
+    """The throughput stage's table: each stack row prints as measured, and the HF Trainer baseline runs last in
+    its own try, so its failure is one line below the rows, not a lost table."""
+    import argparse
+
+    import numpy as np
+    import torch
+
+    from benchmarks import training
+
+    def broken(*args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(training, "time_baseline", broken)
+    tokens = np.random.default_rng(0).integers(1, 90, size=(256, 12)).astype(np.uint8)
+    args = argparse.Namespace(stack=[1, 2], steps=1, warmup=0, precision="fp32", compile=False, skip_baseline=False)
+    training.report_stacks(tokens, args, torch.device("cpu"))
+    out = capsys.readouterr().out
+    rows = re.findall(r"^\s+([12])  (run by run|fused)\s+[0-9.]+\s+[0-9.]+", out, flags=re.MULTILINE)
+    assert rows == [("1", "run by run"), ("1", "fused"), ("2", "run by run"), ("2", "fused")], out
+    assert out.rstrip().endswith("HF Trainer baseline failed: RuntimeError: boom")

@@ -3,6 +3,8 @@ CUDA_VISIBLE_DEVICES handling, the SLURM step-aside and the WORLDREP_DEVICE over
 from __future__ import annotations
 
 import json
+import re
+import socket
 import os
 import signal
 import subprocess
@@ -257,3 +259,50 @@ def test_job_lease_frees_the_device_it_cannot_use(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="leased GPU 0"):
         job_lease(config, log=lambda _: None, cuda_available=lambda: False)
     acquire(tmp_path, devices=["0"]).release()  # not left held
+
+
+def test_a_cpu_lease_while_torch_sees_cuda_is_an_error(tmp_path, monkeypatch):
+    """No nvidia-smi in the image, so the lease finds no GPU, but torch sees one: the job must not train on the
+    CPU; WORLDREP_DEVICE=cpu says it may."""
+    for name in ("SLURM_JOB_ID", "WORLDREP_DEVICE", "CUDA_VISIBLE_DEVICES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(lease, "detect_devices", lambda: [])
+    config = {"lock_dir": str(tmp_path), "slots_per_device": 1}
+    with pytest.raises(RuntimeError, match=r"no GPU in nvidia-smi, running on cpu; but torch sees a CUDA device "
+                                           r"\(CUDA_VISIBLE_DEVICES=unset\).*WORLDREP_DEVICE=cpu"):
+        job_lease(config, log=lambda _: None, cuda_available=lambda: True)
+    assert job_lease(config, log=lambda _: None, cuda_available=lambda: False).device == "cpu"
+    monkeypatch.setenv("WORLDREP_DEVICE", "cpu")
+    assert job_lease(config, log=lambda _: None, cuda_available=lambda: pytest.fail("not asked")).device == "cpu"
+
+
+@pytest.mark.parametrize("given, refused", [
+    ({"SLURM_JOB_GPUS": "0"}, "SLURM_JOB_GPUS=0"),
+    ({"SLURM_GPUS_ON_NODE": "2", "SLURM_STEP_GPUS": "1,3"}, "SLURM_STEP_GPUS=1,3, SLURM_GPUS_ON_NODE=2"),
+    ({"SLURM_TRES_PER_TASK": "cpu=2,gres/gpu=1"}, "SLURM_TRES_PER_TASK=cpu=2,gres/gpu=1"),
+    ({"SLURM_TRES_PER_TASK": "cpu=2", "SLURM_GPUS_ON_NODE": "0"}, None),
+])
+def test_a_slurm_job_with_gpus_it_cannot_see_is_refused(tmp_path, given, refused):
+    env = {"SLURM_JOB_ID": "42", "CUDA_VISIBLE_DEVICES": "", **given}
+    if refused is None:
+        assert acquire(tmp_path, environ=env).device == "cpu"
+    else:
+        with pytest.raises(RuntimeError, match=f"SLURM job 42 has GPUs \\({re.escape(refused)}\\) but "
+                                               "CUDA_VISIBLE_DEVICES is empty"):
+            acquire(tmp_path, environ=env)
+    assert acquire(tmp_path, environ={**env, "WORLDREP_DEVICE": "cpu"}).device == "cpu"
+
+
+def test_a_lock_file_names_its_slurm_job(tmp_path):
+    env = {"SLURM_JOB_ID": "4242", "CUDA_VISIBLE_DEVICES": "4,7"}  # a whole-node allocation: leases are taken
+    with acquire(tmp_path, environ=env) as got:
+        text = lease.lock_path(tmp_path, got.name, got.slot).read_text()
+    assert text == f"pid {os.getpid()} host {socket.gethostname()} slurm_job 4242\n"
+
+
+def test_the_lock_dir_falls_back_to_the_uid_without_a_user_name(monkeypatch):
+    def nobody():
+        raise OSError("No username set in the environment")
+
+    monkeypatch.setattr(lease.getpass, "getuser", nobody)
+    assert lease.default_lock_dir().name == f"worldrep-gpu-leases-uid{os.getuid()}"

@@ -8,8 +8,10 @@ counts slots. flock is only reliable between processes of one machine: keep lock
 Under SLURM the allocation already chose the device, so the lease steps aside.
 
 WORLDREP_DEVICE=cpu puts a job on the CPU whatever GPUs it is given: for test clusters whose GPUs are fake
-(tests/test_slurm.py). Without it, a job handed a GPU that torch cannot use fails at once (`job_lease`)
-rather than quietly training on the CPU for days.
+(tests/test_slurm.py). Without it a GPU never silently becomes a CPU (`job_lease`): a job handed a GPU that torch
+cannot use fails at once, and so does a job the lease would put on the CPU while torch sees a CUDA device (no
+nvidia-smi in the image) or SLURM says the job has GPUs that CUDA_VISIBLE_DEVICES does not show, rather than
+quietly training on the CPU for days.
 """
 from __future__ import annotations
 
@@ -81,7 +83,13 @@ def lock_path(lock_dir: Path, name: str, slot: int) -> Path:
     return Path(lock_dir) / f"gpu-{safe}.slot-{slot}.lock"
 
 
-def try_lock(path: Path) -> int | None:
+def holder_line(environ) -> str:
+    """What a held lock file says of its holder: pid, host and, under SLURM, the job, for `scancel`."""
+    job = f" slurm_job {environ['SLURM_JOB_ID']}" if "SLURM_JOB_ID" in environ else ""
+    return f"pid {os.getpid()} host {socket.gethostname()}{job}\n"
+
+
+def try_lock(path: Path, environ=os.environ) -> int | None:
     """An fd holding an exclusive flock on `path`, or None if another open file holds it."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -90,7 +98,7 @@ def try_lock(path: Path) -> int | None:
         os.close(fd)
         return None
     os.ftruncate(fd, 0)
-    os.write(fd, f"pid {os.getpid()} host {socket.gethostname()}\n".encode())
+    os.write(fd, holder_line(environ).encode())
     return fd
 
 
@@ -111,11 +119,37 @@ def check_cuda_not_initialised() -> None:
                            "touching CUDA, since CUDA reads CUDA_VISIBLE_DEVICES only once")
 
 
+# Where SLURM says a job or step has GPUs, whatever CUDA_VISIBLE_DEVICES shows: device index lists, counts
+# ("2" or "a100:2"; "0" is none), and the TRES of a task ("cpu=2,gres/gpu=1").
+SLURM_GPU_INDICES = ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS")
+SLURM_GPU_COUNTS = ("SLURM_GPUS_ON_NODE", "SLURM_GPUS", "SLURM_GPUS_PER_NODE", "SLURM_GPUS_PER_TASK")
+
+
+def slurm_gpus(environ) -> list[str]:
+    """The SLURM variables that give this job GPUs ("SLURM_JOB_GPUS=0"), [] when none does."""
+    found = []
+    for name in (*SLURM_GPU_INDICES, *SLURM_GPU_COUNTS, "SLURM_TRES_PER_TASK"):
+        value = environ.get(name, "").strip()
+        if not value or value == "(null)":
+            continue
+        if name in SLURM_GPU_COUNTS and value.rsplit(":", 1)[-1] == "0":
+            continue
+        if name == "SLURM_TRES_PER_TASK" and "gpu" not in value:
+            continue
+        found.append(f"{name}={value}")
+    return found
+
+
 def step_aside(environ) -> DeviceLease:
     job, visible = environ["SLURM_JOB_ID"], environ.get("CUDA_VISIBLE_DEVICES", "")
     if visible.strip():
         return DeviceLease("cuda:0", None, None, f"SLURM job {job}: the allocation's GPU "
                            f"(CUDA_VISIBLE_DEVICES={visible}), no lease taken")
+    given = slurm_gpus(environ)
+    if given:
+        raise RuntimeError(f"SLURM job {job} has GPUs ({', '.join(given)}) but CUDA_VISIBLE_DEVICES is "
+                           f"{'empty' if 'CUDA_VISIBLE_DEVICES' in environ else 'unset'}: refusing to run on the CPU "
+                           f"instead; set {DEVICE_ENV}=cpu to do that on purpose")
     return DeviceLease("cpu", None, None, f"SLURM job {job}: no GPU in the allocation, running on cpu")
 
 
@@ -129,18 +163,19 @@ def candidates(devices, environ) -> tuple[list[str], str]:
     return detect_devices(), NVIDIA_SMI
 
 
-def first_free(lock_dir: Path, order: list[tuple[str, int]]) -> tuple[str, int, int] | None:
+def first_free(lock_dir: Path, order: list[tuple[str, int]], environ=os.environ) -> tuple[str, int, int] | None:
     for name, slot in order:
-        fd = try_lock(lock_path(lock_dir, name, slot))
+        fd = try_lock(lock_path(lock_dir, name, slot), environ)
         if fd is not None:
             return name, slot, fd
     return None
 
 
-def wait_for_slot(lock_dir: Path, order, poll_seconds, timeout_seconds, log) -> tuple[str, int, int]:
+def wait_for_slot(lock_dir: Path, order, poll_seconds, timeout_seconds, log, environ=os.environ
+                  ) -> tuple[str, int, int]:
     deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
     logged = False
-    while (found := first_free(lock_dir, order)) is None:
+    while (found := first_free(lock_dir, order, environ)) is None:
         if deadline is not None and time.monotonic() >= deadline:
             raise TimeoutError(f"no free GPU slot in {lock_dir} after {timeout_seconds} s "
                                f"({len(order)} slots, all held)")
@@ -180,7 +215,7 @@ def acquire_device(lock_dir, *, devices=None, slots_per_device=1, poll_seconds=1
     lock_dir = Path(lock_dir)
     lock_dir.mkdir(parents=True, exist_ok=True)
     name, slot, fd = wait_for_slot(lock_dir, slot_major(names, slots_per_device), poll_seconds,
-                                   timeout_seconds, log)
+                                   timeout_seconds, log, environ)
     if source == NVIDIA_SMI:
         # nvidia-smi numbers GPUs in PCI bus order, CUDA fastest first: without this, "GPU 1" in the log
         # could be nvidia-smi's GPU 0 on a machine with mixed GPUs.
@@ -190,9 +225,17 @@ def acquire_device(lock_dir, *, devices=None, slots_per_device=1, poll_seconds=1
     return DeviceLease("cuda:0", name, slot, reason, fd)
 
 
+def user_name() -> str:
+    """The login name, or `uid{N}` where there is none (a container user without a passwd entry, no $USER)."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # OSError from Python 3.13, KeyError (pwd) before
+        return f"uid{os.getuid()}"
+
+
 def default_lock_dir() -> Path:
     """Per user and machine, so two workflows on one box share their leases and never share a GPU."""
-    return Path(tempfile.gettempdir()) / f"worldrep-gpu-leases-{getpass.getuser()}"
+    return Path(tempfile.gettempdir()) / f"worldrep-gpu-leases-{user_name()}"
 
 
 def torch_cuda_available() -> bool:
@@ -202,11 +245,17 @@ def torch_cuda_available() -> bool:
 
 
 def job_lease(gpu_config: dict, log=print, cuda_available=torch_cuda_available) -> DeviceLease:
-    """The lease of one Snakemake job from the config's `gpu` section (lock_dir null -> the default). A job
-    given a GPU that torch cannot use (no driver, a CPU-only torch, a test cluster's fake GPU) is an error."""
+    """The lease of one Snakemake job from the config's `gpu` section (lock_dir null -> the default). Unless
+    WORLDREP_DEVICE=cpu, a GPU never silently becomes a CPU: a job given a GPU that torch cannot use (no driver, a
+    CPU-only torch, a test cluster's fake GPU) is an error, and so is a CPU lease while torch sees a CUDA device
+    (nvidia-smi missing, so the lease found none)."""
     lock_dir = gpu_config["lock_dir"] or default_lock_dir()
     lease = acquire_device(lock_dir, slots_per_device=gpu_config["slots_per_device"], log=log)
     log(lease.reason)
+    if lease.device == "cpu" and not forced_cpu(os.environ) and cuda_available():
+        raise RuntimeError(f"{lease.reason}; but torch sees a CUDA device (CUDA_VISIBLE_DEVICES="
+                           f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}). Refusing to run on the CPU instead; "
+                           f"set {DEVICE_ENV}=cpu to do that on purpose.")
     if lease.device != "cpu" and not cuda_available():
         lease.release()
         raise RuntimeError(f"{lease.reason}; but torch sees no CUDA device here (no driver, or a CPU-only torch "
