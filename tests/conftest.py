@@ -11,3 +11,10 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_report_header(config):
+    """The versions the run tested: CI runs some tests twice, the second time with the GPU image's transformers."""
+    import transformers
+
+    return f"torch {torch.__version__}, transformers {transformers.__version__} ({transformers.__file__})"
