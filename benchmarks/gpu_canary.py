@@ -68,10 +68,17 @@ def library_facts(device: torch.device) -> dict:
     facts = {"torch": torch.__version__, "cuda": torch.version.cuda,
              "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
              "float32_matmul_precision": torch.get_float32_matmul_precision()}
-    with warnings.catch_warnings():  # torch >= 2.9 warns that allow_tf32 gives way to fp32_precision
-        warnings.simplefilter("ignore")
-        facts["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
-        facts["tf32_cudnn"] = torch.backends.cudnn.allow_tf32
+    settings = {"tf32_matmul": lambda: torch.backends.cuda.matmul.allow_tf32,
+                "tf32_cudnn": lambda: torch.backends.cudnn.allow_tf32,
+                "fp32_precision_matmul": lambda: torch.backends.cuda.matmul.fp32_precision,  # torch >= 2.9's API
+                "fp32_precision_cudnn": lambda: torch.backends.cudnn.fp32_precision}
+    for key, read in settings.items():
+        with warnings.catch_warnings():  # torch >= 2.9 warns that allow_tf32 gives way to fp32_precision
+            warnings.simplefilter("ignore")
+            try:
+                facts[key] = read()
+            except (AttributeError, RuntimeError) as error:  # absent in this torch, or refused: say which
+                facts[key] = f"unreadable ({type(error).__name__})"
     if device.type == "cuda":
         facts["sdpa_enabled"] = {name: getattr(torch.backends.cuda, f"{name}_sdp_enabled")()
                                  for name in ("flash", "mem_efficient", "cudnn", "math")
@@ -146,7 +153,8 @@ def main(argv=None) -> int:
             args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
 
     say("libraries", f"libraries: torch {libraries['torch']}, CUDA {libraries['cuda']}, cuDNN {libraries['cudnn']}; "
-        f"TF32 matmul {libraries['tf32_matmul']}, cuDNN {libraries['tf32_cudnn']}, float32 matmul precision "
+        f"TF32 matmul {libraries['tf32_matmul']}, cuDNN {libraries['tf32_cudnn']}; fp32 precision matmul "
+        f"{libraries['fp32_precision_matmul']}, cuDNN {libraries['fp32_precision_cudnn']}; float32 matmul precision "
         f"{libraries['float32_matmul_precision']}" + (f"; SDPA enabled {libraries['sdpa_enabled']}" if cuda else ""),
         libraries)
     eager = train_leg(tokens, args.k, args.steps, device, precision, cuda_graphs=False, record_ops=True)
