@@ -160,7 +160,12 @@ def report_stacks(tokens: np.ndarray, args, device: torch.device) -> None:
     lone, rows = {}, []
     for k in args.stack:
         for way, fused, graph in ways:
-            row = time_ours(tokens, args, device, k, graph, fused=fused)
+            try:
+                row = time_ours(tokens, args, device, k, graph, fused=fused)
+            except Exception as error:  # noqa: BLE001 - e.g. out of memory at K = 21: the other rows still count
+                print(f"{k:>8}  {way:<24}failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}",
+                      flush=True)
+                continue
             lone.setdefault(way, row["ms_per_run_step"] if k == 1 else None)
             versus = f"{lone[way] / row['ms_per_run_step']:.2f}x" if lone[way] else "-"
             name = way + (" (capture failed)" if graph and not row["graph"] else "")

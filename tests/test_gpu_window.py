@@ -237,8 +237,9 @@ def test_a_window_killed_mid_stage_still_leaves_its_bundle(tmp_path):
 
 
 def test_a_failing_baseline_keeps_every_stack_row(monkeypatch, capsys):
-    """The throughput stage's table: each stack row prints as measured, and the HF Trainer baseline runs last in
-    its own try, so its failure is one line below the rows, not a lost table."""
+    """The throughput stage's table: each stack row prints as measured, a row that fails (out of memory at a large
+    K) is one line, and the HF Trainer baseline runs last in its own try, so its failure is one line below the
+    rows, not a lost table."""
     import argparse
 
     import numpy as np
@@ -249,13 +250,21 @@ def test_a_failing_baseline_keeps_every_stack_row(monkeypatch, capsys):
     def broken(*args):
         raise RuntimeError("boom")
 
+    def out_of_memory_at_two_fused(tokens, args, device, k=1, graph=False, fused=None):
+        if k == 2 and fused:
+            raise RuntimeError("CUDA out of memory (planted)")
+        return time_ours(tokens, args, device, k, graph, fused=fused)
+
+    time_ours = training.time_ours
     monkeypatch.setattr(training, "time_baseline", broken)
+    monkeypatch.setattr(training, "time_ours", out_of_memory_at_two_fused)
     tokens = np.random.default_rng(0).integers(1, 90, size=(256, 12)).astype(np.uint8)
     args = argparse.Namespace(stack=[1, 2], steps=1, warmup=0, precision="fp32", compile=False, skip_baseline=False)
     training.report_stacks(tokens, args, torch.device("cpu"))
     out = capsys.readouterr().out
     rows = re.findall(r"^\s+([12])  (run by run|fused)\s+[0-9.]+\s+[0-9.]+", out, flags=re.MULTILINE)
-    assert rows == [("1", "run by run"), ("1", "fused"), ("2", "run by run"), ("2", "fused")], out
+    assert rows == [("1", "run by run"), ("1", "fused"), ("2", "run by run")], out
+    assert re.search(r"^\s+2  fused\s+failed: RuntimeError: CUDA out of memory \(planted\)$", out, flags=re.MULTILINE)
     assert out.rstrip().endswith("HF Trainer baseline failed: RuntimeError: boom")
 
 
