@@ -8,7 +8,9 @@ its bundle folder and rewrites both after every stage (and every 30 s during one
   evidence.tar.gz   everything in the window's evidence folder so far (tables, figures, logs, facts), never models
                     or arrays, kept under 15 MiB by leaving out the largest files (each named in the summary)
 
-Each file is written beside its final name and renamed over it, so a kill mid-write leaves the previous bundle.
+Each file is written beside its final name and renamed over it, so a kill mid-write leaves the previous bundle
+(and a `.partial` file, which the next window removes); the summary is replaced first, so it is never older than
+the archive's.
 
     python benchmarks/gpu_bundle.py unpack /work/.device/.../files            # -> evidence/{date}-{gpu}-window/
     python benchmarks/gpu_bundle.py unpack BUNDLE --into /tmp/evidence
@@ -22,6 +24,7 @@ import os
 import re
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,14 +63,18 @@ def write_bundle(out: Path, bundle: Path, summary: str) -> list[Path]:
     kept, left_out = bundled_files(out)
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=6) as tar:
-        for path in kept:
-            if path.name != SUMMARY or path.parent != out:  # the summary goes in from memory: it is the newest
-                tar.add(path, arcname=str(path.relative_to(out)), recursive=False)
-        info = tarfile.TarInfo(SUMMARY)
-        info.size = len(summary.encode())
-        tar.addfile(info, io.BytesIO(summary.encode()))
-    replace(bundle / ARCHIVE, buffer.getvalue())
+        files = {str(path.relative_to(out)): path for path in kept}
+        files[SUMMARY] = summary.encode()  # from memory: the newest
+        for name, source in files.items():
+            try:  # read whole first: a stage may be rewriting or removing the file right now
+                data = source if isinstance(source, bytes) else source.read_bytes()
+            except FileNotFoundError:
+                continue
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), int(time.time())
+            tar.addfile(info, io.BytesIO(data))
     replace(bundle / SUMMARY, summary.encode())
+    replace(bundle / ARCHIVE, buffer.getvalue())
     return left_out
 
 

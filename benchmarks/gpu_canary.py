@@ -21,6 +21,7 @@ step runs fused, the GPU's way, so the attention line names the kernel the fused
 """
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -66,9 +67,9 @@ class OpNames(TorchDispatchMode):
 
 def library_facts(device: torch.device) -> dict:
     facts = {"torch": torch.__version__, "cuda": torch.version.cuda,
-             "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-             "float32_matmul_precision": torch.get_float32_matmul_precision()}
-    settings = {"tf32_matmul": lambda: torch.backends.cuda.matmul.allow_tf32,
+             "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}
+    settings = {"float32_matmul_precision": torch.get_float32_matmul_precision,
+                "tf32_matmul": lambda: torch.backends.cuda.matmul.allow_tf32,
                 "tf32_cudnn": lambda: torch.backends.cudnn.allow_tf32,
                 "fp32_precision_matmul": lambda: torch.backends.cuda.matmul.fp32_precision,  # torch >= 2.9's API
                 "fp32_precision_cudnn": lambda: torch.backends.cudnn.fp32_precision}
@@ -87,13 +88,13 @@ def library_facts(device: torch.device) -> dict:
 
 
 def train_leg(tokens: np.ndarray, k: int, steps: int, device: torch.device, precision: str, cuda_graphs: bool,
-              record_ops: bool = False) -> dict:
+              record_ops: bool = False, log=None) -> dict:
     """A fresh stack of K paper models (seeds 42, 43, ...: the same init every call) trained `steps` fused
     updates; its final weights, every step's losses, skipped updates per run, whether a graph ran, and (with
     `record_ops`) the aten ops of the first update."""
     stack, data = paper_stack(tokens, k, device)
     recipe = Recipe(peak_lr=PEAK_LR, epochs=1, precision=precision)
-    step_fn = StackStep(stack, recipe, device, cuda_graphs, fused=True, widths=data.widths)
+    step_fn = StackStep(stack, recipe, device, cuda_graphs, log, fused=True, widths=data.widths)  # log: capture
     total = max(steps, data.steps_per_epoch)
     losses, ops = [], OpNames()
     for step in range(steps):
@@ -110,20 +111,33 @@ def train_leg(tokens: np.ndarray, k: int, steps: int, device: torch.device, prec
             "skipped": [int(steps - s) for s in step_fn.optimizer.steps.tolist()], "ops": ops.names}
 
 
+def leg_gaps(a: dict, b: dict) -> tuple[float, float]:
+    """Max |Δ weight| over every tensor and max |Δ loss| over every step and run between two legs."""
+    weight_gap = max(float((a["weights"][n] - b["weights"][n]).abs().max()) for n in a["weights"])
+    return weight_gap, float((a["losses"] - b["losses"]).abs().max())
+
+
 def peak_memory(tokens: np.ndarray, k: int, device: torch.device, precision: str, steps: int = 3) -> dict:
-    """Peak GPU memory of a fused stack of K paper models over a few eager updates, and the trainer's estimate."""
+    """Peak GPU memory of a fused stack of K paper models over a few eager updates, and the trainer's estimate
+    (running out of memory is an answer too)."""
+    from worldrep.model import ModelSettings
+
+    # As `check_memory` sees the stack: one shared token matrix with its all-pad row.
+    estimate = stack_memory_bytes(ModelSettings(), k, BATCH, tokens.shape[1], (len(tokens) + 1) * tokens.shape[1]) / 2**30
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
-    stack, data = paper_stack(tokens, k, device)
-    step_fn = StackStep(stack, Recipe(peak_lr=PEAK_LR, epochs=1, precision=precision), device, fused=True,
-                        widths=data.widths)
-    for step in range(steps):
-        step_fn(data.batch(step), PEAK_LR)
-    synchronize(device)
+    try:
+        stack, data = paper_stack(tokens, k, device)
+        step_fn = StackStep(stack, Recipe(peak_lr=PEAK_LR, epochs=1, precision=precision), device, fused=True,
+                            widths=data.widths)
+        for step in range(steps):
+            step_fn(data.batch(step), PEAK_LR)
+        synchronize(device)
+    except torch.cuda.OutOfMemoryError as error:
+        return {"k": k, "peak_gib": None, "estimate_gib": estimate, "error": str(error).splitlines()[0]}
     peak = torch.cuda.max_memory_allocated(device) - before
-    estimate = stack_memory_bytes(stack.settings, k, BATCH, data.tokens.shape[2], data.tokens.numel())
-    return {"k": k, "peak_gib": peak / 2**30, "estimate_gib": estimate / 2**30}
+    return {"k": k, "peak_gib": peak / 2**30, "estimate_gib": estimate}
 
 
 def main(argv=None) -> int:
@@ -149,8 +163,10 @@ def main(argv=None) -> int:
     def say(key: str, line: str, value) -> None:
         result[key] = value
         print(line, flush=True)
-        if args.json:  # after every answer: a canary stopped mid-way still leaves what it found
-            args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        if args.json:  # after every answer, by a rename: a canary stopped mid-way still leaves what it found
+            partial = args.json.with_name(f".{args.json.name}.partial")
+            partial.write_text(json.dumps(result, indent=2, default=str) + "\n")
+            os.replace(partial, args.json)
 
     say("libraries", f"libraries: torch {libraries['torch']}, CUDA {libraries['cuda']}, cuDNN {libraries['cudnn']}; "
         f"TF32 matmul {libraries['tf32_matmul']}, cuDNN {libraries['tf32_cudnn']}; fp32 precision matmul "
@@ -161,9 +177,8 @@ def main(argv=None) -> int:
     kernels = attention_kernels(eager["ops"])
     say("attention", f"attention (SDPA, stack K {args.k}, batch {BATCH}x{tokens.shape[1] - 1}, {precision}): "
         f"{', '.join(kernels)}; ops {sorted(n for n in eager['ops'] if 'attention' in n)}", kernels)
-    graphed = train_leg(tokens, args.k, args.steps, device, precision, cuda_graphs=True)
-    weight_gap = max(float((eager["weights"][n] - graphed["weights"][n]).abs().max()) for n in eager["weights"])
-    loss_gap = float((eager["losses"] - graphed["losses"]).abs().max())
+    graphed = train_leg(tokens, args.k, args.steps, device, precision, cuda_graphs=True, log=sys.stdout)
+    weight_gap, loss_gap = leg_gaps(eager, graphed)
     how = "CUDA graph captured" if graphed["graph"] else (
         "CUDA graph capture FAILED: the trainer trains eagerly" if cuda else "no CUDA: both legs eager")
     say("graphs", f"graphs: stack K {args.k}, {args.steps} steps eager vs {'graphed' if cuda else 'eager again'} "
@@ -174,8 +189,9 @@ def main(argv=None) -> int:
         f"{eager['skipped']}" + ("" if precision == "fp16" else f" ({precision}: no loss scaling)"), eager["skipped"])
     if cuda and args.memory_k:
         memory = peak_memory(tokens, args.memory_k, device, precision)
-        say("memory", f"memory: stack K {memory['k']} of the paper model, fused {precision}: peak "
-            f"{memory['peak_gib']:.2f} GiB (the trainer's estimate {memory['estimate_gib']:.2f} GiB)", memory)
+        peak = f"{memory['peak_gib']:.2f} GiB" if memory["peak_gib"] is not None else f"OUT OF MEMORY ({memory['error']})"
+        say("memory", f"memory: stack K {memory['k']} of the paper model, fused {precision}: peak {peak} (the "
+            f"trainer's estimate {memory['estimate_gib']:.2f} GiB)", memory)
     else:
         say("memory", "memory: not measured (" + ("no CUDA" if not cuda else "--memory-k 0") + ")", None)
     say("seconds", f"canary done in {time.monotonic() - began:.0f} s", round(time.monotonic() - began, 1))

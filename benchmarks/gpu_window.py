@@ -59,7 +59,8 @@ from benchmarks.gpu_bundle import write_bundle  # noqa: E402
 from benchmarks.gpu_window_wheels import WANTED, pins  # noqa: E402
 
 WHEELS = REPO / ".whl"
-RESERVE_S = 15  # kept back for the last summary and bundle
+RESERVE_MIN_S, RESERVE_FRACTION = 15, 0.02  # kept back for the last summary and bundle: 15 s, 2% of long windows
+TERM_S = 10  # a command at its deadline gets SIGTERM this long before it (Snakemake marks running jobs incomplete)
 BUNDLE_EVERY_S = 30  # during a stage, the bundle is rewritten this often
 COLLECT_S = 20  # of a reproduction's time, kept for collecting its evidence after Snakemake stops
 SLACK_S = 2  # a stage planned at its minimum still runs when the clock has moved on by the plan's own overhead
@@ -75,8 +76,14 @@ class Stage:
     reproduction: bool = False  # a reproduction can use any time it gets (it runs a DAG as far as it can)
 
 
-def allot(budget_s: float, stages: list[Stage], reserve_s: float = RESERVE_S) -> dict[str, float]:
+def reserve(budget_s: float) -> float:
+    """What a window keeps back after its last stage, growing with the budget (more evidence to pack)."""
+    return max(RESERVE_MIN_S, RESERVE_FRACTION * budget_s)
+
+
+def allot(budget_s: float, stages: list[Stage], reserve_s: float | None = None) -> dict[str, float]:
     """Seconds per stage for a window of `budget_s` (0: skipped), in stage order, which is also priority order.
+    Of the budget, `reserve_s` (default `reserve(budget_s)`) is kept back for the end.
 
     1. Stages are dropped from the end until the minima of the rest fit in `budget_s - reserve_s`.
     2. The reproduction shrinks first: while the fixed stages' wanted time, every reproduction's but the last's
@@ -86,7 +93,7 @@ def allot(budget_s: float, stages: list[Stage], reserve_s: float = RESERVE_S) ->
        it fits). Each reproduction but the last gets what it wants, the last one what is left. At run time a
        stage that ends early leaves its time to the next.
     """
-    available = budget_s - reserve_s
+    available = budget_s - (reserve(budget_s) if reserve_s is None else reserve_s)
     running = list(stages)
     while running and sum(s.minimum_s for s in running) > available:
         running.pop()
@@ -112,6 +119,15 @@ class Skip(Exception):
     """Raised by a stage that cannot run here (not for lack of time): recorded as skipped, with its reason."""
 
 
+class Terminated(BaseException):
+    """SIGTERM reached the window (its allocation is ending): the running stage is recorded as stopped, the bundle
+    written, and the window ends. A BaseException, so that no stage's `except Exception` swallows it."""
+
+
+def on_sigterm(signum, frame):
+    raise Terminated(signal.Signals(signum).name)
+
+
 class Window:
     """The clock, the plan and the record of one window, and its bundle."""
 
@@ -124,9 +140,11 @@ class Window:
         self.failed = False
         self.left_out: list[str] = []
         self.lock = threading.Lock()
+        for stale in (bundle.glob(".*.partial") if bundle and bundle.exists() else []):
+            stale.unlink()  # a write an earlier window was killed in
 
     def left(self) -> float:
-        return self.budget_s - (time.monotonic() - self.start) - RESERVE_S
+        return self.budget_s - (time.monotonic() - self.start) - reserve(self.budget_s)
 
     def later(self, name: str) -> float:
         """Planned seconds of the stages after `name`: what its deadline keeps for them."""
@@ -155,12 +173,16 @@ class Window:
         stop = threading.Event()
         ticker = threading.Thread(target=self.tick, args=(stop,), daemon=True)
         ticker.start()
+        terminated = None
         try:
             note, status = action(limit, *args) or "", "done"
         except Skip as reason:
             note, status = str(reason), "skipped"
         except Exception as error:  # noqa: BLE001 - a failed stage is reported, the next stages still run
             note, status = f"{type(error).__name__}: {error}", "failed"
+            self.failed = True
+        except Terminated as signal_name:
+            note, status, terminated = f"stopped by {signal_name}: the allocation ended the window", "stopped", True
             self.failed = True
         stop.set()
         ticker.join()
@@ -169,10 +191,18 @@ class Window:
         self.stages.append({"stage": name, "status": status, "seconds": round(seconds, 1), "why": note})
         print(f"[window] {name}: {status} in {seconds:.0f} s {note}", flush=True)
         self.write()
+        if terminated:
+            raise Terminated(note)
 
     def tick(self, stop: threading.Event) -> None:
+        """The bundle every BUNDLE_EVERY_S during a stage. A failed write (a file the stage replaces as it is
+        read) is reported and the next one tried: the ticker must outlive any one write."""
         while not stop.wait(BUNDLE_EVERY_S):
-            self.write()
+            try:
+                self.write()
+            except Exception as error:  # noqa: BLE001
+                print(f"[window] bundle write during a stage failed ({type(error).__name__}: {error}); retrying in "
+                      f"{BUNDLE_EVERY_S} s", flush=True)
 
     def write(self) -> None:
         """summary.md in the evidence folder, and the bundle when there is one."""
@@ -185,24 +215,32 @@ class Window:
 
     def run(self, command: list[str], log: Path, limit_s: float, env: dict | None = None,
             cwd: Path = REPO) -> tuple[int, bool]:
-        """`command` with its output in `log`, killed with its whole process group at `limit_s`; (rc, timed out)."""
+        """`command` with its output in `log`, stopped with its whole process group by `limit_s`: SIGTERM at
+        `limit_s - TERM_S`, SIGKILL at `limit_s`; (rc, timed out). Killed with it if the window itself ends."""
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "w") as handle:
             handle.write(f"$ {' '.join(command)}\n")
             handle.flush()
             process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd,
                                        env={**os.environ, **(env or {})}, start_new_session=True)
+            term = min(TERM_S, limit_s / 4)
             try:
-                return process.wait(timeout=max(1.0, limit_s)), False
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGTERM)  # Snakemake marks its running jobs incomplete
                 try:
-                    process.wait(timeout=15)
+                    return process.wait(timeout=max(1.0, limit_s - term)), False
                 except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGTERM)  # Snakemake marks its running jobs incomplete
+                    try:
+                        process.wait(timeout=term)
+                    except subprocess.TimeoutExpired:
+                        os.killpg(process.pid, signal.SIGKILL)
+                        process.wait()
+                    handle.write(f"\n[window] stopped at its time limit of {limit_s:.0f} s\n")
+                    return process.returncode, True
+            except BaseException:  # the window itself is ending (SIGTERM, Ctrl-C): its command goes with it
+                if process.poll() is None:
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait()
-                handle.write(f"\n[window] stopped at its time limit of {limit_s:.0f} s\n")
-                return process.returncode, True
+                raise
 
 
 # ---- stages ------------------------------------------------------------------------------------------------
@@ -249,16 +287,25 @@ def install(limit_s: float, window: Window, site: Path) -> str:
         ", ".join(f"{name} {version}" for name, version in found.items())
 
 
-def facts(limit_s: float, window: Window) -> str:
-    import torch
-    import transformers
+# Run in a child: torch.cuda calls here would open a CUDA context in the window's own process for the whole window
+# (memory the stages cannot use, and "device busy" for every child on a GPU in exclusive-process mode).
+TORCH_FACTS = """
+import json, torch, transformers
+print(json.dumps({"torch": torch.__version__, "transformers": transformers.__version__, "cuda": torch.version.cuda,
+                  "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}))
+"""
 
+
+def facts(limit_s: float, window: Window) -> str:
     from worldrep.archive import cpu_model
 
+    child = subprocess.run([sys.executable, "-c", TORCH_FACTS], capture_output=True, text=True,
+                           timeout=max(5, limit_s - 5))
+    if child.returncode:
+        raise RuntimeError(f"torch facts: {child.stderr.strip()[-300:]}")
     record = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-              "cuda": torch.version.cuda, "cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)),
-              "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
+              "python": platform.python_version(), **json.loads(child.stdout.splitlines()[-1]), "cpu": cpu_model(),
+              "cores": len(os.sched_getaffinity(0))}
     try:
         record["nvidia_smi"] = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
                                                "--format=csv,noheader"], capture_output=True, text=True,
@@ -270,8 +317,19 @@ def facts(limit_s: float, window: Window) -> str:
             record[name] = __import__(name).__version__
         except (ImportError, AttributeError):
             record[name] = None
-    (window.out / "facts.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_json(window.out / "facts.json", record)
+    if record["gpus"] and record["nvidia_smi"] is None and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        # Without nvidia-smi the workflow's GPU lease finds no GPU, and refuses to run on the CPU while torch sees
+        # one: name the devices torch sees, as a scheduler would.
+        window.plan["env"]["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, range(len(record["gpus"]))))
     return f"{', '.join(record['gpus']) or 'no GPU'}; torch {record['torch']}, transformers {record['transformers']}"
+
+
+def write_json(path: Path, value) -> None:
+    """JSON by a rename: the bundle, read from another thread, never sees half a file."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(value, indent=2) + "\n")
+    os.replace(partial, path)
 
 
 def benchmark(limit_s: float, window: Window, stage: str, script: str) -> str:
@@ -288,17 +346,21 @@ def benchmark(limit_s: float, window: Window, stage: str, script: str) -> str:
     if timed_out or rc:
         raise RuntimeError(("stopped at its deadline" if timed_out else f"exit {rc}") + f" ({stage}.txt)")
     notes = ["no HF Trainer baseline: accelerate is not installed"] if extra else []
-    notes += headline_lines(log.read_text(errors="replace"), ("baseline failed", "capture FAILED"))
+    notes += [line.strip() for line in log.read_text(errors="replace").splitlines()
+              if any(p in line.lower() for p in ("baseline failed", "capture failed", "failed:"))]
     return "; ".join(notes)
 
 
 def canary(limit_s: float, window: Window) -> str:
-    """The canary script, its answers merged into facts.json under "canary"; the note is its graph line."""
-    benchmark(limit_s, window, "canary", "gpu_canary.py")
-    answers = json.loads((window.out / "canary.json").read_text())
-    facts_path = window.out / "facts.json"
-    facts = json.loads(facts_path.read_text()) if facts_path.exists() else {}
-    facts_path.write_text(json.dumps({**facts, "canary": answers}, indent=2) + "\n")
+    """The canary script, its answers (as many as it gave, also when it failed) merged into facts.json under
+    "canary"; the note is its graph line."""
+    try:
+        benchmark(limit_s, window, "canary", "gpu_canary.py")
+    finally:
+        answers, facts_path = window.out / "canary.json", window.out / "facts.json"
+        if answers.exists():
+            facts = json.loads(facts_path.read_text()) if facts_path.exists() else {}
+            write_json(facts_path, {**facts, "canary": json.loads(answers.read_text())})
     return next(iter(headline_lines((window.out / "canary.txt").read_text(), ("graphs:",))), "")
 
 
@@ -380,7 +442,7 @@ def summary(window: Window) -> str:
                      f"{time.monotonic() - window.running['began']:.0f} so far | deadline in "
                      f"{window.running['limit']:.0f} s from its start |")
     parts.append("")
-    if (out / "facts.json").exists():
+    if (out / "facts.json").exists():  # written by a rename: whole
         facts = {k: v for k, v in json.loads((out / "facts.json").read_text()).items() if k != "canary"}
         parts += ["## Facts (`facts.json`)", "", "```json", json.dumps(facts, indent=2), "```", ""]
     for name, (title, patterns) in HEADLINES.items():
@@ -459,13 +521,18 @@ def main(argv=None) -> int:
     print(f"[window] plan for {args.budget_min:g} min: " + ", ".join(
         f"{name} {seconds:.0f} s" for name, seconds in window.allotted.items()), flush=True)
     plan["canary"] = [*plan["canary"], "--json", str(out / "canary.json")]
-    window.stage("install", install, window, args.work / "site")
-    window.stage("facts", facts, window)
-    window.stage("canary", canary, window)
-    window.stage("throughput", benchmark, window, "throughput", "training.py")
-    window.stage("determinism", benchmark, window, "determinism", "gpu_determinism.py")
-    for config_name in configs:
-        window.stage(f"reproduction: {config_name}", reproduce, window, config_name, args.work / config_name)
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        window.stage("install", install, window, args.work / "site")
+        window.stage("facts", facts, window)
+        window.stage("canary", canary, window)
+        window.stage("throughput", benchmark, window, "throughput", "training.py")
+        window.stage("determinism", benchmark, window, "determinism", "gpu_determinism.py")
+        for config_name in configs:
+            window.stage(f"reproduction: {config_name}", reproduce, window, config_name, args.work / config_name)
+    except Terminated:
+        window.failed = True
+        print("[window] stopped by SIGTERM: the bundle holds what finished", flush=True)
     window.write()
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20
     print(f"[window] evidence in {out}" + (f", bundled in {args.bundle}" if args.bundle else "") +

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import gpu_bundle, gpu_window
-from benchmarks.gpu_window import RESERVE_S, Stage, allot
+from benchmarks.gpu_window import Stage, allot, reserve
 from benchmarks.gpu_window_wheels import LEFT_OUT, WANTED, image_packages, normalize
 from tests.test_envs import installed_closure
 
@@ -98,7 +98,7 @@ def test_every_stage_that_runs_gets_its_minimum_and_the_sum_fits_the_budget(minu
     assert list(seconds) == [s.name for s in GPU_STAGES]
     running = [s for s in GPU_STAGES if seconds[s.name] > 0]
     assert all(seconds[s.name] >= s.minimum_s for s in running), seconds
-    assert sum(seconds.values()) <= minutes * 60 - RESERVE_S + 1e-9
+    assert sum(seconds.values()) <= minutes * 60 - reserve(minutes * 60) + 1e-9
     assert [s.name for s in GPU_STAGES[:5]] == ["install", "facts", "canary", "throughput", "determinism"]
     assert all(seconds[s.name] > 0 for s in GPU_STAGES[:5])  # 6 minutes already fit every fixed stage
     if any(seconds[s.name] for s in GPU_STAGES if s.reproduction):  # the reproduction shrinks first
@@ -115,6 +115,10 @@ def test_the_plan_grows_with_the_budget_and_the_reproduction_gets_the_growth():
                                                                        "determinism"))
     ran = [[name.split(": ")[1] for name, s in plan.items() if s and name.startswith("reproduction")] for plan in plans]
     assert ran == [[], ["laptop"], ["laptop"], ["laptop"], ["laptop", "quick"], ["laptop", "quick"]]
+
+
+def test_the_reserve_for_the_end_grows_with_the_budget():
+    assert [reserve(minutes * 60) for minutes in (6, 9, 10, 15, 24, 30)] == [15, 15, 15, 18, 28.8, 36]
 
 
 def test_allot_by_hand():
@@ -135,7 +139,8 @@ def test_allot_by_hand():
 def test_a_stage_runs_under_its_deadline_or_says_why_not(tmp_path):
     plan = {"title": "test", "configs": [], "stages": [Stage("first", 10, 20), Stage("second", 10, 20),
                                                         Stage("third", 50, 50)]}
-    window = gpu_window.Window(60 + RESERVE_S, tmp_path, plan)
+    window = gpu_window.Window(75, tmp_path, plan)  # 15 s of it kept back for the end
+    assert reserve(75) == 15
     assert window.allotted == {"first": 20, "second": 20, "third": 0}
     limits = []
     window.stage("first", lambda limit: limits.append(limit) or "ran")
@@ -291,3 +296,26 @@ def test_installed_versions_are_checked_against_the_pins(tmp_path, monkeypatch):
     window = gpu_window.Window(600, tmp_path, {"title": "test", "configs": [], "stages": [Stage("install", 1, 1)]})
     window.stage("install", gpu_window.install, window, tmp_path / "site")
     assert window.failed and "installed {'snakemake': '9.1.0'}, the project pins" in window.stages[0]["why"]
+
+
+def test_the_bundle_is_rewritten_during_a_stage(tmp_path, monkeypatch):
+    """Every BUNDLE_EVERY_S during a stage: what the stage wrote so far is in the bundle, under a summary that
+    says the stage is running, while it still runs."""
+    monkeypatch.setattr(gpu_window, "BUNDLE_EVERY_S", 0.1)
+    out, bundle = tmp_path / "out", tmp_path / "bundle"
+    out.mkdir()
+    window = gpu_window.Window(600, out, {"title": "test", "configs": [], "stages": [Stage("long", 1, 60)]}, bundle)
+    seen = {}
+
+    def long_stage(limit):
+        (out / "rows.txt").write_text("first row\n")
+        time.sleep(1.0)
+        with tarfile.open(bundle / "evidence.tar.gz") as tar:
+            seen["rows"] = tar.extractfile("rows.txt").read().decode()
+            seen["summary"] = tar.extractfile("summary.md").read().decode()
+
+    window.stage("long", long_stage)
+    assert seen["rows"] == "first row\n"
+    assert re.search(r"^\| long \| running \| [0-9] so far \|", seen["summary"], flags=re.MULTILINE), seen["summary"]
+    assert "| long | done |" in (bundle / "summary.md").read_text()
+    assert sorted(p.name for p in bundle.iterdir()) == ["evidence.tar.gz", "summary.md"]

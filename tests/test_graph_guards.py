@@ -31,12 +31,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 # aten ops that read a tensor's value on the host: `.item()` and `bool(t)` end in _local_scalar_dense; the others
 # have an output size that depends on values.
 HOST_SYNC_OPS = {"_local_scalar_dense", "item", "is_nonzero", "nonzero", "nonzero_static", "masked_select", "equal",
-                 "allclose", "unique", "_unique2", "repeat_interleave"}
+                 "allclose", "unique", "_unique2", "repeat_interleave", "index (boolean mask)"}
 
 
 class Dispatched(TorchDispatchMode):
     """Every aten op dispatched inside the mode (below autograd: backward kernels too) and the devices of every
-    tensor they took or returned."""
+    tensor they took or returned. The mode sees the ops Python code dispatches, not those a kernel calls inside
+    itself: indexing with a boolean mask runs `nonzero` inside `index`, so such an `index` is recorded as
+    "index (boolean mask)"."""
 
     def __init__(self):
         super().__init__()
@@ -44,7 +46,11 @@ class Dispatched(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        self.ops.append(func.overloadpacket.__name__)
+        name = func.overloadpacket.__name__
+        tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        if name in ("index", "index_put", "index_put_") and any(t.dtype == torch.bool for t in tensors[1:]):
+            name = "index (boolean mask)"
+        self.ops.append(name)
         self.devices |= {t.device.type for t in tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)}
         return out
 
@@ -60,8 +66,9 @@ def batch() -> torch.Tensor:
 
 def host_syncs(step: StackStep) -> set[str]:
     """The host-sync ops of one captured region (what `capture` records: `compute`)."""
+    ids = batch()  # made outside the recorded region (its padding is a boolean-mask assignment)
     with Dispatched() as seen:
-        step.compute(batch())
+        step.compute(ids)
     return set(seen.ops) & HOST_SYNC_OPS
 
 
@@ -82,6 +89,12 @@ class PlantedItem(StackStep):
         return losses, norms
 
 
+class PlantedBooleanIndex(StackStep):
+    def compute(self, batch):
+        losses, norms = super().compute(batch)
+        return losses + losses[losses > 1e9].sum(), norms  # "the runs that diverged": a value-dependent shape
+
+
 class PlantedRebind(StackStep):
     def compute(self, batch):
         out = super().compute(batch)
@@ -100,6 +113,7 @@ class PlantedCpuTensor(StackStep):
 def test_the_captured_step_never_syncs_with_the_host(settings, precision):
     assert host_syncs(cpu_step(settings, precision)) == set()
     assert host_syncs(cpu_step(settings, precision, PlantedItem)) == {"_local_scalar_dense"}
+    assert host_syncs(cpu_step(settings, precision, PlantedBooleanIndex)) == {"index (boolean mask)"}
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])

@@ -281,6 +281,8 @@ def test_a_cpu_lease_while_torch_sees_cuda_is_an_error(tmp_path, monkeypatch):
     ({"SLURM_GPUS_ON_NODE": "2", "SLURM_STEP_GPUS": "1,3"}, "SLURM_STEP_GPUS=1,3, SLURM_GPUS_ON_NODE=2"),
     ({"SLURM_TRES_PER_TASK": "cpu=2,gres/gpu=1"}, "SLURM_TRES_PER_TASK=cpu=2,gres/gpu=1"),
     ({"SLURM_TRES_PER_TASK": "cpu=2", "SLURM_GPUS_ON_NODE": "0"}, None),
+    ({"SLURM_TRES_PER_TASK": "cpu=2,gres/gpu=0"}, None),
+    ({"SLURM_TRES_PER_TASK": "gres/gpu:a100=2"}, "SLURM_TRES_PER_TASK=gres/gpu:a100=2"),
 ])
 def test_a_slurm_job_with_gpus_it_cannot_see_is_refused(tmp_path, given, refused):
     env = {"SLURM_JOB_ID": "42", "CUDA_VISIBLE_DEVICES": "", **given}

@@ -125,6 +125,14 @@ SLURM_GPU_INDICES = ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS")
 SLURM_GPU_COUNTS = ("SLURM_GPUS_ON_NODE", "SLURM_GPUS", "SLURM_GPUS_PER_NODE", "SLURM_GPUS_PER_TASK")
 
 
+def tres_gpus(item: str) -> int:
+    """GPUs in one TRES item: "gres/gpu=2" and "gres/gpu:a100=2" -> 2, "gres/gpu=0" -> 0, "cpu=2" -> 0."""
+    if "gpu" not in item:
+        return 0
+    count = re.search(r"[=:](\d+)$", item)
+    return int(count.group(1)) if count else 1
+
+
 def slurm_gpus(environ) -> list[str]:
     """The SLURM variables that give this job GPUs ("SLURM_JOB_GPUS=0"), [] when none does."""
     found = []
@@ -134,7 +142,7 @@ def slurm_gpus(environ) -> list[str]:
             continue
         if name in SLURM_GPU_COUNTS and value.rsplit(":", 1)[-1] == "0":
             continue
-        if name == "SLURM_TRES_PER_TASK" and "gpu" not in value:
+        if name == "SLURM_TRES_PER_TASK" and not any(tres_gpus(item) for item in value.split(",")):
             continue
         found.append(f"{name}={value}")
     return found
