@@ -36,7 +36,7 @@ LEFT_OUT_SUFFIXES = (".safetensors", ".npz", ".npy", ".pt", ".pth", ".bin", ".ck
 def bundled_files(out: Path, limit: int = LIMIT_BYTES) -> tuple[list[Path], list[Path]]:
     """(files to pack, files left out for size) of the evidence folder `out`: no models or arrays; the largest
     files go first when the rest would not fit under `limit`."""
-    files = sorted(p for p in out.rglob("*") if p.is_file() and not p.name.endswith(LEFT_OUT_SUFFIXES))
+    files = sorted(p for p in out.rglob("*") if p.is_file() and not p.name.endswith((*LEFT_OUT_SUFFIXES, ".partial")))
     kept, total = [], 0
     left_out = []
     for path in sorted(files, key=lambda p: p.stat().st_size):  # smallest first: as many files as fit

@@ -123,7 +123,8 @@ def peak_memory(tokens: np.ndarray, k: int, device: torch.device, precision: str
     from worldrep.model import ModelSettings
 
     # As `check_memory` sees the stack: one shared token matrix with its all-pad row.
-    estimate = stack_memory_bytes(ModelSettings(), k, BATCH, tokens.shape[1], (len(tokens) + 1) * tokens.shape[1]) / 2**30
+    width = tokens.shape[1]
+    estimate = stack_memory_bytes(ModelSettings(), k, BATCH, width, (len(tokens) + 1) * width) / 2**30
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
@@ -189,7 +190,8 @@ def main(argv=None) -> int:
         f"{eager['skipped']}" + ("" if precision == "fp16" else f" ({precision}: no loss scaling)"), eager["skipped"])
     if cuda and args.memory_k:
         memory = peak_memory(tokens, args.memory_k, device, precision)
-        peak = f"{memory['peak_gib']:.2f} GiB" if memory["peak_gib"] is not None else f"OUT OF MEMORY ({memory['error']})"
+        peak = (f"{memory['peak_gib']:.2f} GiB" if memory["peak_gib"] is not None else
+                f"OUT OF MEMORY ({memory['error']})")
         say("memory", f"memory: stack K {memory['k']} of the paper model, fused {precision}: peak {peak} (the "
             f"trainer's estimate {memory['estimate_gib']:.2f} GiB)", memory)
     else:

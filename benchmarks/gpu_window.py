@@ -15,7 +15,8 @@ Run from the repository root. Stages, in order:
                 of 7 trained 50 steps eagerly and with CUDA graphs from the same state (max |Δ weight|, |Δ loss|),
                 fp16 overflows, peak memory of a stack of 21 -> canary.txt, and into facts.json
   throughput    benchmarks/training.py --stack 1,7,21: our step per step and per run-step, fused eager and with
-                CUDA graphs, each row printed as measured, then the HF Trainer set up like the authors' -> throughput.txt
+                CUDA graphs, each row printed as measured, then the HF Trainer set up like the authors'
+                -> throughput.txt
   determinism   benchmarks/gpu_determinism.py (two same-seed runs, default and deterministic kernels) and the
                 stack invariant (a run in a stack of 7 against alone) -> determinism.txt
   reproduction  snakemake on config/laptop.yaml, then config/quick.yaml, then config/paper_pt1.yaml, each in its
