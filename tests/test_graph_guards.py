@@ -75,10 +75,11 @@ def host_syncs(step: StackStep) -> set[str]:
 def moved_state(step: StackStep, updates: int = 3) -> list[int]:
     """Indices of the state tensors (and the lr) whose storage changed over a few updates through `__call__`."""
     state = lambda: [*step.state_tensors(), step.lr]  # noqa: E731
-    before = [t.data_ptr() for t in state()]
+    before = state()  # held, so that no new tensor can be given a freed tensor's address
+    pointers = [t.data_ptr() for t in before]
     for update in range(updates):
         step(batch(), 1e-3 * (update + 1))
-    return [i for i, (a, t) in enumerate(zip(before, state())) if t.data_ptr() != a]
+    return [i for i, (a, t) in enumerate(zip(pointers, state())) if t.data_ptr() != a]
 
 
 class PlantedItem(StackStep):
