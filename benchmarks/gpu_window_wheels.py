@@ -15,8 +15,8 @@ nothing on the image is shadowed by a second version:
 Needs network and a CPython 3.12 (the image's Python): `--python`, else the first of `python3.12` on the PATH and
 pyenv's 3.12 versions that runs. `benchmarks/gpu_window.py` installs `.whl/*.whl` with
 `pip install --no-index --no-deps --target` and checks the versions a child process then sees. The folder is
-git-ignored: it travels with the working tree as a carried path (the device tool's `carry: [".whl"]`, 14 of the
-64 MiB a call may send).
+git-ignored: it does not come with a clone, so it is copied into the checkout on the GPU node, or carried along
+with the working tree where the allocation sends one (~14 MB).
 """
 import argparse
 import base64
