@@ -9,7 +9,7 @@ its bundle folder and rewrites both after every stage (and every 30 s during one
                     or arrays, kept under 15 MiB by leaving out the largest files (each named in the summary)
 
 Each file is written beside its final name and renamed over it, so a kill mid-write leaves the previous bundle
-(and a `.partial` file, which the next window removes); the summary is replaced first, so it is never older than
+(and a `.partial` file, which the next window removes: `worldrep.artifacts.atomic_write_bytes`); the summary is replaced first, so it is never older than
 the archive's.
 
     python benchmarks/gpu_bundle.py unpack /work/.device/.../files            # -> evidence/{date}-{gpu}-window/
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import re
 import sys
 import tarfile
@@ -28,6 +27,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from worldrep.artifacts import atomic_write_bytes  # noqa: E402
+
 SUMMARY, ARCHIVE = "summary.md", "evidence.tar.gz"
 LIMIT_BYTES = 15 * 2**20  # under the 16 MiB a returned file may have, counted before compression (an upper bound)
 LEFT_OUT_SUFFIXES = (".safetensors", ".npz", ".npy", ".pt", ".pth", ".bin", ".ckpt")  # models and arrays
@@ -49,13 +52,6 @@ def bundled_files(out: Path, limit: int = LIMIT_BYTES) -> tuple[list[Path], list
     return sorted(kept), sorted(left_out)
 
 
-def replace(target: Path, data: bytes) -> None:
-    """`data` into `target` by a rename: a reader (or a kill) sees the old file or the new one, never half."""
-    partial = target.with_name(f".{target.name}.partial")
-    partial.write_bytes(data)
-    os.replace(partial, target)
-
-
 def write_bundle(out: Path, bundle: Path, summary: str) -> list[Path]:
     """Rewrite `bundle/summary.md` and `bundle/evidence.tar.gz` (the evidence folder `out` with this summary);
     the files left out for size."""
@@ -73,8 +69,9 @@ def write_bundle(out: Path, bundle: Path, summary: str) -> list[Path]:
             info = tarfile.TarInfo(name)
             info.size, info.mtime = len(data), int(time.time())
             tar.addfile(info, io.BytesIO(data))
-    replace(bundle / SUMMARY, summary.encode())
-    replace(bundle / ARCHIVE, buffer.getvalue())
+    # By a rename: a reader (or a kill) sees the old file or the new one, never half.
+    atomic_write_bytes(bundle / SUMMARY, lambda handle: handle.write(summary.encode()))
+    atomic_write_bytes(bundle / ARCHIVE, lambda handle: handle.write(buffer.getvalue()))
     return left_out
 
 

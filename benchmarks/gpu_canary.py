@@ -21,7 +21,6 @@ step runs fused, the GPU's way, so the attention line names the kernel the fused
 """
 import argparse
 import json
-import os
 import sys
 import time
 import warnings
@@ -35,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.training import BATCH, PEAK_LR, hardware, paper_stack, synchronize, synthetic_mixture  # noqa: E402
+from worldrep.artifacts import atomic_write_bytes  # noqa: E402
 from worldrep.training import Recipe, StackStep, learning_rate, stack_memory_bytes  # noqa: E402
 
 # aten ops of the fused attention kernels, forward and backward; without any of them SDPA took its math path,
@@ -165,9 +165,8 @@ def main(argv=None) -> int:
         result[key] = value
         print(line, flush=True)
         if args.json:  # after every answer, by a rename: a canary stopped mid-way still leaves what it found
-            partial = args.json.with_name(f".{args.json.name}.partial")
-            partial.write_text(json.dumps(result, indent=2, default=str) + "\n")
-            os.replace(partial, args.json)
+            text = json.dumps(result, indent=2, default=str) + "\n"
+            atomic_write_bytes(args.json, lambda handle: handle.write(text.encode()))
 
     say("libraries", f"libraries: torch {libraries['torch']}, CUDA {libraries['cuda']}, cuDNN {libraries['cudnn']}; "
         f"TF32 matmul {libraries['tf32_matmul']}, cuDNN {libraries['tf32_cudnn']}; fp32 precision matmul "

@@ -141,7 +141,7 @@ class Window:
         self.failed = False
         self.left_out: list[str] = []
         self.lock = threading.Lock()
-        for stale in (bundle.glob(".*.partial") if bundle and bundle.exists() else []):
+        for stale in (bundle.glob("*.partial") if bundle and bundle.exists() else []):
             stale.unlink()  # a write an earlier window was killed in
 
     def left(self) -> float:
@@ -327,10 +327,11 @@ def facts(limit_s: float, window: Window) -> str:
 
 
 def write_json(path: Path, value) -> None:
-    """JSON by a rename: the bundle, read from another thread, never sees half a file."""
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(partial, path)
+    """JSON by a rename: the bundle, read from another thread, never sees half a file. Keys keep their order
+    (`worldrep.artifacts.write_json` sorts them): facts read top-down, date and versions first."""
+    from worldrep.artifacts import atomic_write_bytes
+
+    atomic_write_bytes(path, lambda handle: handle.write((json.dumps(value, indent=2) + "\n").encode()))
 
 
 def benchmark(limit_s: float, window: Window, stage: str, script: str) -> str:
@@ -348,7 +349,7 @@ def benchmark(limit_s: float, window: Window, stage: str, script: str) -> str:
         raise RuntimeError(("stopped at its deadline" if timed_out else f"exit {rc}") + f" ({stage}.txt)")
     notes = ["no HF Trainer baseline: accelerate is not installed"] if extra else []
     notes += [line.strip() for line in log.read_text(errors="replace").splitlines()
-              if any(p in line.lower() for p in ("baseline failed", "capture failed", "failed:"))]
+              if any(p in line.lower() for p in ("capture failed", "failed:"))]  # "baseline failed: ..." too
     return "; ".join(notes)
 
 

@@ -166,7 +166,7 @@ def test_a_bundle_holds_exactly_two_files_without_models_and_unpacks_under_date_
     (out / "laptop/claims.md").write_text("# Claims\n")
     (out / "laptop/models/model.safetensors").write_bytes(b"weights")
     (out / "laptop/representations.npz").write_bytes(b"arrays")
-    (out / ".facts.json.partial").write_text("{")  # a JSON being written by a rename
+    (out / "facts.json.partial").write_text("{")  # a JSON being written by a rename
     (out / "big.png").write_bytes(os.urandom(3000))
     assert gpu_bundle.write_bundle(out, bundle, "# summary\n") == []
     assert sorted(p.name for p in bundle.iterdir()) == ["evidence.tar.gz", "summary.md"]
