@@ -14,7 +14,7 @@ min_version("9.0")
 # never another installed one, so that a code edit here is what runs and what `input:` tracks.
 sys.path.insert(0, workflow.basedir)
 
-from worldrep.config import validate_config
+from worldrep.grid import validate_config
 
 
 # The paper grid unless the user names config files. Snakemake would deep-merge a `--configfile` into this
@@ -51,6 +51,15 @@ include: "rules/gradients.smk"
 include: "rules/scale.smk"
 
 
+# Every rule's code identity (worldrep.codehash): the hash of its script's import closure, normalised so that comments
+# and docstrings do not count, passed as a param. A job reruns when code it runs changes, and never for a comment, a
+# checkout or a `touch`; the rerun triggers (profiles/default) leave out the mtime of code. Set here, once for all
+# rules, so that no rule can forget it; a rule whose script loads more by name (a dataset: its task) sets its own.
+for _rule in workflow.rules:
+    if _rule.script and "code" not in _rule.params.keys():
+        _rule.set_params(code=RECIPES.code(f"scripts/{Path(_rule.script).name}"))
+
+
 # Before the first job of a local run, the plan (worldrep/plan.py, also `python -m worldrep.plan`): runs, steps,
 # disk and projected time here; it stops a run that would take more than a day on a CPU, or that the disk cannot
 # hold. Snakemake calls onstart only when jobs are to run: never in a dry run, --report or --lint, nor inside a
@@ -78,7 +87,7 @@ onstart:
 # or arrays, less than a job's wait in a queue. Datasets, mixtures, training, evaluation, representations and
 # probes are the cluster's (tests/test_slurm.py checks which rules were submitted).
 localrules:
-    all, world, tokenizer,
+    all, world, tokenizer, pretrained_model, finetuned_model,
     evaluation_table, trivial_baselines, health_report, probe_table, generalization,
     cka_family, cka_task_count, cka_vs_generalization, claims,
     figure_world_map, figure_representation_views, figure_two_task_views, figure_model_views,

@@ -9,7 +9,6 @@ rule cka_family:
     input:
         representations=lambda w: [f"results/representations/{run}/final.npz" for run in family_runs(w.family)],
         cities="results/world/cities.csv",
-        code=["worldrep/cka.py", *REPRESENTATION_CODE],
     output:
         pairs="results/cka/{family}/pairs.csv",
         matrix="results/cka/{family}/matrix.csv",
@@ -34,7 +33,6 @@ rule cka_task_count:
     tasks per model: every value, the pooled mean ± SEM and the same-seed means per seed."""
     input:
         pairs=expand("results/cka/{family}/pairs.csv", family=CKA_FAMILIES),
-        code=["worldrep/cka.py", "worldrep/artifacts.py"],
     output:
         values="results/cka/task_count.csv",
         summary=table_output("cka/task_count_summary", "task_count_summary", "3. Convergence (CKA)"),
@@ -54,7 +52,6 @@ rule cka_vs_generalization:
     input:
         cka="results/cka/pt1/matrix.csv",
         ftwb1="results/generalization/ftwb1_matrix.csv",
-        code=["worldrep/cka.py", "worldrep/artifacts.py"],
     output:
         points="results/cka/cka_vs_generalization.csv",
         fit=table_output("cka/cka_vs_generalization_fit", "cka_vs_generalization_fit", "4. Fine-tuning generalization"),

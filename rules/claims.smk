@@ -7,17 +7,11 @@ rule claims:
     input:
         unpack(claims_input),
         views=[view_file(run) for run in SINGLE_TASK_RUNS],
-        code=["worldrep/claims.py", "worldrep/artifacts.py"],
     output:
         table=table_output("claims", "claims", "0. Claims checklist"),
         markdown="results/claims.md",
     params:
-        tasks={r.name: mixture_tasks(r.mixture) for r in RUNS},
-        kind={r.name: r.kind for r in RUNS},
-        base_runs=[r.name for r in PRETRAINING_RUNS if r.mixture == config["training"]["base"]],
-        views=SINGLE_TASK_RUNS,
-        layer=ANALYSIS_LAYER,
-        name=config.get("name", "unnamed"),
+        **grid.claims_settings(config),
     log:
         "results/logs/claims.log",
     conda:

@@ -1,12 +1,12 @@
 # Names and paths shared by the rules. Output patterns themselves live in each rule's `output:`.
-import importlib.metadata
 import re
 import sys
+from pathlib import Path
 
-from worldrep import grid
+from worldrep import entry, grid, recipes, store
 from worldrep.config import mixture_families
 from worldrep.datasets import SPLITS, VARIANTS, dataset_base
-from worldrep.tasks import TASK_NAMES, TASKS
+from worldrep.tasks import TASK_NAMES, prompt_task
 
 # Pinned conda environments for `--sdm conda`, one per kind of job (envs/; same pins as pyproject.toml).
 ENV_DATA = "../envs/data.yaml"  # world, tokenizer, datasets, mixtures: no torch
@@ -19,27 +19,6 @@ CONFIGURED_TASKS = grid.configured_tasks(config)  # canonical order (METHOD §0)
 FAMILIES = mixture_families(config)
 PRETRAINING_MIXTURES = {**FAMILIES["pretraining"], **FAMILIES["with_atlantis"]}
 FINETUNING_MIXTURES = FAMILIES["finetuning.mixes"]
-# Shared library modules every dataset depends on; each task's own module is added per job. Task modules
-# import only tasks/base.py, never each other, so that a task edit touches that task alone.
-DATASET_CODE = [
-    "worldrep/tasks/__init__.py",  # canonical task order, which also seeds each dataset's stream
-    "worldrep/tasks/base.py",
-    "worldrep/sampling.py",
-    "worldrep/datasets.py",
-    "worldrep/tokenizer.py",
-    "worldrep/artifacts.py",
-]
-MIXTURE_CODE = ["worldrep/mixtures.py", "worldrep/artifacts.py"]
-
-
-def canonical(value):
-    """Dicts with sorted keys, recursively. Snakemake compares params by their repr, so without this a config
-    that only lists the same keys in another order would replan jobs."""
-    if isinstance(value, dict):
-        return {k: canonical(value[k]) for k in sorted(value)}
-    if isinstance(value, list):
-        return [canonical(v) for v in value]
-    return value
 
 
 def one_of(names):
@@ -69,12 +48,6 @@ def mixture_sources(name):
     return grid.mixture_sources(config, name)
 
 
-def city_counts(wildcards):
-    """The city counts of a (task, variant): only what reaches that dataset, so editing the with-Atlantis
-    hull sizes of inside does not replan its other variants."""
-    return list(TASKS[wildcards.task].city_counts(config["tasks"][wildcards.task], dataset_base(wildcards.variant)))
-
-
 def mixture_input(wildcards):
     sources = mixture_sources(wildcards.mixture)
     return sorted({f for s in sources for f in dataset_files(s.variant, s.task)})
@@ -95,8 +68,9 @@ def mixtures_of_kind(mixtures):
 
 
 # ---- training and evaluation -----------------------------------------------------------------------------
-from worldrep.grid import (MAP_ITEMS_PER_CITY, evaluation_sets, model_settings, recipe_settings,
-                           representation_settings, run_name, short_runs, training_runs, training_stacks)
+from worldrep.grid import (MAP_ITEMS_PER_CITY, evaluation_sets, model_settings, representation_settings, run_name,
+                           short_runs, training_runs)
+from worldrep.recipes import canonical
 from worldrep.world import real_city_count
 
 # Every run: the main grid's, then each enabled architecture variant's (`variants`, issue 13). A variant's runs are
@@ -105,19 +79,16 @@ from worldrep.world import real_city_count
 ALL_RUNS = training_runs(config)
 RUNS = [r for r in ALL_RUNS if r.variant is None]
 VARIANT_RUNS = {v: [r for r in ALL_RUNS if r.variant == v] for v in dict.fromkeys(r.variant for r in ALL_RUNS) if v}
-STACKS = training_stacks(config)  # the training jobs: runs trained together (`training.stack`)
+# Recipes (worldrep.recipes): what shapes each artifact, from the config and the code only. A run's recipe hash names its
+# store entry; the training jobs are the stacks with a missing entry, each listing only those (worldrep.store).
+RECIPES = recipes.Recipes(config, Path(workflow.basedir))
+RUN_HASH = RECIPES.run_hashes()
+TRAINING_JOBS = store.training_jobs(config, RUN_HASH, Path("results"))
+# Run names without their seed, `{mixture}` in per-run patterns `{mixture}_s{seed}` (a variant's: `pt1-1-wide`).
+RUN_PREFIXES = {kind: sorted({r.name.rsplit("_s", 1)[0] for r in ALL_RUNS if r.kind == kind})
+                for kind in ("pretraining", "finetuning")}
 PRETRAINING_RUNS = [r for r in RUNS if r.kind == "pretraining"]
 FINETUNING_RUNS = [r for r in RUNS if r.kind == "finetuning"]
-# What the evaluation and training scripts import. worldrep/lease.py decides only where a job runs, but a
-# lease bug could put two jobs on one device, so it is tracked too.
-EVALUATION_CODE = [
-    "worldrep/evaluation.py",
-    "worldrep/tokenizer.py",
-    "worldrep/datasets.py",
-    "worldrep/artifacts.py",
-    "worldrep/lease.py",
-]
-TRAINING_CODE = ["worldrep/training.py", "worldrep/model.py", *EVALUATION_CODE]
 TOKENIZER_FILES = ["results/tokenizer/tokenizer.json", "results/tokenizer/tokenizer_config.json"]
 
 
@@ -129,16 +100,28 @@ def model_dir(mixture, seed, variant=None):
     return f"results/models/{run_name(mixture, seed, variant)}"
 
 
-def training_params(run):
-    """What shapes a run's weights: architecture (its variant's), recipe, seed and device precisions (§6, §7). The
-    device a job lands on picks the precision at run time; the run records which. A fine-tuning run inherits its
-    base's architecture; it carries `model` too, so that the two never disagree unnoticed."""
-    return canonical({
-        "model": model_settings(config, run.variant),
-        "recipe": recipe_settings(config, run.mixture, run.variant),
-        "seed": int(run.seed),
-        "precision": config["training"]["precision"],
-    })
+# The store's entries and what a stack job or a publishing job reads (rules/training.smk).
+def store_marker(run_name):
+    return str(entry.marker_path(Path("results"), RUN_HASH[run_name]))
+
+
+def base_final(run):
+    """A fine-tuning run's starting point: the same-seed published final model of `training.base` (§7.1)."""
+    base = recipes.base_run(config, run)
+    return f"results/models/{base.name}/final" if base else None
+
+
+def mixture_splits(run):
+    mixture = grid.training_mixture(config, run)
+    return {"train": f"results/mixtures/{mixture}/train.npz", "val": f"results/mixtures/{mixture}/val.npz"}
+
+
+def stack_inputs(stack):
+    """Every run's mixture (train and val splits, metadata; a label-noise variant's noisy copy) and, for
+    fine-tuning, its same-seed base model."""
+    mixtures = dict.fromkeys(grid.training_mixture(config, run) for run in stack.runs)
+    files = [f"results/mixtures/{m}/{name}" for m in mixtures for name in ("train.npz", "val.npz", "metadata.json")]
+    return files + sorted({base_final(run) for run in stack.runs if run.kind == "finetuning"})
 
 
 def run_of(wildcards):
@@ -149,6 +132,12 @@ def run_of(wildcards):
 def run_layers(wildcards):
     """The hidden_states indices extracted from a run: its architecture's (`representations`, or its variant's)."""
     return representation_settings(config, run_of(wildcards).variant)["layers"]
+
+
+def run_prompt_task(run):
+    """The task whose partial prompt a run's representations are read at (§10)."""
+    return prompt_task(run.mixture, mixture_tasks(run.mixture), finetuning=run.kind == "finetuning",
+                       configured_tasks=CONFIGURED_TASKS)
 
 
 def run_analysis_layer(wildcards):
@@ -172,37 +161,17 @@ def evaluation_targets():
 
 # ---- analysis ----------------------------------------------------------------------------------------------
 # The CKA families of METHOD §12: pretraining mixtures named pt1-k, pt2-k, pt3-k (variant k, in config order).
-CKA_FAMILIES = {
-    f: [m for m in FAMILIES["pretraining"] if m.startswith(f"{f}-")]
-    for f in ("pt1", "pt2", "pt3")
-    if any(m.startswith(f"{f}-") for m in FAMILIES["pretraining"])
-}
+CKA_FAMILIES = grid.cka_families(config)
 
 
 def family_runs(family):
-    """A family's runs, variant-major then seed in config order: the layout `cka.family_matrix` expects."""
-    return [r.name for m in CKA_FAMILIES[family] for r in PRETRAINING_RUNS if r.mixture == m]
+    return grid.family_runs(config, family)
 
 
-# A partial prompt also spells its task's function name and delimiter (the task module). Not listed: the
-# prompt task is always one the model trained on, so an edit of its module already rebuilds the datasets,
-# retrains the model and so reruns this; listing it would re-extract every model after any task edit.
-REPRESENTATION_CODE = [
-    "worldrep/representations.py",
-    "worldrep/evaluation.py",
-    "worldrep/tokenizer.py",
-    "worldrep/world.py",
-    "worldrep/artifacts.py",
-]
-PROBE_CODE = ["worldrep/probes.py", *REPRESENTATION_CODE]
-
-# Runs whose every checkpoint is extracted and probed (§10: the single-task runs and pt7 seed 42, whose
-# checkpoints the evaluation also scores).
-CURVE_RUNS = [r.name for r in PRETRAINING_RUNS if r.mixture in CKA_FAMILIES.get("pt1", [])]
-CURVE_RUNS += [name for name in config["evaluation"]["checkpoint_runs"] if name not in CURVE_RUNS]
-ATLANTIS_RUNS = [r.name for r in FINETUNING_RUNS if len(FINETUNING_MIXTURES[r.mixture]) == 2]
-CONTROL_RUNS = [r.name for r in PRETRAINING_RUNS if r.mixture in FAMILIES["with_atlantis"]]
-SINGLE_TASK_RUNS = [r.name for r in PRETRAINING_RUNS if len(PRETRAINING_MIXTURES[r.mixture]) == 1]
+CURVE_RUNS = grid.curve_runs(config)
+ATLANTIS_RUNS = grid.atlantis_runs(config)
+CONTROL_RUNS = grid.control_runs(config)
+SINGLE_TASK_RUNS = grid.single_task_runs(config)
 RUN_BY_NAME = {r.name: r for r in ALL_RUNS}
 
 
@@ -231,14 +200,6 @@ def analysis_targets():
 # ---- figures -------------------------------------------------------------------------------------------------
 from snakemake.io import report as report_item  # `report` alone is a Snakefile keyword
 from worldrep.generalization import pair_label
-
-FIGURE_CODE = [
-    "worldrep/figures.py",
-    "worldrep/generalization.py",
-    "worldrep/world.py",
-    "worldrep/artifacts.py",
-    "worldrep/tasks/__init__.py",
-]
 
 
 def figure_output(name, caption, category, subcategory=None):
@@ -393,22 +354,8 @@ warn_short_runs()
 
 
 def claims_input(wildcards):
-    """The analysis tables the checklist reads: only those this config plans (a missing one leaves its claims
-    'not reached')."""
-    inputs = {"probes": "results/probes/probe_metrics.csv"}
-    if PRETRAINING_RUNS:
-        inputs["health"] = "results/evaluation/health_report.csv"
-    if "pt1" in CKA_FAMILIES:
-        inputs["cka_pt1"] = "results/cka/pt1/matrix.csv"
-    if CKA_FAMILIES:
-        inputs["task_count"] = "results/cka/task_count_summary.csv"
-    if FINETUNING_RUNS and "pt1" in CKA_FAMILIES:
-        inputs["cka_fit"] = "results/cka/cka_vs_generalization_fit.csv"
-    if FINETUNING_RUNS:
-        inputs["deviation"] = "results/generalization/best_teacher_deviation.csv"
-    if ATLANTIS_RUNS:
-        inputs["atlantis"] = "results/probes/atlantis_summary.csv"
-    return inputs
+    """The analysis tables the checklist reads (grid.claims_tables): only those this config plans."""
+    return {key: f"results/{path}" for key, path in grid.claims_tables(config).items()}
 
 
 # ---- the open questions as experiments (issue 14; rules/subspace.smk, noise.smk, gradients.smk, scale.smk) --------
@@ -494,18 +441,10 @@ SUBSPACE_FOLDER = "results/experiments/subspace"
 SUBSPACE_CATEGORY = "1. Fine-tuning subspace"
 
 
-def subspace_prompt(run):
-    """The task whose partial prompt gave the fine-tuned run's representation file (§10). Imported here, not at the
-    top: worldrep.representations imports torch, which a workflow without this experiment never needs to load."""
-    from worldrep.representations import prompt_task
-
-    return prompt_task(run.mixture, mixture_tasks(run.mixture), finetuning=True, configured_tasks=CONFIGURED_TASKS)
-
-
 # Per fine-tuned run: its same-seed base run, and the base's file at the run's prompt task. A base is extracted
 # once per prompt task its fine-tuned models use (the FTWB1 models of one seed use 7 prompts, every FTWB2 distance).
 SUBSPACE_BASE = {r.name: run_name(config["training"]["base"], r.seed) for r in SUBSPACE_RUNS}
-SUBSPACE_BASE_FILE = {r.name: f"{SUBSPACE_FOLDER}/representations/{SUBSPACE_BASE[r.name]}/{subspace_prompt(r)}.npz"
+SUBSPACE_BASE_FILE = {r.name: f"{SUBSPACE_FOLDER}/representations/{SUBSPACE_BASE[r.name]}/{run_prompt_task(r)}.npz"
                       for r in SUBSPACE_RUNS}
 
 
@@ -518,7 +457,7 @@ def subspace_targets():
 
 # Issue 14.3 (rules/gradients.smk): one pretraining run's first checkpoints.
 GRADIENTS = experiments.experiment(config, "gradients")
-GRADIENTS_RUN = experiments.gradients_run(config)  # `run`, else the first seed's run of training.base
+GRADIENTS_RUN = grid.gradients_run(config)  # `run`, else the first seed's run of training.base
 GRADIENTS_FOLDER = "results/experiments/gradients"
 GRADIENTS_CATEGORY = "3. Gradient similarity"
 # What the similarity is compared with, per scatter figure: its targets (the `target` values of `correlation.csv`)

@@ -7,7 +7,6 @@ rule evaluate:
     input:
         model="results/models/{mixture}_s{seed}/final",
         test_sets=lambda w: test_set_files(run_of(w).mixture),
-        code=EVALUATION_CODE,
     output:
         metrics="results/evaluation/{mixture}_s{seed}/metrics.csv",
         predictions="results/evaluation/{mixture}_s{seed}/predictions.csv.gz",
@@ -31,7 +30,6 @@ rule evaluate_checkpoints:
     input:
         checkpoints="results/models/{mixture}_s{seed}/checkpoints",
         test_sets=lambda w: [f"results/datasets/pretraining/{t}/test.npz" for t in CONFIGURED_TASKS],
-        code=EVALUATION_CODE,
     output:
         metrics="results/evaluation/{mixture}_s{seed}/checkpoints.csv",
     params:
@@ -72,7 +70,6 @@ rule trivial_baselines:
         train=lambda w: [f"results/datasets/pretraining/{t}/train.npz" for t in CONFIGURED_TASKS],
         test_sets=lambda w: [f"results/datasets/{v}/{t}/test.npz" for v in ("pretraining", "atlantis_required")
                              for t in CONFIGURED_TASKS],
-        code=EVALUATION_CODE,
     output:
         "results/evaluation/trivial_baselines.csv",
     log:
@@ -90,7 +87,6 @@ rule health_report:
         metrics="results/evaluation/metrics.csv",
         baselines="results/evaluation/trivial_baselines.csv",
         probes="results/probes/probe_metrics.csv",
-        code=["worldrep/health.py", "worldrep/artifacts.py"],
     output:
         table_output("evaluation/health_report", "health_report", "6. Run health"),
     params:

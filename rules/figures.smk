@@ -7,7 +7,6 @@ rule figure_world_map:
     """§13.1: every city by region, Atlantis circled."""
     input:
         cities="results/world/cities.csv",
-        code=FIGURE_CODE,
     output:
         figure_output("world_map", "world_map", "1. World"),
     log:
@@ -22,7 +21,6 @@ rule figure_cka_matrix:
     """§13.3–4: a family's CKA matrix at the analysis layer (5) (mean over seed pairs), biased or debiased."""
     input:
         matrix="results/cka/{family}/matrix.csv",
-        code=FIGURE_CODE,
     output:
         figure_output("cka_{family}_{estimator}", "cka_matrix", "3. Convergence (CKA)", "{family} matrices"),
     wildcard_constraints:
@@ -44,7 +42,6 @@ rule figure_cka_task_count:
     input:
         values="results/cka/task_count.csv",
         summary="results/cka/task_count_summary.csv",
-        code=FIGURE_CODE,
     output:
         figure_output("cka_task_count_{estimator}", "cka_task_count", "3. Convergence (CKA)", "CKA vs number of tasks"),
     wildcard_constraints:
@@ -61,7 +58,6 @@ rule figure_ftwb1_matrix:
     """§13.7: the FTWB1 generalization matrix (seed-mean NI)."""
     input:
         ftwb1="results/generalization/ftwb1_matrix.csv",
-        code=FIGURE_CODE,
     output:
         figure_output("ftwb1_matrix", "ftwb1_matrix", "4. Fine-tuning generalization"),
     log:
@@ -77,7 +73,6 @@ rule figure_cka_vs_generalization:
     input:
         points="results/cka/cka_vs_generalization.csv",
         fit="results/cka/cka_vs_generalization_fit.csv",
-        code=FIGURE_CODE,
     output:
         figure_output("cka_vs_generalization_{estimator}", "cka_vs_generalization", "4. Fine-tuning generalization"),
     wildcard_constraints:
@@ -94,7 +89,6 @@ rule figure_deviation_matrix:
     """§13.9: FTWB2 deviation from the best-teacher prediction, distance rows in red."""
     input:
         table="results/generalization/deviation_matrix.csv",
-        code=FIGURE_CODE,
     output:
         figure_output("deviation_matrix", "deviation_matrix", "4. Fine-tuning generalization"),
     log:
@@ -109,7 +103,6 @@ rule figure_deviation_histogram:
     """§13.10: per-seed deviations, pairs with and without distance."""
     input:
         deviation="results/generalization/best_teacher_deviation.csv",
-        code=FIGURE_CODE,
     output:
         figure_output("deviation_histogram", "deviation_histogram", "4. Fine-tuning generalization"),
     params:
@@ -127,7 +120,6 @@ rule figure_atlantis_histogram:
     input:
         errors="results/probes/atlantis_errors.csv.gz",
         summary="results/probes/atlantis_summary.csv",
-        code=FIGURE_CODE,
     output:
         figure_output("atlantis_histogram", "atlantis_histogram", "5. Atlantis"),
     params:
@@ -146,7 +138,6 @@ rule figure_representation_views:
     input:
         views=[view_file(run) for run in VIEW_RUNS],
         probes=[f"results/probes/{run}.csv" for run in VIEW_RUNS],
-        code=FIGURE_CODE,
     output:
         figure_output("representation_views", "representation_views", "2. Representations"),
     params:
@@ -165,7 +156,6 @@ rule figure_two_task_views:
     """§13.2 (Fig. 3a–b): mixed views of pt2-1 (D,T) and pt2-3 (I,P), single-task models as insets."""
     input:
         views=[view_file(run) for run in dict.fromkeys(TWO_TASK_RUNS + sum(TWO_TASK_INSETS.values(), []))],
-        code=FIGURE_CODE,
     output:
         figure_output("two_task_views", "two_task_views", "2. Representations"),
     params:
@@ -184,7 +174,6 @@ rule figure_pca_gallery:
     """§13.2 appendix: raw 3-D PCA of the six non-crossing single-task models, every seed."""
     input:
         views=[view_file(run) for run in GALLERY_RUNS],
-        code=FIGURE_CODE,
     output:
         figure_output("pca_gallery", "pca_gallery", "2. Representations"),
     params:
@@ -203,7 +192,6 @@ rule figure_dynamics_views:
     23s and the final one."""
     input:
         views=[view_file(run) for run in DYNAMICS_RUNS],
-        code=FIGURE_CODE,
     output:
         figure_output("dynamics_views", "dynamics_views", "2. Representations"),
     params:
@@ -221,7 +209,6 @@ rule figure_model_views:
     """§13.2 (Fig. 4a; pt7-atl appendix): raw PCA and mixed view of the seven-task models."""
     input:
         views=lambda w: [view_file(w.run)],
-        code=FIGURE_CODE,
     output:
         figure_output("views_{run}", "model_views", "2. Representations"),
     wildcard_constraints:
@@ -242,7 +229,6 @@ rule figure_training_curves:
         training_log=lambda w: f"{model_dir(RUN_BY_NAME[w.run].mixture, RUN_BY_NAME[w.run].seed)}/training_log.csv",
         validation_log=lambda w: f"{model_dir(RUN_BY_NAME[w.run].mixture, RUN_BY_NAME[w.run].seed)}/validation_log.csv",
         probes="results/probes/{run}.csv",
-        code=FIGURE_CODE,
     output:
         figure_output("training_curves_{run}", "training_curves", "2. Representations", "Training curves"),
     wildcard_constraints:
@@ -262,7 +248,6 @@ rule figure_checkpoint_metrics:
     """§13.6 (Fig. 4b): every task's standard-test metric at every checkpoint of a seven-task run."""
     input:
         checkpoints="results/evaluation/{run}/checkpoints.csv",
-        code=FIGURE_CODE,
     output:
         figure_output("checkpoint_metrics_{run}", "checkpoint_metrics", "3. Convergence (CKA)"),
     wildcard_constraints:
@@ -280,7 +265,6 @@ rule figure_atlantis_predictions:
     input:
         errors="results/probes/atlantis_errors.csv.gz",
         views=[view_file(run) for run in PREDICTION_RUNS],
-        code=FIGURE_CODE,
     output:
         figure_output("atlantis_predictions", "atlantis_predictions", "5. Atlantis"),
     params:

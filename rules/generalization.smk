@@ -7,7 +7,6 @@ rule generalization:
     the best-teacher prediction and its deviation."""
     input:
         metrics="results/evaluation/metrics.csv",
-        code=["worldrep/generalization.py", "worldrep/artifacts.py", "worldrep/tasks/__init__.py"],
     output:
         ni="results/generalization/normalized_improvement.csv",
         ftwb1="results/generalization/ftwb1_matrix.csv",

@@ -16,9 +16,6 @@ rule gradient_similarity:
     input:
         checkpoints=f"results/models/{GRADIENTS_RUN}/checkpoints",
         train=[f"results/datasets/pretraining/{task}/train.npz" for task in CONFIGURED_TASKS],
-        # TRAINING_CODE lacks worldrep/stack.py (training.py imports it): listed here, not there, where adding it
-        # would replan every training job of every results folder
-        code=["worldrep/gradients.py", "worldrep/tasks/__init__.py", "worldrep/stack.py", *TRAINING_CODE],
     output:
         f"{GRADIENTS_FOLDER}/similarity.csv",
     params:
@@ -48,8 +45,6 @@ rule gradient_correlation:
     input:
         similarity=f"{GRADIENTS_FOLDER}/similarity.csv",
         **{name: GRADIENT_TARGET_TABLES[name] for name in GRADIENT_COMPARISONS},
-        code=["worldrep/gradients.py", "worldrep/subspace.py", "worldrep/probes.py", "worldrep/tokenizer.py",
-              "worldrep/tasks/__init__.py", "worldrep/artifacts.py"],
     output:
         points=f"{GRADIENTS_FOLDER}/points.csv",
         correlation=experiment_table(f"{GRADIENTS_FOLDER}/correlation.csv", "gradients_correlation", GRADIENTS_CATEGORY),
@@ -69,7 +64,6 @@ rule figure_gradient_similarity:
     """The similarity matrices: one panel per checkpoint, one row per parameter set."""
     input:
         similarity=f"{GRADIENTS_FOLDER}/similarity.csv",
-        code=FIGURE_CODE,
     output:
         experiment_figure_output("gradients", "similarity", "gradients_similarity", GRADIENTS_CATEGORY),
     params:
@@ -88,7 +82,6 @@ rule figure_gradient_scatter:
     input:
         points=f"{GRADIENTS_FOLDER}/points.csv",
         correlation=f"{GRADIENTS_FOLDER}/correlation.csv",
-        code=FIGURE_CODE,
     output:
         experiment_figure_output("gradients", "vs_{comparison}", "gradients_scatter", GRADIENTS_CATEGORY),
     wildcard_constraints:

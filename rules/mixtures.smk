@@ -2,15 +2,13 @@ rule pretraining_mixture:
     """Whole train/val/test splits of the listed tasks, concatenated and shuffled (METHOD §4.1)."""
     input:
         datasets=mixture_input,
-        code=MIXTURE_CODE,
     output:
         arrays=expand("results/mixtures/{{mixture}}/{split}.npz", split=SPLITS),
         metadata="results/mixtures/{mixture}/metadata.json",
     wildcard_constraints:
         mixture=one_of(mixtures_of_kind(PRETRAINING_MIXTURES)),
     params:
-        sources=lambda w: [vars(s) for s in mixture_sources(w.mixture)],
-        seed=config["mixtures"]["seed"],
+        **{key: (lambda w, key=key: recipes.mixture_params(config, w.mixture)[key]) for key in ("sources", "seed")},
     log:
         "results/logs/mixtures/{mixture}.log",
     benchmark:

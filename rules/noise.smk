@@ -19,7 +19,6 @@ rule noise_summary:
         representations=lambda w: [f"results/representations/{run}/final.npz" for run in group_runs(noise_groups())],
         probes=lambda w: [f"results/probes/{run}.csv" for run in group_runs(noise_groups())],
         cities="results/world/cities.csv",
-        code=["worldrep/cka.py", *PROBE_CODE],
     output:
         summary=experiment_table("results/experiments/noise/summary.csv", "noise_summary", NOISE_CATEGORY),
         matrices="results/experiments/noise/matrices.csv",
@@ -43,7 +42,6 @@ rule figure_noise_summary:
     input:
         summary="results/experiments/noise/summary.csv",
         probes="results/experiments/noise/probe_r2.csv",
-        code=FIGURE_CODE,
     output:
         experiment_figure_output("noise", "noise_summary", "noise_summary", NOISE_CATEGORY),
     log:

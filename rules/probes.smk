@@ -10,7 +10,6 @@ rule probes:
         if f"{w.mixture}_s{w.seed}" in CURVE_RUNS
         else [],
         cities="results/world/cities.csv",
-        code=PROBE_CODE,
     output:
         metrics="results/probes/{mixture}_s{seed}.csv",
         views="results/views/{mixture}_s{seed}.csv.gz",
@@ -49,7 +48,6 @@ rule atlantis_reconstruction:
         representations=[f"results/representations/{name}/final.npz" for name in ATLANTIS_RUNS],
         controls=[f"results/representations/{name}/final.npz" for name in CONTROL_RUNS],
         cities="results/world/cities.csv",
-        code=PROBE_CODE,
     output:
         errors="results/probes/atlantis_errors.csv.gz",
         summary=table_output("probes/atlantis_summary", "atlantis_summary", "5. Atlantis"),

@@ -8,7 +8,6 @@ rule representations:
     input:
         model="results/models/{mixture}_s{seed}/final",
         cities="results/world/cities.csv",
-        code=REPRESENTATION_CODE,
     output:
         "results/representations/{mixture}_s{seed}/final.npz",
     params:
@@ -16,6 +15,8 @@ rule representations:
         finetuning=lambda w: run_of(w).kind == "finetuning",
         configured_tasks=CONFIGURED_TASKS,
         layers=run_layers,
+        # the script, and the prompt task's module: it spells the prompt's function name and delimiter
+        code=lambda w: RECIPES.code("scripts/representations.py", f"worldrep/tasks/{run_prompt_task(run_of(w))}.py"),
     log:
         "results/logs/representations/{mixture}_s{seed}.log",
     benchmark:
@@ -30,7 +31,6 @@ use rule representations as checkpoint_representations with:
     input:
         checkpoints="results/models/{mixture}_s{seed}/checkpoints",
         cities="results/world/cities.csv",
-        code=REPRESENTATION_CODE,
     output:
         directory("results/representations/{mixture}_s{seed}/checkpoints"),
     log:

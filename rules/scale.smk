@@ -15,7 +15,6 @@ use rule noise_summary as scale_summary with:
         representations=lambda w: [f"results/representations/{run}/final.npz" for run in group_runs(scale_groups())],
         probes=lambda w: [f"results/probes/{run}.csv" for run in group_runs(scale_groups())],
         cities="results/world/cities.csv",
-        code=["worldrep/cka.py", *PROBE_CODE],
     output:
         summary=experiment_table("results/experiments/scale/summary.csv", "scale_summary", SCALE_CATEGORY),
         matrices="results/experiments/scale/matrices.csv",
@@ -34,7 +33,6 @@ use rule figure_noise_summary as figure_scale_summary with:
     input:
         summary="results/experiments/scale/summary.csv",
         probes="results/experiments/scale/probe_r2.csv",
-        code=FIGURE_CODE,
     output:
         experiment_figure_output("scale", "scale_summary", "scale_summary", SCALE_CATEGORY),
     log:

@@ -17,13 +17,13 @@ rule subspace_representations:
     input:
         model="results/models/{run}/final",
         cities="results/world/cities.csv",
-        code=REPRESENTATION_CODE,
     output:
         f"{SUBSPACE_FOLDER}/representations/{{run}}/{{task}}.npz",
     wildcard_constraints:
         run=one_of(sorted(set(SUBSPACE_BASE.values()))),
     params:
         layers=[ANALYSIS_LAYER],
+        code=lambda w: RECIPES.code("scripts/subspace_representations.py", f"worldrep/tasks/{w.task}.py"),
     log:
         "results/logs/experiments/subspace/representations/{run}_{task}.log",
     benchmark:
@@ -42,14 +42,13 @@ rule subspace:
         finetuned=[f"results/representations/{r.name}/final.npz" for r in SUBSPACE_RUNS],
         bases=[SUBSPACE_BASE_FILE[r.name] for r in SUBSPACE_RUNS],  # aligned with `finetuned`: a base may repeat
         cities="results/world/cities.csv",
-        code=["worldrep/subspace.py", *PROBE_CODE],
     output:
         fractions=experiment_table(f"{SUBSPACE_FOLDER}/fractions.csv", "subspace_fractions", SUBSPACE_CATEGORY),
         summary=experiment_table(f"{SUBSPACE_FOLDER}/summary.csv", "subspace_summary", SUBSPACE_CATEGORY),
         correlation=experiment_table(f"{SUBSPACE_FOLDER}/correlation.csv", "subspace_correlation", SUBSPACE_CATEGORY),
     params:
         runs=[{"run": r.name, "mixture": r.mixture, "seed": r.seed, "base": SUBSPACE_BASE[r.name],
-               "prompt_task": subspace_prompt(r), "includes_distance": "distance" in mixture_tasks(r.mixture)}
+               "prompt_task": run_prompt_task(r), "includes_distance": "distance" in mixture_tasks(r.mixture)}
               for r in SUBSPACE_RUNS],
         components=experiments.experiment(config, "subspace").get("components"),
         layer=ANALYSIS_LAYER,
@@ -72,7 +71,6 @@ rule figure_subspace_fraction:
     input:
         fractions=f"{SUBSPACE_FOLDER}/fractions.csv",
         summary=f"{SUBSPACE_FOLDER}/summary.csv",
-        code=FIGURE_CODE,
     output:
         experiment_figure_output("subspace", "subspace_fraction", "subspace_fraction", SUBSPACE_CATEGORY),
     log:
@@ -88,7 +86,6 @@ rule figure_subspace_vs_error:
     input:
         fractions=f"{SUBSPACE_FOLDER}/fractions.csv",
         correlation=f"{SUBSPACE_FOLDER}/correlation.csv",
-        code=FIGURE_CODE,
     output:
         experiment_figure_output("subspace", "subspace_vs_error", "subspace_vs_error", SUBSPACE_CATEGORY),
     log:

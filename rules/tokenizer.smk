@@ -1,7 +1,5 @@
 rule tokenizer:
     """The 98-token character vocabulary as a Hugging Face tokenizer directory (METHOD §5)."""
-    input:
-        code="worldrep/tokenizer.py",
     output:
         tokenizer="results/tokenizer/tokenizer.json",
         config="results/tokenizer/tokenizer_config.json",

@@ -1,40 +1,20 @@
-# Training grid (METHOD §7): results/models/{mixture}_s{seed}/ per run ({mixture}-{variant}_s{seed} for a variant), trained in stacks (issue 16). One job per
-# stack: `training.stack: mixture` puts every seed of a mixture in one job, `family` every run of a family
-# (worldrep.grid.training_stacks). A stack lists every output of every run it trains, so downstream rules see the
-# per-run files they always saw. Each run works in its own `in_progress/` folder (resume state, checkpoints, logs)
-# and moves its outputs into place only when the whole stack has finished, each run's final model last; rerunning a
-# killed job resumes every run from its last checkpoint.
+# Training (METHOD §7; how rebuilds stay exact: §7.5). Runs are trained in stacks (issue 16) into the store,
+# results/store/{recipe hash}/ (worldrep.store), and published per run into results/models/{run}/.
 #
-# Rules are generated, one per stack (pretrain_pt1, finetune_ftwb2_13, ...): a job's outputs are fixed lists, not
-# wildcard patterns, since a family's runs share no pattern. Threads and resources are set here, not in
-# profiles/default, whose per-rule lists cannot name rules that depend on the config.
+# - A run's recipe hash covers its training params, its mixture's recipe, its base run's hash and the training code
+#   (worldrep.recipes). Equal hash, equal run: an entry is never trained twice.
+# - One rule per stack with a missing entry (pretrain_pt1, finetune_ftwb2_13, ...), generated while the Snakefile is
+#   parsed: it trains exactly the stale runs (`training.stack: whole-family`: their whole family) and writes their
+#   entries, each marker last. A killed job leaves work folders that the rerun resumes from.
+# - One small rule per run publishes its entry as hard links. Downstream rules read results/models/{run}/ as they
+#   always did, and Snakemake decides per run: a run whose entry exists is not retrained, and its files keep their
+#   bytes and mtimes, so nothing downstream of it reruns.
+# Threads and resources of the generated rules are set here, not in profiles/default, whose per-rule lists cannot
+# name rules that depend on the config.
 
 
-def stack_outputs(stack):
-    """Every run's outputs: final model, logs, and (pretraining) all checkpoints, which the curves need."""
-    names = ["final", "checkpoints"] if stack.kind == "pretraining" else ["final"]
-    names += ["training_log.csv", "validation_log.csv"]
-    return {f"{run.name}.{name.removesuffix('.csv')}": f"results/models/{run.name}/{name}"
-            for run in stack.runs for name in names}
-
-
-def stack_base(stack, run):
-    """A fine-tuning run's starting point: the same-seed final model of `training.base` (§7.1); None otherwise."""
-    base = config["training"]["base"]
-    return f"{model_dir(base, run.seed, run.variant)}/final" if stack.kind == "finetuning" else None
-
-
-def stack_inputs(stack):
-    """Every run's mixture (train and val splits, metadata; a label-noise variant's noisy copy) and, for
-    fine-tuning, its same-seed base model."""
-    mixtures = dict.fromkeys(grid.training_mixture(config, run) for run in stack.runs)
-    files = [f"results/mixtures/{m}/{name}" for m in mixtures for name in ("train.npz", "val.npz", "metadata.json")]
-    if stack.kind == "finetuning":
-        files += sorted({stack_base(stack, run) for run in stack.runs})
-    return files
-
-
-for _stack in STACKS:
+for _job in TRAINING_JOBS:
+    _stack = _job.stack
 
     rule:
         name:
@@ -42,15 +22,17 @@ for _stack in STACKS:
         input:
             data=stack_inputs(_stack),
             tokenizer=TOKENIZER_FILES,
-            code=TRAINING_CODE,
         output:
-            **{key: (directory(path) if path.endswith(("final", "checkpoints")) else path)
-               for key, path in stack_outputs(_stack).items()},
+            **{run: store_marker(run) for run in _job.stale},
         params:
-            # One entry per run (name -> mixture, base model, architecture, recipe, seed, precisions): editing one
-            # run retrains its stack.
-            runs=canonical({run.name: {"mixture": grid.training_mixture(config, run), "base": stack_base(_stack, run),
-                                       **training_params(run)} for run in _stack.runs}),
+            # Per run: its recipe hash (the entry it writes, and its resume state's key), mixture, base model, variant,
+            # seeds entry (§7.3), architecture, recipe, seed, precisions. The outputs already name the hashes: these
+            # params are what the job reads, never a reason to rerun it.
+            runs=canonical({run.name: {"hash": RUN_HASH[run.name], "mixture": grid.training_mixture(config, run),
+                                       "base": base_final(run), "variant": run.variant,
+                                       "seeds_entry": run.seeds_entry, **recipes.training_params(config, run)}
+                            for run in _stack.runs}),
+            stale=list(_job.stale),
             stack=_stack.name,
             kind=_stack.kind,
         threads: 1
@@ -67,3 +49,39 @@ for _stack in STACKS:
             ENV_TRAINING
         script:
             "../scripts/train.py"
+
+
+rule pretrained_model:
+    """A pretraining run's store entry, published: final model, every checkpoint (the curves need them), logs."""
+    input:
+        entry=lambda w: store_marker(run_of(w).name),
+        **{split: (lambda w, split=split: mixture_splits(run_of(w))[split]) for split in ("train", "val")},
+    output:
+        final=directory("results/models/{mixture}_s{seed}/final"),
+        checkpoints=directory("results/models/{mixture}_s{seed}/checkpoints"),
+        training_log="results/models/{mixture}_s{seed}/training_log.csv",
+        validation_log="results/models/{mixture}_s{seed}/validation_log.csv",
+    wildcard_constraints:
+        mixture=one_of(RUN_PREFIXES["pretraining"]),
+    params:
+        recipe=lambda w: RUN_HASH[run_of(w).name],
+        code=RECIPES.code("scripts/model.py"),
+    log:
+        "results/logs/models/{mixture}_s{seed}.log",
+    conda:
+        ENV_DATA
+    script:
+        "../scripts/model.py"
+
+
+use rule pretrained_model as finetuned_model with:
+    input:
+        entry=lambda w: store_marker(run_of(w).name),
+        **{split: (lambda w, split=split: mixture_splits(run_of(w))[split]) for split in ("train", "val")},
+        base=lambda w: base_final(run_of(w)),
+    output:
+        final=directory("results/models/{mixture}_s{seed}/final"),
+        training_log="results/models/{mixture}_s{seed}/training_log.csv",
+        validation_log="results/models/{mixture}_s{seed}/validation_log.csv",
+    wildcard_constraints:
+        mixture=one_of(RUN_PREFIXES["finetuning"]),

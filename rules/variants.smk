@@ -36,7 +36,6 @@ use rule probe_table as variant_probe_table with:
 use rule generalization as variant_generalization with:
     input:
         metrics=f"{VARIANT_FOLDER}/evaluation/metrics.csv",
-        code=["worldrep/generalization.py", "worldrep/artifacts.py", "worldrep/tasks/__init__.py"],
     output:
         ni=f"{VARIANT_FOLDER}/generalization/normalized_improvement.csv",
         ftwb1=f"{VARIANT_FOLDER}/generalization/ftwb1_matrix.csv",
@@ -57,7 +56,6 @@ use rule atlantis_reconstruction as variant_atlantis_reconstruction with:
         representations=lambda w: [f"results/representations/{name}/final.npz" for name in variant_atlantis_runs(w.variant)],
         controls=[],
         cities="results/world/cities.csv",
-        code=PROBE_CODE,
     output:
         errors=f"{VARIANT_FOLDER}/probes/atlantis_errors.csv.gz",
         summary=report_item(f"{VARIANT_FOLDER}/probes/atlantis_summary.csv", caption="captions/atlantis_summary.rst",
@@ -84,7 +82,6 @@ rule variant_cka:
         representations=lambda w: [f"results/representations/{run}/final.npz"
                                    for pair in variant_cka_pairs(w.variant) for run in pair],
         cities="results/world/cities.csv",
-        code=["worldrep/cka.py", *REPRESENTATION_CODE],
     output:
         report_item(f"{VARIANT_FOLDER}/cka_vs_default.csv", caption="captions/variant_cka.rst",
                     category=VARIANT_CATEGORY, subcategory="{variant}"),
@@ -103,7 +100,6 @@ rule variant_cka:
 use rule figure_ftwb1_matrix as variant_figure_ftwb1_matrix with:
     input:
         ftwb1=f"{VARIANT_FOLDER}/generalization/ftwb1_matrix.csv",
-        code=FIGURE_CODE,
     output:
         variant_figure_output("ftwb1_matrix", "ftwb1_matrix"),
     wildcard_constraints:
@@ -115,7 +111,6 @@ use rule figure_ftwb1_matrix as variant_figure_ftwb1_matrix with:
 use rule figure_ftwb1_matrix as variant_figure_ftwb2_matrix with:
     input:
         ftwb2=f"{VARIANT_FOLDER}/generalization/ftwb2_matrix.csv",
-        code=FIGURE_CODE,
     output:
         variant_figure_output("ftwb2_matrix", "ftwb2_matrix"),
     wildcard_constraints:
@@ -127,7 +122,6 @@ use rule figure_ftwb1_matrix as variant_figure_ftwb2_matrix with:
 use rule figure_deviation_matrix as variant_figure_deviation_matrix with:
     input:
         table=f"{VARIANT_FOLDER}/generalization/deviation_matrix.csv",
-        code=FIGURE_CODE,
     output:
         variant_figure_output("deviation_matrix", "deviation_matrix"),
     wildcard_constraints:
@@ -140,7 +134,6 @@ use rule figure_atlantis_histogram as variant_figure_atlantis_histogram with:
     input:
         errors=f"{VARIANT_FOLDER}/probes/atlantis_errors.csv.gz",
         summary=f"{VARIANT_FOLDER}/probes/atlantis_summary.csv",
-        code=FIGURE_CODE,
     output:
         variant_figure_output("atlantis_histogram", "atlantis_histogram"),
     wildcard_constraints:

@@ -1,4 +1,5 @@
-"""Snakemake adapter: a generated pretrain_* / finetune_* rule -> results/models/{run}/ for every run of its stack."""
+"""Snakemake adapter: a generated pretrain_* / finetune_* rule -> results/store/{hash}/ for every stale run of its
+stack (worldrep.store; the per-run rules `pretrained_model` and `finetuned_model` then publish them)."""
 import _workflow  # noqa: F401  (this workflow's `worldrep` first on sys.path)
 import json
 import sys
@@ -16,24 +17,27 @@ import torch  # noqa: E402
 from worldrep.artifacts import sha256_file  # noqa: E402
 from worldrep.datasets import load_split  # noqa: E402
 from worldrep.evaluation import resolve_device_precision  # noqa: E402
-from worldrep.grid import training_runs  # noqa: E402
 from worldrep.model import ModelSettings, build_model  # noqa: E402
 from worldrep.provenance import provenance  # noqa: E402
 from worldrep.stack import from_hf_models  # noqa: E402
-from worldrep.training import (Recipe, StackRun, Validation, fingerprint, publish, save_hf_model,  # noqa: E402
-                               train_stack)
+from worldrep.entry import entry_dir, entry_files, finish_entry, remove, work_dir  # noqa: E402
+from worldrep.training import Recipe, StackRun, Validation, fingerprint, save_hf_model, train_stack  # noqa: E402
 
 torch.set_num_threads(snakemake.threads)
-runs = snakemake.params.runs  # run name -> its mixture and training params, in stack order
-planned = {run.name: run for run in training_runs(snakemake.config)}
+# Run name -> its recipe hash, mixture, base, training params, variant and `training.seeds` entry, in stack order.
+# A stack job exists only while an entry it writes is missing, so its params never replan anything: they are what
+# the job reads, and this script imports nothing of the planning code (its import closure is its code identity).
+runs = snakemake.params.runs
+stale = set(snakemake.params.stale)  # the runs whose entries this job writes (all, but under whole-family)
 stack_name, finetuning = snakemake.params.stack, snakemake.params.kind == "finetuning"
+results = Path("results")
 device = torch.device(lease.device)
 # CUDA graphs change how fast an update runs, not what it computes (same kernels), so, like the lease, they are
 # read from the config rather than params: switching them never retrains.
 cuda_graphs = bool(snakemake.config["training"]["cuda_graphs"])
 tokenizer_dir = Path(snakemake.input.tokenizer[0]).parent
-code = {path: sha256_file(path) for path in snakemake.input.code}  # a state of an older trainer is never resumed
-print(f"stack {stack_name}: {len(runs)} run(s) on {device}: {', '.join(runs)}", file=log, flush=True)
+print(f"stack {stack_name}: {len(runs)} run(s) on {device}: {', '.join(runs)}; writing the entries of "
+      f"{', '.join(r for r in runs if r in stale)}", file=log, flush=True)
 
 recipes = {name: Recipe(**{**p["recipe"], "betas": tuple(p["recipe"]["betas"]),
                            "precision": resolve_device_precision(device, p["precision"])})
@@ -44,7 +48,7 @@ recipe = next(iter(recipes.values()))
 
 mixtures, models, stack_runs, metadata = {}, [], [], {}
 for name, p in runs.items():
-    mixture_dir = Path(f"results/mixtures/{p['mixture']}")
+    mixture_dir = results / "mixtures" / p["mixture"]
     if p["mixture"] not in mixtures:  # runs of one mixture share its arrays (and the stack its token matrix)
         val = load_split(mixture_dir, "val")
         task_names = json.loads((mixture_dir / "metadata.json").read_text())["task_names"]
@@ -54,7 +58,7 @@ for name, p in runs.items():
                                    "val": sha256_file(mixture_dir / "val.npz")})
     train_tokens, validation, inputs = mixtures[p["mixture"]]
     inputs = dict(inputs)
-    base = p["base"]  # the same-seed base model's final directory (fine-tuning), else None
+    base = p["base"]  # the same-seed base model's published final directory (fine-tuning), else None
     if base:
         from transformers import AutoModelForCausalLM
 
@@ -67,10 +71,10 @@ for name, p in runs.items():
     else:
         model = build_model(ModelSettings(**p["model"]), p["seed"])
     models.append(model)
-    run_fingerprint = fingerprint({"model": p["model"], "recipe": vars(recipe), "seed": p["seed"], "inputs": inputs,
-                                   "code": code})
-    run_dir = Path(f"results/models/{name}")
-    work = run_dir / "in_progress"
+    # The recipe hash covers the code (the training script's import closure, stack.py included), so a resume state
+    # that older code wrote lives in another work folder; the input hashes guard against rebuilt mixtures.
+    run_fingerprint = fingerprint({"recipe_hash": p["hash"], "inputs": inputs})
+    work = work_dir(results, p["hash"])
     keep_checkpoints = not finetuning
 
     def save_checkpoint(model, step, work=work, keep=keep_checkpoints):
@@ -79,12 +83,11 @@ for name, p in runs.items():
             save_hf_model(model, work / "checkpoints" / f"step-{step:06d}", tokenizer_dir)
 
     stack_runs.append(StackRun(name, p["seed"], train_tokens, validation, work, run_fingerprint, save_checkpoint))
+    # What the published model carries: everything that shaped it, nothing about the stack it trained in (that is
+    # in the store's marker), so that a run rebuilt alone has the bytes of a clean build.
     metadata[name] = {
-        # Which `training.seeds` entry planned this run (§7.3 overrides). Read from the config, not params: adding
-        # an override for a failed seed must not retrain the healthy seeds of that mixture.
-        "run": name, "mixture": p["mixture"], "seed": p["seed"],
-        "seeds_entry": planned[name].seeds_entry,
-        **({"variant": planned[name].variant} if planned[name].variant else {}),  # an architecture variant's run
+        "run": name, "mixture": p["mixture"], "seed": p["seed"], "recipe_hash": p["hash"],
+        **({"variant": p["variant"]} if p["variant"] else {}),  # an architecture variant's run
         "base_model": base, "model": p["model"], "recipe": vars(recipe), "n_train": len(train_tokens),
         "weight_decay_groups": "weight matrices and embeddings; no decay on biases and RMSNorm gains",
         "fingerprint": run_fingerprint, "inputs_sha256": inputs,
@@ -93,14 +96,22 @@ for name, p in runs.items():
 stack = from_hf_models(models)
 del models
 summary = train_stack(stack, stack_runs, recipe, device, log, cuda_graphs=cuda_graphs, name=stack_name)
+trained_in = {key: summary.pop(key) for key in ("stack", "stack_runs", "stack_fused")}
 shared = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
           "cuda_graphs": cuda_graphs and device.type == "cuda", **summary, "provenance": provenance()}
 view = stack.hf_model(0)
 for index, run in enumerate(stack_runs):
-    stack.export(index, view)
-    save_hf_model(view, run.work / "final", tokenizer_dir, {**metadata[run.name], **shared})
-# Only once every run has its final model in its work folder: a kill before this point resumes all of them.
+    if run.name in stale:
+        stack.export(index, view)
+        save_hf_model(view, run.work / "final", tokenizer_dir, {**metadata[run.name], **shared})
+# Only once every run has its final model in its work folder: a kill before this point resumes all of them. Each
+# entry appears in one rename, its marker inside; a run trained only as a partner (whole-family) is dropped.
+kind = "finetuning" if finetuning else "pretraining"
 for run in stack_runs:
-    outputs = {Path(path).name: Path(path) for key, path in snakemake.output.items() if key.startswith(f"{run.name}.")}
-    publish(run.work, outputs)  # work/final -> .../final, etc.
+    if run.name in stale:
+        finish_entry(run.work, entry_dir(results, runs[run.name]["hash"]), entry_files(kind),
+                     {"run": run.name, "recipe_hash": runs[run.name]["hash"], "inputs_sha256": metadata[run.name]["inputs_sha256"],
+                      "seeds_entry": runs[run.name]["seeds_entry"], **trained_in})
+    else:
+        remove(run.work)
 lease.release()

@@ -55,6 +55,7 @@ def workdir(tmp_path) -> Path:
     write(r / "models/pt1-1_s42/final/model.safetensors", b"weights")
     write(r / "models/pt1-1_s42/training_log.csv", "step,loss\n10,2.0\n")
     write(r / "models/pt1-1_s42/in_progress/state.pt", b"resume state")
+    write(r / "store/0123456789abcdef/final/model.safetensors", b"weights")  # the training cache: never archived
     write(r / "archive/older.tar.gz", b"an older archive")
     # Snakemake's record of one output, stored the way Snakemake names it.
     record = archive.base64.urlsafe_b64encode(b"results/evaluation/metrics.csv").decode()
@@ -100,6 +101,8 @@ def result_paths(path: Path) -> set[str]:
     ("representations/pt7_s42/final.npz", False, False, True),
     ("models/pt7_s42/final/model.safetensors", False, True, False),
     ("models/pt7_s42/in_progress/state.pt", False, False, False),
+    ("store/0123456789abcdef/final/model.safetensors", False, False, False),
+    ("store/0123456789abcdef.work/state.pt", False, False, False),
     ("evaluation/pt7_s42/metrics.csv.partial", False, False, False),
     ("archive/old.tar.gz", False, False, False),
 ])
@@ -267,7 +270,7 @@ def tiny_config() -> dict:
 
 @pytest.fixture(scope="module")
 def real_archive(tmp_path_factory) -> Path:
-    from worldrep.config import validate_config
+    from worldrep.grid import validate_config
 
     root = tmp_path_factory.mktemp("real")
     archive.copy_workflow(root)
@@ -510,11 +513,14 @@ def synthetic_inputs(root: Path) -> None:
 
 
 def snakemake_record(job: dict) -> dict:
-    """What Snakemake records of a job's outputs: its params as sorted reprs, its input paths (and code) sorted."""
+    """What Snakemake records of a job's outputs: its params as sorted reprs, the code identity the Snakefile adds
+    to every rule's params among them, and its input paths sorted."""
+    from worldrep.codehash import code_hash
+
     inputs = job["input"] if isinstance(job["input"], list) else [
         p for v in job["input"].values() for p in (v if isinstance(v, list) else [v])]
-    return {"rule": job["script"], "params": sorted(repr(v) for v in job["params"].values()),
-            "input": sorted([*inputs, "worldrep/artifacts.py"])}
+    params = [*job["params"].values(), code_hash([f"scripts/{job['script']}"])]
+    return {"rule": job["script"], "params": sorted(repr(v) for v in params), "input": sorted(inputs)}
 
 
 @pytest.fixture(scope="module")
@@ -705,13 +711,30 @@ def test_params_that_disagree_with_snakemakes_record_are_named(analysed, tmp_pat
 
     def edit(data):
         obj = json.loads(data)
-        obj["records"]["results/probes/pt2-1_s1.csv"]["params"] = ["43", "5"]
+        record = obj["records"]["results/probes/pt2-1_s1.csv"]
+        record["params"] = ["43" if v == "42" else v for v in record["params"]]
         return archive.to_json(obj)
 
     tamper(analysed["all"], path, "provenance/snakemake.json", edit)
     problems, _ = recompute(path)
     assert problems == [("results/probes/pt2-1_s1.csv: Snakemake recorded the params ['43'] for rule probes, where "
                          "the recomputation has ['42']")]
+
+
+def test_a_table_made_by_other_code_is_named(analysed, tmp_path):
+    """A record whose code hash is not this checkout's: the message says the code differs."""
+    path = tmp_path / "tampered.tar.gz"
+
+    def edit(data):
+        obj = json.loads(data)
+        record = obj["records"]["results/probes/pt2-1_s1.csv"]
+        record["params"] = [v if len(v) != 18 else "'0123456789abcdef'" for v in record["params"]]
+        return archive.to_json(obj)
+
+    tamper(analysed["all"], path, "provenance/snakemake.json", edit)
+    problems, _ = recompute(path)
+    assert len(problems) == 1 and "0123456789abcdef" in problems[0], problems
+    assert "this checkout runs other code than the one that made the table" in problems[0]
 
 
 @pytest.mark.parametrize("archived, recomputed, same, detail", [

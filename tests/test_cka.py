@@ -328,3 +328,23 @@ def test_condition_tables_against_direct_cka_and_probe_rows():
     assert set(matrices["layer"]) == {4, 5, 6} and len(probes) == 6
     assert probes.groupby("group")["r2_x"].apply(list).to_dict() == {"clean": [0.0, 0.1, 0.2],
                                                                      "noise30": [0.0, 0.1, 0.2]}
+
+
+def test_cka_vs_generalization_pairs_only_tasks_with_both_models():
+    """Single-task models of distance, perimeter and angle, FTWB1 models of distance and perimeter only: the points
+    are exactly (D, P) and (P, D), each with its CKA and NI; angle's CKA cells and its NI as an evaluated task are
+    left out, as crossing's are."""
+    import pandas as pd
+
+    from worldrep.cka import cka_vs_generalization_tables
+
+    variant_task = {"pt1-1": "distance", "pt1-6": "perimeter", "pt1-3": "angle", "pt1-7": "crossing"}
+    cka = pd.DataFrame([{"row": a, "column": b, "layer": 5, "estimator": "biased", "mean": 0.1 * i + 0.01 * j}
+                        for i, a in enumerate(variant_task) for j, b in enumerate(variant_task)])
+    ni = pd.DataFrame([{"seed": "mean", "finetuned_task": x, "evaluated_task": y, "ni": 10 * i + j}
+                       for i, x in enumerate(["distance", "perimeter"])
+                       for j, y in enumerate(["distance", "perimeter", "angle", "crossing"])])
+    points, fit = cka_vs_generalization_tables(cka, ni, variant_task, 5)
+    got = {(r.finetuned_task, r.evaluated_task): (round(r.cka, 6), r.ni) for r in points.itertuples()}
+    assert got == {("distance", "perimeter"): (0.01, 1), ("perimeter", "distance"): (0.1, 10)}
+    assert fit["n"].tolist() == [2] and np.isnan(fit["r"].iloc[0])  # two points: no fit

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from worldrep.config import ConfigError, validate_config
+from worldrep.config import ConfigError
+from worldrep.grid import validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())

@@ -11,7 +11,7 @@ import yaml
 from snakemake.utils import update_config
 
 from worldrep import experiments, grid
-from worldrep.config import validate_config
+from worldrep.grid import validate_config
 from worldrep.mixtures import Source
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,11 +103,11 @@ def test_a_size_may_set_its_own_architecture_keys():
 
 
 def test_gradients_run_defaults_to_the_bases_first_seed():
-    assert experiments.gradients_run(load("config.yaml", "gradients.yaml")) == "pt7_s42"
-    assert experiments.gradients_run(load("laptop.yaml", "gradients.yaml")) == "pt3-1_s42"
+    assert grid.gradients_run(load("config.yaml", "gradients.yaml")) == "pt7_s42"
+    assert grid.gradients_run(load("laptop.yaml", "gradients.yaml")) == "pt3-1_s42"
     config = load("smoke.yaml", "gradients.yaml")
     config["experiments"]["gradients"]["run"] = "pt1-6_s42"
-    assert experiments.gradients_run(validate_config(config)) == "pt1-6_s42"
+    assert grid.gradients_run(validate_config(config)) == "pt1-6_s42"
 
 
 @pytest.mark.parametrize("level,name", [(0.1, "noise10"), (0.05, "noise5"), (0.3, "noise30"), (0.99, "noise99")])

@@ -39,6 +39,12 @@ def test_task_abbreviations_follow_canonical_order():
     assert F.mixture_labels({"pt2-4": ["crossing", "distance"]}) == {"pt2-4": "D,Cr"}
 
 
+def test_task_abbreviations_match_the_task_modules():
+    """TASK_ABBR copies each module's `TASK.abbr` so that figures need no task code (worldrep.codehash)."""
+    from worldrep.tasks import TASK_ABBR, task
+    assert TASK_ABBR == {name: task(name).abbr for name in TASK_NAMES}
+
+
 def test_region_palette_covers_every_region_with_distinct_colours():
     from worldrep.world import REGION_CONTINENTS, REGION_COUNTRIES
     regions = set(REGION_COUNTRIES) | set(REGION_CONTINENTS.values()) | {"Atlantis"}

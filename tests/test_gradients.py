@@ -193,7 +193,7 @@ def check_smoke_outputs(results: Path, config: dict) -> None:
     with): one T×T matrix per configured task set, checkpoint and parameter set, diagonal exactly 1, symmetric; one
     value recomputed here from the checkpoint with plain autograd; correlation rows exactly for the targets the
     config plans, with their pair counts; PNG figures."""
-    from worldrep.experiments import gradients_run
+    from worldrep.grid import gradients_run
     from worldrep.grid import configured_tasks, training_runs
 
     settings = config["experiments"]["gradients"]

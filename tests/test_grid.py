@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from worldrep.archive import copy_workflow
-from worldrep.config import ConfigError, validate_config
+from worldrep.config import ConfigError
+from worldrep.grid import validate_config
 from worldrep.grid import evaluation_sets, recipe_settings, stack_problems, training_runs, training_stacks
 from worldrep.tasks import TASK_NAMES
 

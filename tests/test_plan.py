@@ -11,7 +11,7 @@ import yaml
 
 from worldrep import plan
 from worldrep.archive import copy_workflow
-from worldrep.config import validate_config
+from worldrep.grid import validate_config
 from worldrep.datasets import World, generate_dataset, render
 from worldrep.model import ModelSettings, build_model
 from worldrep.tasks import TASKS

@@ -12,10 +12,9 @@ import torch
 
 from worldrep.evaluation import greedy_generate, prompt_tokens
 from worldrep.model import ModelSettings, build_model
-from worldrep import training
 from worldrep.tokenizer import PAD_ID, save_tokenizer
 from worldrep.training import (Recipe, Validation, batch_indices, checkpoint_steps, decays, epoch_order, every,
-                               fingerprint, learning_rate, publish, save_hf_model, steps_per_epoch, token_loss,
+                               fingerprint, learning_rate, save_hf_model, steps_per_epoch, token_loss,
                                total_steps, train)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -244,28 +243,6 @@ def test_saved_checkpoint_loads_with_auto_classes_and_generates_the_same(tmp_pat
     prompts = torch.from_numpy(prompt_tokens(rows).astype(np.int64))
     assert torch.equal(greedy_generate(model, prompts, 20), greedy_generate(loaded, prompts, 20))
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
-
-
-def test_publish_moves_the_final_model_last_and_keeps_nothing_half_done(tmp_path, monkeypatch):
-    work = tmp_path / "run/in_progress"
-    (work / "final").mkdir(parents=True)
-    (work / "final/model.safetensors").write_bytes(b"weights")
-    (work / "checkpoints/step-000000").mkdir(parents=True)
-    (work / "checkpoints/step-000000/model.safetensors").write_bytes(b"w0")
-    (work / "training_log.csv").write_text("step\n")
-    (tmp_path / "run/checkpoints.partial").mkdir()  # left over by a kill during an earlier publish
-    outputs = {"final": tmp_path / "run/final", "checkpoints": tmp_path / "run/checkpoints",
-               "training_log.csv": tmp_path / "run/training_log.csv"}
-    order = []
-    original = training.link_tree
-    monkeypatch.setattr(training, "link_tree", lambda source, target: (order.append(source.name), original(source, target)))
-    publish(work, outputs)
-    assert order[-1] == "final" and sorted(order) == sorted(outputs)
-    assert (tmp_path / "run/final/model.safetensors").read_bytes() == b"weights"
-    assert (tmp_path / "run/checkpoints/step-000000/model.safetensors").read_bytes() == b"w0"
-    assert (tmp_path / "run/training_log.csv").read_text() == "step\n"
-    assert not work.exists() and not list((tmp_path / "run").glob("*.partial"))
-    assert not (tmp_path / "run/in_progress.trash").exists()
 
 
 def test_fingerprint_depends_on_every_field():

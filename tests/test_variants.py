@@ -9,7 +9,7 @@ import yaml
 
 from test_workflow import planned_jobs
 from worldrep.archive import copy_workflow
-from worldrep.config import validate_config
+from worldrep.grid import validate_config
 from worldrep.grid import model_settings, recipe_settings, representation_settings, training_runs, training_stacks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,17 +68,18 @@ def paper_workflow(tmp_path_factory) -> Path:
 
 def test_paper_dry_run_is_unchanged_with_the_block_off_and_grows_by_its_runs_when_on(paper_workflow):
     """Off: exactly the jobs of a config with no `variants` at all (179 runs). On: those plus the wide stacks, the
-    14 runs' evaluation, extraction and probes, and the variant's analyses and figures; nothing else."""
+    14 runs' publishing, evaluation, extraction and probes, and the variant's analyses and figures; nothing else."""
     off = planned_jobs(paper_workflow, "config/config.yaml")  # what the Snakefile loads when given no config file
     assert off == planned_jobs(paper_workflow, "no_variants.yaml")
     assert sum(job.startswith("evaluate[") for job in off) == 179
     on = planned_jobs(paper_workflow, ("config/config.yaml", "config/wide.yaml"))
     runs = [r for r in training_runs(wide_on(PAPER)) if r.variant == "wide"]
     per_run = {f"{rule}[mixture={r.mixture}-wide,seed={r.seed}]" for r in runs
-               for rule in ("evaluate", "representations", "probes")}
+               for rule in ("evaluate", "representations", "probes",
+                            "pretrained_model" if r.kind == "pretraining" else "finetuned_model")}
     analyses = {f"{rule}[variant=wide]" for rule in (
         "variant_evaluation_table", "variant_probe_table", "variant_generalization", "variant_atlantis_reconstruction",
         "variant_cka", "variant_figure_ftwb1_matrix", "variant_figure_ftwb2_matrix", "variant_figure_deviation_matrix",
         "variant_figure_atlantis_histogram")}
     assert on - off == {"pretrain_pt7_wide", "finetune_ftwb1_wide", "finetune_ftwb2_wide"} | per_run | analyses
-    assert off <= on and len(per_run) == 42
+    assert off <= on and len(per_run) == 56

@@ -18,11 +18,13 @@ from worldrep.archive import copy_workflow
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = "config/smoke.yaml"
+MODULES_LOG = "modules.jsonl"
 pytestmark = pytest.mark.slow
 
 
-def snakemake(workdir: Path, *args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir, capture_output=True, text=True)
+def snakemake(workdir: Path, *args: str, env: dict | None = None) -> str:
+    proc = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir, capture_output=True, text=True,
+                          env=None if env is None else {**os.environ, **env})
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     return out
@@ -70,25 +72,31 @@ def training_job(config: dict, mixture: str) -> str:
     return f"{kind}_{stack_of(config, mixture).replace('-', '_')}"
 
 
-def trained_mixtures(config: dict, jobs: set[str]) -> set[str]:
-    """Every mixture whose runs a planned training job retrains: all of its stack."""
-    mix = config["mixtures"]
-    every = [*mix["pretraining"], *mix.get("with_atlantis", {}), *mix["finetuning"]["mixes"]]
-    return {m for m in every if training_job(config, m) in jobs}
+def trained_mixtures(jobs: set[str]) -> set[str]:
+    """Every mixture whose run (seed 42) a planned job publishes: those retrained, or republished."""
+    return {m.group(1) for job in jobs if (m := re.match(r"(?:pre|fine)tuned_model\[mixture=([\w-]+),seed=42\]", job))}
 
 
-def downstream_jobs(config: dict, datasets: set[tuple[str, str]], mixtures: set[str], retrained: set[str]) -> set[str]:
+def model_jobs(config: dict, mixture: str) -> set[str]:
+    """The job that trains the run of `mixture` (its stack, training only the stale runs) and the one publishing it."""
+    publish = "finetuned_model" if mixture in config["mixtures"]["finetuning"]["mixes"] else "pretrained_model"
+    return {training_job(config, mixture), f"{publish}[mixture={mixture},seed=42]"}
+
+
+def downstream_jobs(config: dict, datasets: set[tuple[str, str]], mixtures: set[str], retrained: set[str],
+                    republished: set[str] = frozenset()) -> set[str]:
     """Training and evaluation jobs that must rerun after `datasets` (variant, task) and `mixtures` were rebuilt,
-    plus runs in `retrained` (every smoke run has the one seed 42). A stack retrains all of its runs, and
-    fine-tuning starts from pt7's weights."""
+    plus runs in `retrained` (every smoke run has the one seed 42) and runs only `republished` from the store. A
+    stack trains only its stale runs (METHOD §7.5), and fine-tuning starts from pt7's weights."""
     mix = config["mixtures"]
     pretraining = [*mix["pretraining"], *mix.get("with_atlantis", {})]
-    touched = {training_job(config, m) for m in pretraining if m in mixtures or m in retrained}
-    trained = {m for m in pretraining if training_job(config, m) in touched}
-    touched |= {training_job(config, m) for m in mix["finetuning"]["mixes"]
-                if m in mixtures or m in retrained or "pt7" in trained}
-    finetuned = {m for m in mix["finetuning"]["mixes"] if training_job(config, m) in touched}
-    jobs = set(touched)
+    trained = {m for m in pretraining if m in mixtures or m in retrained}
+    finetuned = {m for m in mix["finetuning"]["mixes"] if m in mixtures or m in retrained or "pt7" in trained}
+    jobs = {job for m in trained | finetuned for job in model_jobs(config, m)}
+    jobs |= {f"{'finetuned' if m in mix['finetuning']['mixes'] else 'pretrained'}_model[mixture={m},seed=42]"
+             for m in republished}
+    trained |= set(republished) & set(pretraining)
+    finetuned |= set(republished) & set(mix["finetuning"]["mixes"])
     evaluated = {m for m in [*pretraining, *mix["finetuning"]["mixes"]]
                  if m in trained | finetuned or evaluated_sets(config, m) & datasets}
     jobs |= {f"evaluate[mixture={m},seed=42]" for m in evaluated}
@@ -147,7 +155,7 @@ def report_jobs(config: dict, jobs: set[str]) -> set[str]:
     pretraining = {**config["mixtures"]["pretraining"], **config["mixtures"].get("with_atlantis", {})}
     single = {tasks[0]: m for m, tasks in pretraining.items() if m.startswith("pt1-")}
     probed = {m.group(1) for job in jobs if (m := re.match(r"probes\[mixture=([\w-]+),seed=42\]", job))}
-    trained = trained_mixtures(config, jobs) & set(pretraining)
+    trained = trained_mixtures(jobs) & set(pretraining)
     figures = figure_jobs(jobs)
     if probed & {single[t] for t in ("distance", "angle", "compass", "inside") if t in single}:
         figures.add("figure_representation_views")
@@ -198,19 +206,21 @@ def expected_jobs(config: dict, variants: set[str], tasks: set[str]) -> set[str]
 
 
 def result_hashes(workdir: Path) -> dict[str, str]:
-    """Every output of the DAG; not logs, benchmarks, the report or archives (made on demand by another test)."""
+    """Every output of the DAG; not logs, benchmarks, the report or archives (made on demand by another test), nor
+    the store, whose markers record how each run was stacked (the published models are its files, hard-linked)."""
     root = workdir / "results"
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.relative_to(root).parts[0] not in ("logs", "benchmarks", "report.html", "archive")
+        if p.is_file() and p.relative_to(root).parts[0] not in ("logs", "benchmarks", "report.html", "archive", "store")
     }
 
 
 @pytest.fixture(scope="module")
 def workflow(tmp_path_factory) -> Path:
     workdir = copy_workflow(tmp_path_factory.mktemp("workflow"))
-    snakemake(workdir, "--cores", "2", "--configfile", SMOKE)
+    # Every job logs the modules it loaded (scripts/_workflow.py), for test_code_identity_covers_every_module_run.
+    snakemake(workdir, "--cores", "2", "--configfile", SMOKE, env={"WORLDREP_MODULES_LOG": str(workdir / MODULES_LOG)})
     return workdir
 
 
@@ -500,8 +510,9 @@ def test_plan_of_the_finished_smoke_folder(workflow, smoke_config):
     from worldrep import plan
 
     results = workflow / "results"
+    # The store's files once: the published models are hard links to them.
     made = sum(p.stat().st_size for p in results.rglob("*") if p.is_file()
-               and p.relative_to(results).parts[0] not in ("logs", "benchmarks", "archive", "report.html"))
+               and p.relative_to(results).parts[0] not in ("logs", "benchmarks", "archive", "report.html", "store"))
     estimate = plan.disk_bytes(smoke_config, plan.n_cities(smoke_config))
     assert 0.85 < estimate / made < 1.15, (estimate, made)
     proc = subprocess.run([sys.executable, "-m", "worldrep.plan", "--configfile", SMOKE, "--gpus", "0"],
@@ -556,7 +567,7 @@ def test_a_second_architecture_runs_through_every_stage(workflow, smoke_config, 
     assert [r.name for r in runs] == ["pt7-small_s42", "ftwb1-1-small_s42", "ftwb1-6-small_s42", "ftwb2-13-small_s42"]
     expected = {"pretrain_pt7_small", "finetune_ftwb1_small", "finetune_ftwb2_small", "all"}
     expected |= {f"{rule}[mixture={r.mixture}-small,seed=42]" for r in runs
-                 for rule in ("evaluate", "representations", "probes")}
+                 for rule in ("evaluate", "representations", "probes", f"{r.kind.removesuffix('ing')}ed_model")}
     expected |= {f"{rule}[variant=small]" for rule in (
         "variant_evaluation_table", "variant_probe_table", "variant_generalization", "variant_atlantis_reconstruction",
         "variant_cka", "variant_figure_ftwb1_matrix", "variant_figure_ftwb2_matrix", "variant_figure_deviation_matrix",
@@ -623,7 +634,7 @@ def test_the_open_questions_run_at_smoke_size(workflow, smoke_config, tmp_path):
 
     import test_gradients
     import test_subspace
-    from worldrep.config import validate_config
+    from worldrep.grid import validate_config
     from worldrep.datasets import noise_count
 
     work = tmp_path / "workflow"
@@ -638,7 +649,7 @@ def test_the_open_questions_run_at_smoke_size(workflow, smoke_config, tmp_path):
     expected |= {f"dataset[variant=pretraining-noise30,task={t}]" for t in tasks.values()}
     expected |= {f"pretraining_mixture[mixture={m}-noise30]" for m in singles}
     expected |= {f"{rule}[mixture={run.rsplit('_s', 1)[0]},seed=42]" for run in new_runs
-                 for rule in ("evaluate", "representations", "probes")}
+                 for rule in ("evaluate", "representations", "probes", "pretrained_model")}
     expected |= {f"{rule}[variant={v}]" for v in ("noise30", "w64d2")
                  for rule in ("variant_evaluation_table", "variant_probe_table", "variant_cka")}
     expected |= {"noise_summary", "figure_noise_summary", "scale_summary", "figure_scale_summary"}
@@ -703,12 +714,12 @@ def test_training_setting_change_replans_the_runs_it_shapes(workflow, smoke_conf
     edited["training"]["finetuning"]["epochs"] += 1
     (workflow / "config/edited.yaml").write_text(yaml.safe_dump(edited))
     expected = downstream_jobs(smoke_config, set(), set(), set(smoke_config["mixtures"]["finetuning"]["mixes"]))
-    # evaluate, representations and probes per mix; the two fine-tuning stacks (ftwb1: ftwb1-1, ftwb1-6; ftwb2:
-    # ftwb2-13); the combined tables, generalization and what reads it, the Atlantis reconstruction (ftwb2-13), all;
-    # 6 figures (FTWB1, deviation matrix and histogram, CKA vs generalization twice, Atlantis histogram), the
-    # Atlantis predictions, the health report, the claims
+    # publish, evaluate, representations and probes per mix; the two fine-tuning stacks (ftwb1: ftwb1-1, ftwb1-6;
+    # ftwb2: ftwb2-13); the combined tables, generalization and what reads it, the Atlantis reconstruction
+    # (ftwb2-13), all; 6 figures (FTWB1, deviation matrix and histogram, CKA vs generalization twice, Atlantis
+    # histogram), the Atlantis predictions, the health report, the claims
     assert {"finetune_ftwb1", "finetune_ftwb2"} <= expected
-    assert len(expected) == 3 * 3 + 2 + 6 + 9
+    assert len(expected) == 3 * 4 + 2 + 6 + 9
     assert planned_jobs(workflow, "config/edited.yaml") == expected
 
 
@@ -773,7 +784,8 @@ def test_one_variant_setting_replans_only_that_variant(workflow, smoke_config):
     (workflow / "config/edited.yaml").write_text(yaml.safe_dump(edited))
     expected = expected_jobs(smoke_config, {"with_atlantis"}, {"inside"})
     assert expected == {"dataset[variant=with_atlantis,task=inside]", "pretraining_mixture[mixture=pt7-atl]", "all",
-                        "pretrain_pt7_atl", "evaluate[mixture=pt7-atl,seed=42]", "evaluation_table",
+                        "pretrain_pt7_atl", "pretrained_model[mixture=pt7-atl,seed=42]",
+                        "evaluate[mixture=pt7-atl,seed=42]", "evaluation_table",
                         "representations[mixture=pt7-atl,seed=42]", "probes[mixture=pt7-atl,seed=42]", "probe_table",
                         "atlantis_reconstruction", "generalization", "cka_vs_generalization",
                         "figure_atlantis_histogram", "figure_ftwb1_matrix", "figure_deviation_matrix",
@@ -794,10 +806,11 @@ def test_draw_budget_change_replans_nothing(workflow, smoke_config):
 
 
 def test_task_code_edit_replans_exactly_that_task(workflow, smoke_config):
+    """A change of code (not a comment: code is tracked by meaning, worldrep.codehash) in one task's module."""
     module = workflow / "worldrep/tasks/angle.py"
     original, stat = module.read_text(), module.stat()
     try:
-        module.write_text(original + "\n# an edit\n")
+        module.write_text(original + "\n_EDIT = 1\n")
         expected = expected_jobs(smoke_config, {"pretraining", "atlantis_required", "with_atlantis"}, {"angle"})
         assert planned_jobs(workflow) == expected
     finally:
@@ -814,13 +827,16 @@ MIXTURE = "config/mixture.yaml"
 @pytest.fixture(scope="module")
 def mixture_workflow(workflow, smoke_config, tmp_path_factory) -> Path:
     """The smoke results retrained under `training.stack: mixture` (one job per mixture) in a copy of the
-    workflow: training and evaluation run for real; the rest is marked up to date (`--touch`) so that planning
-    after an edit shows exactly what that edit replans in this mode."""
+    workflow: training and evaluation run for real (the store and the published models are removed first: equal
+    recipes would share the store's entries); the rest is marked up to date (`--touch`) so that planning after an edit shows exactly what that
+    edit replans in this mode."""
     import shutil
 
     workdir = copy_workflow(tmp_path_factory.mktemp("mixture"))
     for folder in ("results", ".snakemake"):  # copy2 keeps mtimes: Snakemake must see the same ages
         shutil.copytree(workflow / folder, workdir / folder, symlinks=True)
+    for trained in ("store", "models"):  # a missing entry alone trains nothing while its published model is current
+        shutil.rmtree(workdir / "results" / trained)
     edited = yaml.safe_load(yaml.safe_dump(smoke_config))
     edited["training"]["stack"] = "mixture"
     (workdir / MIXTURE).write_text(yaml.safe_dump(edited))
@@ -856,8 +872,9 @@ def test_family_stacks_train_the_runs_of_mixture_stacks(workflow, mixture_workfl
     mix = smoke_config["mixtures"]
     runs = [f"{m}_s42" for m in [*mix["pretraining"], *mix["with_atlantis"], *mix["finetuning"]["mixes"]]]
     for run in runs:
-        stacks = [json.loads((root / f"results/models/{run}/final/run.json").read_text())["stack"]
-                  for root in (workflow, mixture_workflow)]
+        stacks = [json.loads((root / "results/store" / json.loads((root / f"results/models/{run}/final/run.json")
+                                                                 .read_text())["recipe_hash"] / "complete.json")
+                             .read_text())["stack"] for root in (workflow, mixture_workflow)]
         assert stacks == [stack_of(smoke_config, run[:-4]), run[:-4]]  # both were really trained, in their modes
         a, b = (load_file(root / f"results/models/{run}/final/model.safetensors")
                 for root in (workflow, mixture_workflow))
@@ -867,22 +884,24 @@ def test_family_stacks_train_the_runs_of_mixture_stacks(workflow, mixture_workfl
 
 
 @pytest.mark.parametrize("mode", ["family", "mixture"])
-def test_distance_edit_replans_exactly_its_stacks(workflow, mixture_workflow, smoke_config, mode):
-    """An edit of the distance task under each `training.stack`: its datasets, mixtures and descendants, where a
-    retrained stack retrains all of its runs (family: the whole pt1, pt2, pt7 and fine-tuning families; mixture:
-    only the mixtures with distance, pt1-1, pt2-1, pt7 and pt7-atl, and every fine-tuning mix of pt7)."""
+def test_distance_edit_replans_exactly_its_runs(workflow, mixture_workflow, smoke_config, mode):
+    """A code change in the distance task under each `training.stack`: its datasets, mixtures and descendants; a
+    stack trains only its stale runs (family: pt1 trains pt1-1 alone, pt2 pt2-1, ...; mixture: one job per mixture
+    with distance, and every fine-tuning mix of pt7)."""
     workdir, configfile = (workflow, SMOKE) if mode == "family" else (mixture_workflow, MIXTURE)
     config = yaml.safe_load((workdir / configfile).read_text())
     module = workdir / "worldrep/tasks/distance.py"
     original, stat = module.read_text(), module.stat()
     try:
-        module.write_text(original + "\n# an edit\n")
+        module.write_text(original + "\n_EDIT = 1\n")
         expected = expected_jobs(config, {"pretraining", "atlantis_required", "with_atlantis"}, {"distance"})
         training = {job for job in expected if job.startswith(("pretrain_", "finetune_"))}
         assert training == ({"pretrain_pt1", "pretrain_pt2", "pretrain_pt7", "pretrain_pt7_atl", "finetune_ftwb1",
                              "finetune_ftwb2"} if mode == "family" else
                             {"pretrain_pt1_1", "pretrain_pt2_1", "pretrain_pt7", "pretrain_pt7_atl", "finetune_ftwb1_1",
                              "finetune_ftwb1_6", "finetune_ftwb2_13"})
+        # the runs without distance keep their models and everything made from them
+        assert not {j for j in expected if re.search(r"mixture=(pt1-6|pt1-7|pt3-2),", j)}
         assert planned_jobs(workdir, configfile) == expected
     finally:
         module.write_text(original)
@@ -935,13 +954,6 @@ def test_gpu_window_rehearsal_writes_the_evidence_of_a_window(workflow, tmp_path
     assert not list(out.rglob("*.safetensors")) and not list(out.rglob("*.npz"))
 
 
-def test_second_run_gives_identical_bytes(workflow, tmp_path):
-    again = copy_workflow(tmp_path)
-    snakemake(again, "--cores", "2", "--configfile", SMOKE)
-    first, second = result_hashes(workflow), result_hashes(again)
-    assert len(first) > 100 and first == second
-
-
 def test_task_modules_import_only_the_shared_base():
     """The dataset rule lists `worldrep/tasks/{task}.py` plus shared modules as inputs; a task module that
     imported another task's module would make an edit there invisible to this task's rebuild."""
@@ -953,3 +965,195 @@ def test_task_modules_import_only_the_shared_base():
         imports = {node.module for node in ast.walk(ast.parse(module.read_text()))
                    if isinstance(node, ast.ImportFrom) and node.level > 0}
         assert imports == {"base"}, (module.name, imports)
+
+
+# ---- exact rebuilds: the store, stacks of what is stale, code by meaning (METHOD §7.5) ------------------------------
+
+def copied(workflow: Path, tmp_path: Path) -> Path:
+    """A copy of the finished smoke workflow, results and Snakemake's records with their mtimes, to change freely."""
+    import shutil
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    workdir = copy_workflow(tmp_path)
+    for folder in ("results", ".snakemake"):
+        shutil.copytree(workflow / folder, workdir / folder, symlinks=True)
+    return workdir
+
+
+def recipe_hashes(workdir: Path, *configfiles: str) -> dict[str, str]:
+    from worldrep.plan import merged
+    from worldrep.recipes import Recipes
+
+    config = {}
+    for path in configfiles:
+        config = merged(config, yaml.safe_load((workdir / path).read_text()))
+    return Recipes(config, workdir).run_hashes()
+
+
+def run_files(workdir: Path, run: str) -> dict[str, tuple[str, int]]:
+    """(sha256, mtime) of every file made for one run: model, evaluation, representations, probes, views."""
+    results = workdir / "results"
+    paths = [p for folder in ("models", "evaluation", "representations") for p in (results / folder / run).rglob("*")]
+    paths += [results / f"probes/{run}.csv", results / f"views/{run}.csv.gz"]
+    return {str(p.relative_to(results)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in paths if p.is_file()}
+
+
+def test_code_identity_covers_every_module_run(workflow):
+    """Every job of the smoke run logged the modules it loaded (WORLDREP_MODULES_LOG); each must be in the static
+    closure of the job's script (worldrep.codehash), but the one task module a dataset or representation job loads
+    by name, which those rules add to their code identity themselves."""
+    from worldrep.codehash import closure, missing_from_closure
+
+    records = [json.loads(line) for line in (workflow / MODULES_LOG).read_text().splitlines()]
+    assert len(records) > 100 and {"dataset", "pretrain_pt7", "pretrained_model", "evaluate", "probes", "claims",
+                                   "figure_world_map"} <= {r["rule"] for r in records}
+    by_name = {"dataset", "representations", "checkpoint_representations"}
+    for record in records:
+        missing = missing_from_closure(record["modules"], closure([record["script"]], workflow))
+        task_modules = [m for m in missing if re.fullmatch(r"worldrep/tasks/\w+\.py", m)]
+        assert missing == task_modules and len(task_modules) <= (record["rule"] in by_name), (record["rule"], missing)
+
+
+def test_comments_and_touches_rebuild_nothing_but_training_code_retrains_every_run(workflow, smoke_config):
+    """A comment in worldrep/stack.py and a touch of every source file plan nothing; a changed constant there plans
+    every training job with every run, and its descendants: the whole DAG below the mixtures."""
+    module = workflow / "worldrep/stack.py"
+    original, stat = module.read_text(), module.stat()
+    try:
+        module.write_text(original + "\n# a comment\n")
+        for path in [workflow / "Snakefile", *(p for d in ("worldrep", "scripts", "rules", "config", "profiles")
+                                               for p in (workflow / d).rglob("*") if p.is_file())]:
+            path.touch()
+        assert planned_jobs(workflow) == set()
+        module.write_text(original + "\n_EDIT = 1\n")
+        mix = smoke_config["mixtures"]
+        every = {*mix["pretraining"], *mix["with_atlantis"], *mix["finetuning"]["mixes"]}
+        expected = downstream_jobs(smoke_config, set(), set(), every)
+        assert {j for j in expected if j.startswith(("pretrain_", "finetune_"))} == {
+            "pretrain_pt1", "pretrain_pt2", "pretrain_pt3", "pretrain_pt7", "pretrain_pt7_atl", "finetune_ftwb1",
+            "finetune_ftwb2"}
+        assert planned_jobs(workflow) == expected
+    finally:
+        module.write_text(original)
+        os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert planned_jobs(workflow) == set()
+
+
+def test_a_deleted_model_is_republished_not_retrained(workflow, smoke_config):
+    final = workflow / "results/models/pt1-6_s42/final"
+    aside = final.with_name("final.aside")
+    final.rename(aside)  # a rename keeps the folder's files and mtimes for the restore
+    try:
+        expected = downstream_jobs(smoke_config, set(), set(), set(), republished={"pt1-6"})
+        assert "pretrained_model[mixture=pt1-6,seed=42]" in expected
+        assert not {j for j in expected if j.startswith(("pretrain_", "finetune_"))}
+        assert planned_jobs(workflow) == expected
+    finally:
+        aside.rename(final)
+    assert planned_jobs(workflow) == set()
+
+
+def test_one_more_seed_trains_that_run_alone(workflow, smoke_config):
+    """Seed 43 for pt1-6: pt1's stack trains that run alone; then its analyses, and the tables and figures that read
+    every pt1 run (CKA family, gallery) or every run (evaluation and probe tables), nothing of seed 42."""
+    (workflow / "config/seed.yaml").write_text(yaml.safe_dump({"training": {"seeds": {"pt1-6": [42, 43]}}}))
+    expected = {
+        "pretrain_pt1", "pretrained_model[mixture=pt1-6,seed=43]", "evaluate[mixture=pt1-6,seed=43]",
+        "representations[mixture=pt1-6,seed=43]", "checkpoint_representations[mixture=pt1-6,seed=43]",
+        "probes[mixture=pt1-6,seed=43]", "evaluation_table", "probe_table", "health_report",
+        "cka_family[family=pt1]", "cka_task_count", "cka_vs_generalization",
+        "figure_cka_matrix[family=pt1,estimator=biased]", "figure_cka_matrix[family=pt1,estimator=debiased]",
+        "figure_cka_task_count[estimator=biased]", "figure_cka_task_count[estimator=debiased]",
+        "figure_cka_vs_generalization[estimator=biased]", "figure_cka_vs_generalization[estimator=debiased]",
+        "figure_pca_gallery", "generalization", "figure_ftwb1_matrix",
+        "figure_deviation_matrix", "figure_deviation_histogram", "claims", "all"}
+    assert planned_jobs(workflow, (SMOKE, "config/seed.yaml")) == expected
+    readme = (REPO / "README.md").read_text()  # the README's worked example shows this very list
+    shown = re.search(r"<!-- jobs: one more seed -->\n```\n(.*?)```", readme, flags=re.DOTALL).group(1)
+    assert shown.splitlines() == sorted(expected)
+
+
+def test_an_edited_mixture_retrains_its_runs_alone_and_matches_a_clean_build(workflow, smoke_config, tmp_path):
+    """An overlay that gives the single-task mixture pt1-7 another task (angle for crossing) plans its mixture, its
+    one run and what descends from it; after the run every other run's files keep their bytes and mtimes, and the
+    folder equals, byte for byte, a clean build of the edited config (models, tables, figures)."""
+    work = copied(workflow, tmp_path / "steps")
+    overlay = {"mixtures": {"pretraining": {"pt1-7": ["angle"]}}}
+    (work / "config/angle.yaml").write_text(yaml.safe_dump(overlay))
+    configs = (SMOKE, "config/angle.yaml")
+    edited = yaml.safe_load(yaml.safe_dump(smoke_config))
+    edited["mixtures"]["pretraining"]["pt1-7"] = ["angle"]
+    expected = {"pretraining_mixture[mixture=pt1-7]"} | downstream_jobs(edited, set(), {"pt1-7"}, set())
+    assert {j for j in expected if j.startswith(("pretrain_", "finetune_"))} == {"pretrain_pt1"}
+    assert planned_jobs(work, configs) == expected
+    runs = [r for r in result_hashes(work) if r.startswith("models/") and r.endswith("/final/model.safetensors")]
+    others = {run.split("/")[1] for run in runs} - {"pt1-7_s42"}
+    before = {run: run_files(work, run) for run in others}
+    snakemake(work, "--cores", "2", "--configfile", *configs)
+    assert {run: run_files(work, run) for run in others} == before
+    assert planned_jobs(work, configs) == set()
+    (tmp_path / "clean").mkdir()
+    clean = copy_workflow(tmp_path / "clean")
+    (clean / "config/angle.yaml").write_text(yaml.safe_dump(overlay))
+    snakemake(clean, "--cores", "2", "--configfile", *configs)
+    stepped, fresh = result_hashes(work), result_hashes(clean)
+    assert len(fresh) > 100 and stepped == fresh
+
+
+def test_a_killed_stack_resumes_to_the_same_bytes(workflow, tmp_path):
+    """kill -9 of the whole job while pt7's stack trains (after its first resume state), then a rerun: it resumes
+    from that state and writes the entry an uninterrupted run wrote, bit for bit."""
+    import signal
+    import shutil
+
+    from worldrep.training import STATE_FILE
+
+    work = copied(workflow, tmp_path)
+    recipe_hash = recipe_hashes(work, SMOKE)["pt7_s42"]
+    entry = work / "results/store" / recipe_hash
+    uninterrupted = {p.relative_to(entry): p.read_bytes() for p in entry.rglob("*") if p.is_file()
+                     and p.name != "complete.json"}
+    shutil.rmtree(entry)
+    target = f"results/store/{recipe_hash}/complete.json"
+    command = [sys.executable, "-m", "snakemake", "--cores", "1", target, "--configfile", SMOKE]
+    state = work / f"results/store/{recipe_hash}.work" / STATE_FILE
+    proc = subprocess.Popen(command, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    began = time.monotonic()
+    while not state.exists() and proc.poll() is None and time.monotonic() - began < 300:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert state.exists() and not (entry / "complete.json").exists()
+    snakemake(work, "--unlock", "--configfile", SMOKE)
+    snakemake(work, "--cores", "1", target, "--configfile", SMOKE)
+    assert "resuming 1 run(s) from step" in (work / "results/logs/stacks/pt7.log").read_text()
+    resumed = {p.relative_to(entry): p.read_bytes() for p in entry.rglob("*") if p.is_file()
+               and p.name != "complete.json"}
+    assert resumed.keys() == uninterrupted.keys()
+    assert [p for p in resumed if resumed[p] != uninterrupted[p]] == []
+
+
+def test_a_folder_made_before_the_store_is_adopted_without_training(workflow, tmp_path):
+    """The adoption route (README): `python -m worldrep.store adopt`, then `snakemake --touch` once. A folder made
+    before the store has no store and Snakemake's records of its models carry the old training rules' params, so
+    every run would retrain; after adopting nothing is planned and every published model keeps its bytes."""
+    import base64
+    import shutil
+
+    work = copied(workflow, tmp_path)
+    shutil.rmtree(work / "results/store")
+    for record in (work / ".snakemake/metadata").iterdir():  # as the stack rules before the store recorded them
+        if base64.urlsafe_b64decode(record.name.encode()).decode().startswith("results/models/"):
+            record.write_text(json.dumps({**json.loads(record.read_text()), "params": ["'made before the store'"]}))
+    models = {p: p.read_bytes() for p in (work / "results/models").rglob("model.safetensors")}
+    assert {j for j in planned_jobs(work) if j.startswith(("pretrain_", "finetune_"))} == {
+        "pretrain_pt1", "pretrain_pt2", "pretrain_pt3", "pretrain_pt7", "pretrain_pt7_atl", "finetune_ftwb1",
+        "finetune_ftwb2"}
+    proc = subprocess.run([sys.executable, "-m", "worldrep.store", "adopt", "--configfile", SMOKE], cwd=work,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "adopted 10 run(s)" in proc.stdout, proc.stdout + proc.stderr
+    snakemake(work, "--touch", "--cores", "1", "--configfile", SMOKE)
+    assert planned_jobs(work) == set()
+    assert {p: p.read_bytes() for p in models} == models

@@ -63,13 +63,14 @@ import tempfile
 import warnings
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 import yaml
 
 from .artifacts import sha256_file
-from .config import ConfigError, validate_config
+from .config import ConfigError
+from .grid import validate_config
 
 WORKFLOW_ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW_PARTS = ["Snakefile", "rules", "scripts", "config", "worldrep", "profiles", "envs"]
@@ -101,8 +102,10 @@ def is_big_array(rel: PurePosixPath) -> bool:
 
 
 def is_archived(rel: PurePosixPath, with_models: bool = False, include_all: bool = False) -> bool:
-    """Whether a file under results/ (path relative to it) goes into the archive."""
-    if is_scratch(rel) or rel.parts[0] == "archive":
+    """Whether a file under results/ (path relative to it) goes into the archive. Never the store: it is the
+    training cache behind results/models/ (whose published files `--with-models` archives) and holds every trained
+    run of every config, not only this one's."""
+    if is_scratch(rel) or rel.parts[0] in ("archive", "store"):
         return False
     if rel.parts[0] == "models" and not with_models:
         return False
@@ -569,21 +572,20 @@ def canonical(value):
 
 def recompute_jobs(config: dict) -> list[Job]:
     """The probe, CKA and generalization jobs `snakemake all` plans under `config`, upstream first, with the inputs
-    and params their rules give them. This mirrors rules/common.smk (RUNS, CKA_FAMILIES, CURVE_RUNS,
-    ATLANTIS_RUNS, CONTROL_RUNS, analysis_targets) and the three rule files: keep it in step with them.
+    and params their rules give them. The runs and their groups come from worldrep.grid, as the rules' do
+    (rules/common.smk); the inputs and params mirror the three rule files: keep them in step.
     `verify --recompute` checks it against Snakemake's record of each archived table when the archive has one."""
     from .config import mixture_families
-    from .grid import representation_settings, training_runs
+    from .grid import (atlantis_runs, cka_families, control_runs, curve_runs, family_runs, main_runs,
+                       representation_settings, training_runs)
 
     families = mixture_families(config)
     pretraining, finetuning = {**families["pretraining"], **families["with_atlantis"]}, families["finetuning.mixes"]
     every_run = training_runs(config)  # architecture variants' runs too: each has its probe job, at its own layer
-    runs = [r for r in every_run if r.variant is None]  # the main grid's tables (rules/variants.smk: not recomputed)
-    pre, fine = [r for r in runs if r.kind == "pretraining"], [r for r in runs if r.kind == "finetuning"]
-    cka_families = {f: [m for m in families["pretraining"] if m.startswith(f"{f}-")] for f in ("pt1", "pt2", "pt3")
-                    if any(m.startswith(f"{f}-") for m in families["pretraining"])}
-    curve = [r.name for r in pre if r.mixture in cka_families.get("pt1", [])]
-    curve += [name for name in config["evaluation"]["checkpoint_runs"] if name not in curve]
+    runs = main_runs(config)  # the main grid's tables (rules/variants.smk: not recomputed)
+    pre, fine = main_runs(config, "pretraining"), main_runs(config, "finetuning")
+    cka = cka_families(config)
+    curve = curve_runs(config)
     layer, probes, cities = config["representations"]["analysis_layer"], config["probes"], "results/world/cities.csv"
 
     def final(name):
@@ -598,8 +600,8 @@ def recompute_jobs(config: dict) -> list[Job]:
         jobs.append(Job("probe_table", {"table": "results/probes/probe_metrics.csv"},
                         {"tables": [f"results/probes/{r.name}.csv" for r in runs]},
                         {"runs": [{"run": r.name, "mixture": r.mixture, "kind": r.kind, "seed": r.seed} for r in runs]}))
-    atlantis = [r for r in fine if len(finetuning[r.mixture]) == 2]
-    controls = [r.name for r in pre if r.mixture in families["with_atlantis"]]
+    atlantis = [r for r in fine if r.name in atlantis_runs(config)]
+    controls = control_runs(config)
     if atlantis:
         jobs.append(Job("atlantis_reconstruction", {"errors": "results/probes/atlantis_errors.csv.gz",
                                                     "summary": "results/probes/atlantis_summary.csv"},
@@ -609,31 +611,41 @@ def recompute_jobs(config: dict) -> list[Job]:
                             "distance" in finetuning[r.mixture] for r in atlantis], "controls": controls,
                          "seed": probes["seed"], "n_train": probes["atlantis_train"],
                          "n_baseline": probes["atlantis_baseline"], "layer": layer}))
-    for family, variants in cka_families.items():
-        members = [r.name for m in variants for r in pre if r.mixture == m]
+    for family, variants in cka.items():
+        members = family_runs(config, family)
         jobs.append(Job("cka_family", {"pairs": f"results/cka/{family}/pairs.csv",
                                        "matrix": f"results/cka/{family}/matrix.csv"},
                         {"representations": [final(name) for name in members], "cities": [cities]},
                         {"runs": members, "variants": variants,
                          "seeds": {m: [r.seed for r in pre if r.mixture == m] for m in variants}}))
-    if cka_families:
+    if cka:
         jobs.append(Job("cka_task_count", {"values": "results/cka/task_count.csv",
                                            "summary": "results/cka/task_count_summary.csv"},
-                        {"pairs": [f"results/cka/{family}/pairs.csv" for family in cka_families]},
+                        {"pairs": [f"results/cka/{family}/pairs.csv" for family in cka]},
                         {"task_sets": {f: {m: pretraining[m] for m in variants if not m.endswith("-7")}
-                                       for f, variants in cka_families.items()}}))
+                                       for f, variants in cka.items()}}))
     if fine:
         jobs.append(Job("generalization", {key: f"results/generalization/{name}.csv" for key, name in (
             ("ni", "normalized_improvement"), ("ftwb1", "ftwb1_matrix"), ("ftwb2", "ftwb2_matrix"),
             ("deviation", "best_teacher_deviation"), ("deviation_matrix", "deviation_matrix"))},
             {"metrics": ["results/evaluation/metrics.csv"]},
             {"mixes": canonical(finetuning), "base": config["training"]["base"]}))
-    if fine and "pt1" in cka_families:
+    if fine and "pt1" in cka:
         jobs.append(Job("cka_vs_generalization", {"points": "results/cka/cka_vs_generalization.csv",
                                                   "fit": "results/cka/cka_vs_generalization_fit.csv"},
                         {"cka": ["results/cka/pt1/matrix.csv"], "ftwb1": ["results/generalization/ftwb1_matrix.csv"]},
-                        {"variant_task": {m: pretraining[m][0] for m in cka_families["pt1"]}, "layer": layer}))
-    return jobs
+                        {"variant_task": {m: pretraining[m][0] for m in cka["pt1"]}, "layer": layer}))
+    # Every rule's params end with its code identity (the Snakefile adds it): this checkout's, so a table made by
+    # other code shows as a params difference naming the two hashes.
+    from .recipes import Recipes
+
+    code = Recipes(config).code
+    return [replace(job, params={**job.params, "code": code(f"scripts/{SCRIPTS.get(job.rule, job.rule)}.py")})
+            for job in jobs]
+
+
+# The script of each recomputed rule, where its name is not the rule's.
+SCRIPTS = {"probe_table": "run_table"}
 
 
 def is_analysis_table(path: str) -> bool:
@@ -854,8 +866,11 @@ def record_problems(job: Job, records: dict) -> list[str]:
         if isinstance(recorded, list) and sorted(recorded) != sorted(ours):
             only_recorded = [v[:200] for v in sorted(set(recorded) - set(ours))]
             only_ours = [v[:200] for v in sorted(set(ours) - set(recorded))]
+            code = any(re.fullmatch(r"'[0-9a-f]{16}'", v) for v in only_recorded + only_ours)
             problems.append(f"{path}: Snakemake recorded the {what} {only_recorded} for rule {job.rule}, where the "
-                            f"recomputation has {only_ours}")
+                            f"recomputation has {only_ours}" + (" (the 16 hex digits are the rule's code hash: this "
+                                                                "checkout runs other code than the one that made the "
+                                                                "table)" if code else ""))
     return problems
 
 

@@ -318,13 +318,14 @@ def cka_vs_generalization_tables(cka: pd.DataFrame, ftwb1: pd.DataFrame, variant
     cka = cka.query("layer == @layer")
     cka = cka.assign(finetuned_task=cka.row.map(variant_task), evaluated_task=cka.column.map(variant_task))
     ni = ftwb1.query("seed == 'mean'")
-    points = cka.merge(ni, on=["finetuned_task", "evaluated_task"])
-    points = points[(points.finetuned_task != points.evaluated_task) & (points.finetuned_task != excluded)
-                    & (points.evaluated_task != excluded)]
-    points = points[["estimator", "finetuned_task", "evaluated_task", "mean", "ni"]].rename(columns={"mean": "cka"})
-    # Every non-crossing task with both a single-task and an FTWB1 model must give all its ordered pairs (30 in
-    # the paper grid): a silently shorter join would bias r.
+    # Both tasks of a pair need a single-task and an FTWB1 model: a single-task model of a task nobody fine-tunes on
+    # (a reduced config) has CKA and an NI as the evaluated task, but is not one of the pairs the paper plots.
     tasks = (set(cka.finetuned_task) & set(ni.finetuned_task) & set(ni.evaluated_task)) - {excluded}
+    points = cka.merge(ni, on=["finetuned_task", "evaluated_task"])
+    points = points[(points.finetuned_task != points.evaluated_task) & points.finetuned_task.isin(tasks)
+                    & points.evaluated_task.isin(tasks)]
+    points = points[["estimator", "finetuned_task", "evaluated_task", "mean", "ni"]].rename(columns={"mean": "cka"})
+    # Every such task must give all its ordered pairs (30 in the paper grid): a silently shorter join would bias r.
     expected = len(tasks) * (len(tasks) - 1)
     for estimator, group in points.groupby("estimator"):
         if len(group) != expected:

@@ -1,7 +1,7 @@
-"""Config validation: the JSON schema, then the checks a schema cannot express. Every message names its key."""
+"""Config checks that need nothing of the grid: the JSON schema, and checks across keys a schema cannot express.
+Every message names its key. The whole validation, with the grid's checks, is `worldrep.grid.validate_config`."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -63,35 +63,7 @@ def semantic_problems(config: dict) -> list[str]:
         if ft[item_key] > have:
             problems.append(f"config key 'mixtures.finetuning.{item_key}': asks for {ft[item_key]} items per task, "
                             f"but 'datasets.{variant}.n_train' is only {have}")
-    return problems + model_problems(config)
-
-
-def model_problems(config: dict) -> list[str]:
-    """The architecture (`model`) and the extracted layers (`representations`) fit together (METHOD §6, §10), and
-    so does each variant's (`variants.{name}`: its keys over `model`, its own layers or the default ones)."""
-    from .grid import variant_blocks  # grid.py builds on this module's helpers
-
-    problems = architecture_problems(config["model"], config["representations"], "model", "representations")
-    own = config.get("variants", {})
-    for name, block in variant_blocks(config).items():
-        # Named as the variant's key even when its layers are inherited: the fix is the variant's own list. Only a
-        # scale experiment's variant (issue 14) sets an architecture of its own: named by its size.
-        model_key, reps_key = ((f"variants.{name}.model", f"variants.{name}.representations") if name in own else
-                               (scale_key(config, name),) * 2)
-        problems += architecture_problems({**config["model"], **block["model"]},
-                                          block.get("representations", config["representations"]), model_key, reps_key)
     return problems
-
-
-def scale_key(config: dict, name: str) -> str:
-    """`experiments.scale.sizes.{i}` of a scale variant, saying that what it does not set comes from `model`; a noise
-    level's variant has `model`'s architecture, so its problems are `model`'s and are reported there."""
-    from .experiments import experiment, scale_variant
-
-    names = [scale_variant(size) for size in experiment(config, "scale").get("sizes", [])]
-    if name not in names:
-        return f"experiments (variant {name})"
-    return f"experiments.scale.sizes.{names.index(name)} (keys it does not set follow model's head width and ratios)"
 
 
 def architecture_problems(model: dict, reps: dict, model_key: str, reps_key: str) -> list[str]:
@@ -117,15 +89,3 @@ def architecture_problems(model: dict, reps: dict, model_key: str, reps_key: str
         problems.append(f"config key '{reps_key}.analysis_layer': {reps['analysis_layer']} is not one of "
                         f"the extracted layers {reps['layers']}")
     return problems
-
-
-def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
-    """Raise ConfigError listing every problem, or return the config unchanged."""
-    problems = schema_problems(config, json.loads(Path(schema_path).read_text()))
-    if not problems:
-        from .grid import grid_problems  # grid.py builds on this module's helpers
-
-        problems = semantic_problems(config) or grid_problems(config)
-    if problems:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
-    return config

@@ -88,32 +88,21 @@ def summary(config: dict, config_path: Path, results: Path, wall_s: float | None
     return "\n".join(parts)
 
 
-# The checklist's tables (rules/common.smk `claims_input`), read from whatever a results folder holds.
-CLAIMS_TABLES = {"probes": "probes/probe_metrics.csv", "health": "evaluation/health_report.csv",
-                 "cka_pt1": "cka/pt1/matrix.csv", "task_count": "cka/task_count_summary.csv",
-                 "cka_fit": "cka/cka_vs_generalization_fit.csv",
-                 "deviation": "generalization/best_teacher_deviation.csv", "atlantis": "probes/atlantis_summary.csv"}
-
-
 def partial_checklist(config: dict, results: Path) -> str:
     """The §15 checklist (rule `claims`) from whatever tables a results folder holds, for a DAG stopped before
-    its end (a GPU window's budget): a claim whose tables are missing is 'not reached'."""
+    its end (a GPU window's budget): a claim whose tables are missing is 'not reached'. The tables and settings are
+    the rule's (worldrep.grid.claims_tables, claims_settings)."""
     from .claims import Evidence, checklist, markdown
-    from .grid import pretraining_mixtures, training_runs
-    from .config import mixture_families
+    from .grid import claims_settings, claims_tables
 
-    runs = [r for r in training_runs(config) if r.variant is None]  # the checklist is the main grid's (claims rule)
-    mixes = {**pretraining_mixtures(config), **mixture_families(config)["finetuning.mixes"]}
+    settings = claims_settings(config)
     tables = {key: pd.read_csv(results / path) if (results / path).exists() else None
-              for key, path in CLAIMS_TABLES.items()}
-    single = [r.name for r in runs if r.kind == "pretraining" and len(mixes[r.mixture]) == 1]
-    views = {run: pd.read_csv(results / f"views/{run}.csv.gz") for run in single
+              for key, path in claims_tables(config).items()}
+    views = {run: pd.read_csv(results / f"views/{run}.csv.gz") for run in settings["views"]
              if (results / f"views/{run}.csv.gz").exists()}
-    evidence = Evidence(tasks={r.name: mixes[r.mixture] for r in runs}, kind={r.name: r.kind for r in runs},
-                        layer=config["representations"]["analysis_layer"],
-                        base_runs=[r.name for r in runs if r.mixture == config["training"]["base"]],
-                        views=views, **tables)
-    return markdown(checklist(evidence), config.get("name", "unnamed"))
+    evidence = Evidence(tasks=settings["tasks"], kind=settings["kind"], layer=settings["layer"],
+                        base_runs=settings["base_runs"], views=views, **tables)
+    return markdown(checklist(evidence), settings["name"])
 
 
 def collect(config_path: Path, results: Path, out: Path, wall_s: float | None = None, command: str | None = None,

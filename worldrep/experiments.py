@@ -3,7 +3,8 @@
 Two of them train: label noise (`experiments.noise`) and model size (`experiments.scale`) each add one architecture
 variant per level or size (issue 13's `variants` machinery: own runs, stacks, per-run jobs, results/variants/{name}/),
 over the config's single-task mixtures. The other two (subspace, gradients) only analyse runs the grid has. No torch
-here: the Snakefile plans with this.
+here: the Snakefile plans with this. The grid (worldrep.grid) builds on these blocks; the checks that need its runs
+live there (`experiment_problems`, `gradients_run`).
 """
 from __future__ import annotations
 
@@ -57,15 +58,6 @@ def scale_representations(depth: int) -> dict:
     return {"layers": layers, "analysis_layer": depth - 1 if depth > 1 else depth}
 
 
-def gradients_run(config: dict) -> str:
-    """The run whose checkpoints the gradient experiment uses: `run`, else the first seed's run of training.base."""
-    from .grid import run_name, seeds_entry  # grid.py builds on this module
-
-    base = config["training"]["base"]
-    seeds = config["training"]["seeds"].get(seeds_entry(config, base), [])
-    return experiment(config, "gradients").get("run") or (run_name(base, seeds[0]) if seeds else f"{base} (no seeds)")
-
-
 def experiment_variants(config: dict) -> dict[str, dict]:
     """The `variants` blocks the noise and scale experiments add, in the shape of a config's own (on or off as the
     experiment): the single-task mixtures at the experiment's seeds, no fine-tuning."""
@@ -85,71 +77,3 @@ def experiment_variants(config: dict) -> dict[str, dict]:
             "representations": scale_representations(size["num_hidden_layers"]),
             "pretraining": {m: {"seeds": list(scale["seeds"])} for m in pretraining}}
     return blocks
-
-
-def experiment_problems(config: dict, pretraining_runs: set[str]) -> list[str]:
-    """Checks the schema cannot express; every message names its key. `pretraining_runs`: the planned pretraining
-    runs' names (each keeps its checkpoints)."""
-    problems = []
-    own = config.get("variants", {})
-    noise, scale = experiment(config, "noise"), experiment(config, "scale")
-    levels = noise.get("levels", [])
-    odd = [p for p in levels if abs(100 * p - round(100 * p)) > 1e-9]
-    if odd:
-        problems.append(f"config key 'experiments.noise.levels': {odd} are not whole percentages (each level names "
-                        "its variant noise{100p})")
-    names = [noise_variant(p) for p in levels] + [scale_variant(s) for s in scale.get("sizes", [])]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice and not odd:
-        problems.append(f"config key 'experiments': levels or sizes repeat the variants {twice}")
-    taken = sorted(set(names) & set(own))
-    if taken:
-        problems.append(f"config key 'variants': {taken} are the names of experiment variants; rename them")
-    for name in ("noise", "scale"):
-        if enabled(config, name) and not single_task_mixtures(config):
-            problems.append(f"config key 'experiments.{name}': needs single-task pretraining mixtures (pt1-k)")
-    for name in ("noise", "scale"):  # each level or size is compared with the main grid's runs of the same seeds
-        block = experiment(config, name)
-        missing = sorted({f"{m}_s{seed}" for m in single_task_mixtures(config) for seed in block.get("seeds", [])}
-                         - pretraining_runs) if block["enabled"] else []
-        if missing:
-            problems.append(f"config key 'experiments.{name}.seeds': the main grid has no runs {missing} to compare "
-                            "with (training.seeds)")
-    problems += gradients_problems(config, pretraining_runs) if enabled(config, "gradients") else []
-    if enabled(config, "subspace") and not mixture_families(config)["finetuning.mixes"]:
-        problems.append("config key 'experiments.subspace': needs fine-tuning mixes (mixtures.finetuning.mixes)")
-    width = 2 * config["model"]["hidden_size"]  # a §10 vector: two positions of the residual stream
-    if enabled(config, "subspace") and experiment(config, "subspace")["components"] >= width:
-        problems.append(f"config key 'experiments.subspace.components': {experiment(config, 'subspace')['components']} "
-                        f"principal components of {width}-wide representations leave no room outside them")
-    noisy = [t for m in single_task_mixtures(config) for t in mixture_families(config)["pretraining"][m]
-             if config["tasks"][t].get("label_noise")]
-    if enabled(config, "noise") and noisy:  # its clean condition would not be clean
-        problems.append(f"config key 'tasks.{noisy[0]}.label_noise': experiments.noise compares with the main grid's "
-                        "runs as the clean condition; set it to 0 while the experiment is on")
-    return problems
-
-
-def gradients_problems(config: dict, pretraining_runs: set[str]) -> list[str]:
-    """The run is planned and saves enough checkpoints; a batch fits in a train split; there are tasks to pair."""
-    from .grid import RUN_NAME, checkpoint_count, configured_tasks, recipe_settings, step_counts  # builds on this
-
-    block, run, key = experiment(config, "gradients"), gradients_run(config), "config key 'experiments.gradients"
-    problems = []
-    if len(configured_tasks(config)) < 2:
-        problems.append(f"{key}': needs at least two configured tasks to pair")
-    if block["batch_size"] > config["datasets"]["pretraining"]["n_train"]:
-        problems.append(f"{key}.batch_size': {block['batch_size']} items per batch, but a task's train split has "
-                        f"{config['datasets']['pretraining']['n_train']} (datasets.pretraining.n_train)")
-    if run not in pretraining_runs:
-        return problems + [f"{key}.run': {run!r} is not a planned pretraining run (its checkpoints are the ones used)"]
-    mixture = RUN_NAME.match(run)["mixture"]
-    if mixture not in mixture_families(config)["pretraining"]:  # the batches come from the pretraining sets
-        return problems + [f"{key}.run': {run!r} trained on the with-Atlantis sets, not the pretraining sets whose "
-                           "batches the gradients are taken on"]
-    epochs, per_epoch = step_counts(config, mixture)
-    saved = checkpoint_count(epochs * per_epoch, recipe_settings(config, mixture)["checkpoint_fraction"])
-    if block["checkpoints"] > saved:
-        problems.append(f"{key}.checkpoints': {block['checkpoints']} asked, but {run} saves {saved} "
-                        "(training.checkpoint_fraction)")
-    return problems

@@ -19,10 +19,9 @@ from matplotlib.patches import Circle, Polygon, Rectangle
 
 from .artifacts import atomic_write_bytes
 from .generalization import pair_label
-from .tasks import TASKS, TASK_NAMES
+from .tasks import TASK_ABBR, TASK_NAMES
 
 DPI = 150
-TASK_ABBR = {name: task.abbr for name, task in TASKS.items()}
 
 # §2.5: stored region name -> display label, in legend order; Atlantis last so it is drawn on top.
 REGION_LABELS = {

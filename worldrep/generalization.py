@@ -17,7 +17,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from .tasks import TASKS, canonical_order
+from .tasks import TASK_ABBR, canonical_order
 
 NI_MAX = 1.5
 HIGHER_IS_BETTER = {"mean_absolute_error": False, "accuracy": True}  # §3.7: error vs accuracy tasks
@@ -131,7 +131,7 @@ def mixes_of_size(mixes: dict[str, list[str]], size: int) -> dict[str, list[str]
 
 def pair_label(tasks) -> str:
     """Display label of a task pair in canonical order (§0, §4.2): ["crossing", "distance"] -> "D,Cr"."""
-    return ",".join(TASKS[t].abbr for t in canonical_order(tasks))
+    return ",".join(TASK_ABBR[t] for t in canonical_order(tasks))
 
 
 def mix_index(name: str) -> int:

@@ -4,13 +4,16 @@ No torch here: the Snakefile imports this to plan, and planning must stay fast.
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, replace
+from pathlib import Path
 
-from .config import mixture_families
+from .config import (SCHEMA_PATH, ConfigError, architecture_problems, mixture_families, schema_problems,
+                     semantic_problems)
 from .datasets import dataset_base
-from .experiments import experiment_problems, experiment_variants
+from .experiments import enabled, experiment, experiment_variants, noise_variant, scale_variant, single_task_mixtures
 from .mixtures import finetuning_sources, pretraining_sources
 from .tasks import TASK_NAMES
 
@@ -367,3 +370,190 @@ def finetuning_list_problems(key: str, mixes: list[str], finetuning: dict[str, l
     return [f"config key '{key}.finetuning': {m} ({', '.join(finetuning[m])}) needs the FTWB1 mixes of "
             f"{', '.join(t for t in finetuning[m] if t not in single)} too (its best-teacher prediction)"
             for m in pairs if not set(finetuning[m]) <= single]
+
+
+# ---- the analyses' groups of runs (METHOD §10-15): one definition for the rules (rules/common.smk), the run plan,
+# `archive verify --recompute` and the checklist of a stopped DAG (worldrep.evidence). Main-grid runs only: an
+# architecture variant's runs are analysed apart.
+
+def main_runs(config: dict, kind: str | None = None) -> list[Run]:
+    return [r for r in training_runs(config) if r.variant is None and (kind is None or r.kind == kind)]
+
+
+def cka_families(config: dict) -> dict[str, list[str]]:
+    """The CKA families of §12: pretraining mixtures named pt1-k, pt2-k, pt3-k (variant k, in config order)."""
+    pretraining = mixture_families(config)["pretraining"]
+    return {f: [m for m in pretraining if m.startswith(f"{f}-")] for f in ("pt1", "pt2", "pt3")
+            if any(m.startswith(f"{f}-") for m in pretraining)}
+
+
+def family_runs(config: dict, family: str) -> list[str]:
+    """A family's runs, variant-major then seed in config order: the layout `cka.family_matrix` expects."""
+    runs = main_runs(config, "pretraining")
+    return [r.name for m in cka_families(config)[family] for r in runs if r.mixture == m]
+
+
+def curve_runs(config: dict) -> list[str]:
+    """Runs whose every checkpoint is extracted and probed (§10): the single-task family's runs, then the checkpoint
+    runs whose checkpoints the evaluation also scores (pt7 seed 42)."""
+    single = cka_families(config).get("pt1", [])
+    runs = [r.name for r in main_runs(config, "pretraining") if r.mixture in single]
+    return runs + [name for name in config["evaluation"]["checkpoint_runs"] if name not in runs]
+
+
+def atlantis_runs(config: dict) -> list[str]:
+    """Fine-tuned runs of two-task mixes: the Atlantis reconstruction's (§11)."""
+    mixes = mixture_families(config)["finetuning.mixes"]
+    return [r.name for r in main_runs(config, "finetuning") if len(mixes[r.mixture]) == 2]
+
+
+def control_runs(config: dict) -> list[str]:
+    """The with-Atlantis pretraining runs: the reconstruction's controls."""
+    return [r.name for r in main_runs(config, "pretraining") if r.mixture in mixture_families(config)["with_atlantis"]]
+
+
+def single_task_runs(config: dict) -> list[str]:
+    mixtures = pretraining_mixtures(config)
+    return [r.name for r in main_runs(config, "pretraining") if len(mixtures[r.mixture]) == 1]
+
+
+def claims_tables(config: dict) -> dict[str, str]:
+    """The analysis tables the §15 checklist reads, under results/: only those this config plans (a missing one
+    leaves its claims 'not reached')."""
+    families, finetuning = cka_families(config), bool(main_runs(config, "finetuning"))
+    tables = {"probes": "probes/probe_metrics.csv"}
+    if main_runs(config, "pretraining"):
+        tables["health"] = "evaluation/health_report.csv"
+    if "pt1" in families:
+        tables["cka_pt1"] = "cka/pt1/matrix.csv"
+    if families:
+        tables["task_count"] = "cka/task_count_summary.csv"
+    if finetuning and "pt1" in families:
+        tables["cka_fit"] = "cka/cka_vs_generalization_fit.csv"
+    if finetuning:
+        tables["deviation"] = "generalization/best_teacher_deviation.csv"
+    if atlantis_runs(config):
+        tables["atlantis"] = "probes/atlantis_summary.csv"
+    return tables
+
+
+def claims_settings(config: dict) -> dict:
+    """What the checklist knows of the grid besides its tables: each run's tasks and kind, the base runs, the runs
+    whose views it reads (the single-task ones), the analysis layer and the config's name."""
+    mixes = {**pretraining_mixtures(config), **mixture_families(config)["finetuning.mixes"]}
+    runs = main_runs(config)
+    return {"tasks": {r.name: mixes[r.mixture] for r in runs}, "kind": {r.name: r.kind for r in runs},
+            "base_runs": [r.name for r in runs if r.kind == "pretraining" and r.mixture == config["training"]["base"]],
+            "views": single_task_runs(config), "layer": config["representations"]["analysis_layer"],
+            "name": config.get("name", "unnamed")}
+
+
+# ---- validation: the schema, the checks across keys (worldrep.config), then the grid's --------------------------
+
+def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
+    """Raise ConfigError listing every problem, or return the config unchanged."""
+    problems = schema_problems(config, json.loads(Path(schema_path).read_text()))
+    if not problems:
+        problems = semantic_problems(config) + model_problems(config) or grid_problems(config)
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    return config
+
+
+def model_problems(config: dict) -> list[str]:
+    """The architecture (`model`) and the extracted layers (`representations`) fit together (METHOD §6, §10), and
+    so does each variant's (`variants.{name}`: its keys over `model`, its own layers or the default ones)."""
+    problems = architecture_problems(config["model"], config["representations"], "model", "representations")
+    own = config.get("variants", {})
+    for name, block in variant_blocks(config).items():
+        # Named as the variant's key even when its layers are inherited: the fix is the variant's own list. Only a
+        # scale experiment's variant (issue 14) sets an architecture of its own: named by its size.
+        model_key, reps_key = ((f"variants.{name}.model", f"variants.{name}.representations") if name in own else
+                               (scale_key(config, name),) * 2)
+        problems += architecture_problems({**config["model"], **block["model"]},
+                                          block.get("representations", config["representations"]), model_key, reps_key)
+    return problems
+
+
+def scale_key(config: dict, name: str) -> str:
+    """`experiments.scale.sizes.{i}` of a scale variant, saying that what it does not set comes from `model`; a noise
+    level's variant has `model`'s architecture, so its problems are `model`'s and are reported there."""
+    names = [scale_variant(size) for size in experiment(config, "scale").get("sizes", [])]
+    if name not in names:
+        return f"experiments (variant {name})"
+    return f"experiments.scale.sizes.{names.index(name)} (keys it does not set follow model's head width and ratios)"
+
+
+# ---- the experiments' checks that need the grid's runs (blocks: worldrep.experiments) -------------------------------
+
+def gradients_run(config: dict) -> str:
+    """The run whose checkpoints the gradient experiment uses: `run`, else the first seed's run of training.base."""
+    base = config["training"]["base"]
+    seeds = config["training"]["seeds"].get(seeds_entry(config, base), [])
+    return experiment(config, "gradients").get("run") or (run_name(base, seeds[0]) if seeds else f"{base} (no seeds)")
+
+
+def experiment_problems(config: dict, pretraining_runs: set[str]) -> list[str]:
+    """Checks the schema cannot express; every message names its key. `pretraining_runs`: the planned pretraining
+    runs' names (each keeps its checkpoints)."""
+    problems = []
+    own = config.get("variants", {})
+    noise, scale = experiment(config, "noise"), experiment(config, "scale")
+    levels = noise.get("levels", [])
+    odd = [p for p in levels if abs(100 * p - round(100 * p)) > 1e-9]
+    if odd:
+        problems.append(f"config key 'experiments.noise.levels': {odd} are not whole percentages (each level names "
+                        "its variant noise{100p})")
+    names = [noise_variant(p) for p in levels] + [scale_variant(s) for s in scale.get("sizes", [])]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice and not odd:
+        problems.append(f"config key 'experiments': levels or sizes repeat the variants {twice}")
+    taken = sorted(set(names) & set(own))
+    if taken:
+        problems.append(f"config key 'variants': {taken} are the names of experiment variants; rename them")
+    for name in ("noise", "scale"):
+        if enabled(config, name) and not single_task_mixtures(config):
+            problems.append(f"config key 'experiments.{name}': needs single-task pretraining mixtures (pt1-k)")
+    for name in ("noise", "scale"):  # each level or size is compared with the main grid's runs of the same seeds
+        block = experiment(config, name)
+        missing = sorted({f"{m}_s{seed}" for m in single_task_mixtures(config) for seed in block.get("seeds", [])}
+                         - pretraining_runs) if block["enabled"] else []
+        if missing:
+            problems.append(f"config key 'experiments.{name}.seeds': the main grid has no runs {missing} to compare "
+                            "with (training.seeds)")
+    problems += gradients_problems(config, pretraining_runs) if enabled(config, "gradients") else []
+    if enabled(config, "subspace") and not mixture_families(config)["finetuning.mixes"]:
+        problems.append("config key 'experiments.subspace': needs fine-tuning mixes (mixtures.finetuning.mixes)")
+    width = 2 * config["model"]["hidden_size"]  # a §10 vector: two positions of the residual stream
+    if enabled(config, "subspace") and experiment(config, "subspace")["components"] >= width:
+        problems.append(f"config key 'experiments.subspace.components': {experiment(config, 'subspace')['components']} "
+                        f"principal components of {width}-wide representations leave no room outside them")
+    noisy = [t for m in single_task_mixtures(config) for t in mixture_families(config)["pretraining"][m]
+             if config["tasks"][t].get("label_noise")]
+    if enabled(config, "noise") and noisy:  # its clean condition would not be clean
+        problems.append(f"config key 'tasks.{noisy[0]}.label_noise': experiments.noise compares with the main grid's "
+                        "runs as the clean condition; set it to 0 while the experiment is on")
+    return problems
+
+
+def gradients_problems(config: dict, pretraining_runs: set[str]) -> list[str]:
+    """The run is planned and saves enough checkpoints; a batch fits in a train split; there are tasks to pair."""
+    block, run, key = experiment(config, "gradients"), gradients_run(config), "config key 'experiments.gradients"
+    problems = []
+    if len(configured_tasks(config)) < 2:
+        problems.append(f"{key}': needs at least two configured tasks to pair")
+    if block["batch_size"] > config["datasets"]["pretraining"]["n_train"]:
+        problems.append(f"{key}.batch_size': {block['batch_size']} items per batch, but a task's train split has "
+                        f"{config['datasets']['pretraining']['n_train']} (datasets.pretraining.n_train)")
+    if run not in pretraining_runs:
+        return problems + [f"{key}.run': {run!r} is not a planned pretraining run (its checkpoints are the ones used)"]
+    mixture = RUN_NAME.match(run)["mixture"]
+    if mixture not in mixture_families(config)["pretraining"]:  # the batches come from the pretraining sets
+        return problems + [f"{key}.run': {run!r} trained on the with-Atlantis sets, not the pretraining sets whose "
+                           "batches the gradients are taken on"]
+    epochs, per_epoch = step_counts(config, mixture)
+    saved = checkpoint_count(epochs * per_epoch, recipe_settings(config, mixture)["checkpoint_fraction"])
+    if block["checkpoints"] > saved:
+        problems.append(f"{key}.checkpoints': {block['checkpoints']} asked, but {run} saves {saved} "
+                        "(training.checkpoint_fraction)")
+    return problems

@@ -27,10 +27,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import mixture_families
-from .grid import (all_mixtures, checkpoint_count, dataset_base, dataset_pairs, mixture_sources, model_settings,
-                   pretraining_mixtures, recipe_settings, representation_settings, step_counts, train_items,
-                   training_stacks)
+from .grid import (all_mixtures, checkpoint_count, curve_runs, dataset_base, dataset_pairs, mixture_sources,
+                   model_settings, recipe_settings, representation_settings, step_counts, train_items, training_stacks)
 from .tokenizer import VOCAB
 
 # Where a rate came from travels with it into the block, so that nobody mistakes an assumption for a measurement.
@@ -103,15 +101,6 @@ def step_flops(config: dict, run) -> float:
     return 6.0 * model_parameters(model_settings(config, run.variant)) * batch * mixture_width(config, run.mixture)
 
 
-def curve_runs(config: dict) -> set[str]:
-    """Runs whose every checkpoint is extracted (METHOD §10): the main grid's single-task runs and the checkpoint
-    runs (rules/common.smk's CURVE_RUNS; an architecture variant's runs have no curves)."""
-    single = {m for m, tasks in pretraining_mixtures(config).items()
-              if len(tasks) == 1 and m not in mixture_families(config)["with_atlantis"]}
-    return {run.name for stack in training_stacks(config) for run in stack.runs
-            if run.mixture in single and run.variant is None} | set(config["evaluation"]["checkpoint_runs"])
-
-
 def disk_bytes(config: dict, n_cities: int) -> int:
     """The results of the whole config: datasets, mixtures, models (final, and every checkpoint of pretraining
     runs) and representations (final, and every checkpoint of the curve runs). Tables, views and figures are
@@ -122,7 +111,7 @@ def disk_bytes(config: dict, n_cities: int) -> int:
         total += (sizes["n_train"] + sizes["n_val"] + sizes["n_test"]) * TASK_WIDTH[task] * DATASET_BYTES_PER_TOKEN
     for mixture in all_mixtures(config):
         total += train_items(config, mixture) * 1.1 * (mixture_width(config, mixture) + MIXTURE_BYTES_PER_ITEM)  # + val and test
-    curves = curve_runs(config)
+    curves = set(curve_runs(config))
     for stack in training_stacks(config):
         for run in stack.runs:
             model = model_settings(config, run.variant)
@@ -136,22 +125,21 @@ def disk_bytes(config: dict, n_cities: int) -> int:
     return int(total)
 
 
-def stack_done(results: Path, stack) -> bool:
-    """Every run of the stack has its final model (a finished stack writes them last)."""
-    return all((results / "models" / run.name / "final" / "model.safetensors").exists() for run in stack.runs)
-
-
 def make_plan(config: dict, n_cities: int, rates: dict, results: Path | None = None,
               to_train: set[str] | None = None) -> Plan:
-    """The config's plan. Stacks to train: the training rules in `to_train` (Snakemake's own job list), else
-    those whose final models are missing under `results`, else all."""
+    """The config's plan. Stacks to train: with `results`, the training jobs of the runs missing from its store
+    (worldrep.store.training_jobs, as the Snakefile plans them), else every stack; of those, only the training rules
+    in `to_train` when given (Snakemake's own job list)."""
     stacks = training_stacks(config)
-    if to_train is not None:
-        todo = [s for s in stacks if s.rule in to_train]
-    elif results is not None:
-        todo = [s for s in stacks if not stack_done(results, s)]
+    if results is not None:
+        from .recipes import Recipes
+        from .store import training_jobs
+
+        todo = [job.stack for job in training_jobs(config, Recipes(config).run_hashes(), results)]
     else:
         todo = stacks
+    if to_train is not None:
+        todo = [s for s in todo if s.rule in to_train]
     cpu, cuda = rates["cpu"], rates["cuda"]
     optimizer_steps = run_steps = 0
     core_s, gpu_s, cpu_longest, gpu_longest = 0.0, 0.0, 0.0, 0.0
@@ -167,7 +155,7 @@ def make_plan(config: dict, n_cities: int, rates: dict, results: Path | None = N
         core_s, gpu_s = core_s + stack_core_s, gpu_s + stack_gpu_s
         cpu_longest, gpu_longest = max(cpu_longest, stack_core_s), max(gpu_longest, stack_gpu_s)
     runs_to_train = sum(len(s.runs) for s in todo)
-    curves = curve_runs(config)
+    curves = set(curve_runs(config))
     # Per run: evaluate and extract (+ its checkpoints) on a GPU, probe on a CPU; then, when anything trains,
     # every dataset, mixture, table and figure job once (an upper bound: what exists is not rebuilt).
     gpu_jobs = sum(2 + (run.name in curves) for s in todo for run in s.runs)
@@ -207,7 +195,7 @@ def gigabytes(n: float) -> str:
 
 
 def block(plan: Plan, config: dict, rates: dict, cores: int, gpus: int, free_bytes: int | None,
-          have_bytes: int = 0) -> str:
+          have_bytes: int = 0, store_bytes: int = 0) -> str:
     """The plan as the few lines printed before the first job."""
     device = f"{gpus} GPU(s)" if gpus else f"{cores} CPU core(s), no GPU seen"
     rate = rates["cuda" if gpus else "cpu"]
@@ -216,7 +204,8 @@ def block(plan: Plan, config: dict, rates: dict, cores: int, gpus: int, free_byt
         f"{plan.stacks_to_train} stack(s) (training.stack: {config['training']['stack']})",
         f"  optimizer steps {plan.optimizer_steps:,}; run-steps {plan.run_steps:,}; "
         f"other jobs ~{plan.gpu_jobs + plan.cpu_jobs:,}",
-        f"  disk: {gigabytes(plan.disk_bytes)} for the whole results folder ({gigabytes(have_bytes)} there now)"
+        f"  disk: {gigabytes(plan.disk_bytes)} for the whole results folder ({gigabytes(have_bytes)} there now, "
+        f"{gigabytes(store_bytes)} of it trained runs in the store)"
         + (f"; {gigabytes(free_bytes)} free" if free_bytes is not None else ""),
         f"  projected wall time on {device}: {duration(wall_seconds(plan, rates, cores, gpus))} "
         f"(rates {rate['source']})",
@@ -250,8 +239,15 @@ def stop_reason(plan: Plan, config: dict, rates: dict, cores: int, gpus: int, fr
 
 
 def folder_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink()) \
-        if path.is_dir() else 0
+    """Bytes on disk under `path`, each file once: a published model is hard links into the store."""
+    seen, total = set(), 0
+    for p in path.rglob("*") if path.is_dir() else []:
+        if p.is_file() and not p.is_symlink():
+            stat = p.stat()
+            if (stat.st_dev, stat.st_ino) not in seen:
+                seen.add((stat.st_dev, stat.st_ino))
+                total += stat.st_size
+    return total
 
 
 def free_disk(path: Path) -> int:
@@ -281,7 +277,7 @@ def report(config: dict, results: Path, cores: int, gpus: int, to_train: set[str
     rates = rates_of(config)
     plan = make_plan(config, n_cities(config), rates, results, to_train)
     have, free = folder_bytes(results), free_disk(results)
-    return (block(plan, config, rates, cores, gpus, free, have),
+    return (block(plan, config, rates, cores, gpus, free, have, folder_bytes(results / "store")),
             stop_reason(plan, config, rates, cores, gpus, free, have))
 
 
@@ -296,7 +292,7 @@ def merged(base: dict, update: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     import yaml
 
-    from .config import validate_config
+    from .grid import validate_config
 
     parser = argparse.ArgumentParser(prog="python -m worldrep.plan", description=__doc__.split("\n")[0])
     parser.add_argument("--configfile", type=Path, nargs="+", default=[Path("config/config.yaml")],

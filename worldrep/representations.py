@@ -15,14 +15,13 @@ import pandas as pd
 import torch
 
 from .artifacts import atomic_write_bytes
-from .tasks import TASKS
+from .tasks import TASKS, prompt_task  # noqa: F401  (prompt_task lives with the tasks: planning needs it without torch)
 from .tokenizer import BOS_ID, VOCAB
 from .world import ELIGIBLE_MIN_ID, MAX_CITY_ID
 
 LAYERS = (3, 4, 5, 6)
 # The default layers are the paper's 6-block model; `representations.layers` in the config chooses others.
 LAYER_CONVENTION = "hidden_states[L]: 0 = embeddings, 1..N-1 = block outputs, N = block N after the final RMSNorm"
-PROMPT_TASK_OF_MANY = "distance"  # §10: pt7, pt7-atl and every ftwb2 model are prompted with distance
 
 
 # ---- which cities, which prompt ----------------------------------------------------------------------------
@@ -31,25 +30,6 @@ def eligible_cities(cities: pd.DataFrame) -> pd.DataFrame:
     """Cities with a 4-digit ID (1000..9999), every region and Atlantis included, ascending `city_id` (§10, §14)."""
     keep = cities["city_id"].between(ELIGIBLE_MIN_ID, MAX_CITY_ID)
     return cities[keep].sort_values("city_id", kind="stable").reset_index(drop=True)
-
-
-def prompt_task(mixture: str, mixture_tasks: Sequence[str], *, finetuning: bool,
-                configured_tasks: Sequence[str]) -> str:
-    """The task whose partial prompt probes a model trained on `mixture` (METHOD §10, table "Prompt task").
-
-    Fine-tuning: one task -> that task (ftwb1-k); several -> distance (ftwb2, Project rule: every seed).
-    Pretraining: one task -> that task (pt1-k); a mixture covering every configured task (pt7, pt7-atl) ->
-    distance; any other -> its first listed task (pt2-k, pt3-k: listed order matters).
-    """
-    unknown = [t for t in mixture_tasks if t not in TASKS]
-    if not mixture_tasks or unknown:
-        raise ValueError(f"mixture {mixture!r}: needs known tasks, got {list(mixture_tasks)}")
-    if len(mixture_tasks) == 1:
-        return mixture_tasks[0]
-    if finetuning:
-        return PROMPT_TASK_OF_MANY
-    covers_all = set(configured_tasks) <= set(mixture_tasks)
-    return PROMPT_TASK_OF_MANY if covers_all and PROMPT_TASK_OF_MANY in mixture_tasks else mixture_tasks[0]
 
 
 def partial_prompt_tokens(task: str, city_ids: np.ndarray) -> np.ndarray:

@@ -14,8 +14,8 @@ loss scale and skipped updates, data order and resume state are its own.
 
 Each run lives in its own work directory until it finishes: resume state (its weights, optimizer moments, loss
 scale, RNG, log window) at every checkpoint step, Hugging Face checkpoints, and the two log files. A rerun of a
-killed job resumes from the last states; on CPU it ends bit-identical to an uninterrupted run. Outputs appear
-only at the end (`publish`), the final model last, so nothing half-written ever looks complete.
+killed job resumes from the last states; on CPU it ends bit-identical to an uninterrupted run. A finished run's
+work directory becomes its store entry in one rename (worldrep.entry), so nothing half-written ever looks complete.
 """
 from __future__ import annotations
 
@@ -695,37 +695,3 @@ def save_hf_model(model, directory: Path, tokenizer_dir: Path, metadata: dict | 
         (partial / "run.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
     shutil.rmtree(directory, ignore_errors=True)
     os.replace(partial, directory)
-
-
-def link_tree(source: Path, target: Path) -> None:
-    """`target` as a hard-linked copy of `source` (file or directory), complete or absent. Hard links, not a
-    move: Snakemake deletes an incomplete job's outputs, and the work directory must survive that."""
-    partial = target.with_name(target.name + ".partial")
-    if partial.is_dir():
-        shutil.rmtree(partial)
-    elif partial.exists():
-        partial.unlink()
-    if source.is_dir():
-        shutil.copytree(source, partial, copy_function=os.link)
-    else:
-        os.link(source, partial)
-    if target.is_dir():
-        shutil.rmtree(target)
-    os.replace(partial, target)
-
-
-def publish(work: Path, outputs: dict[str, Path]) -> None:
-    """Move a finished run's files from `work` into place, the final model last, then drop `work`.
-    `outputs` maps names in `work` (e.g. "final", "checkpoints", "training_log.csv") to output paths."""
-    names = sorted(outputs, key=lambda name: name == "final")
-    for name in names:
-        outputs[name].parent.mkdir(parents=True, exist_ok=True)
-        link_tree(work / name, outputs[name])
-    # Out of the way in one rename before deleting: a kill during a long rmtree must not leave a resume
-    # state beside half-deleted logs and checkpoints, which a rerun would publish as complete.
-    trash = work.with_name(work.name + ".trash")
-    shutil.rmtree(trash, ignore_errors=True)
-    os.replace(work, trash)
-    shutil.rmtree(trash)
-
-
