@@ -11,7 +11,7 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 # The rules import the `worldrep` package of this workflow copy (jobs do the same via scripts/_workflow.py),
-# never another installed one, so that a code edit here is what runs and what `input:` tracks.
+# never another installed one, so that a code edit here is what runs and what each rule's code hash covers.
 sys.path.insert(0, workflow.basedir)
 
 from worldrep.grid import validate_config
@@ -71,7 +71,7 @@ onstart:
 
     try:
         to_train = {job.rule.name for job in workflow.dag.needrun_jobs()}
-    except AttributeError:  # a Snakemake whose DAG says otherwise: count stacks whose final models are missing
+    except AttributeError:  # a Snakemake whose DAG says otherwise: count the stacks with a missing store entry
         to_train = None
     local = workflow.local_exec and not workflow.touch
     # A cluster executor runs without --cores (workflow.cores would raise): project for this machine's cores.

@@ -39,7 +39,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from worldrep.config import mixture_families, validate_config  # noqa: E402
+from worldrep.config import mixture_families  # noqa: E402
+from worldrep.grid import validate_config  # noqa: E402
 from worldrep.grid import (MAP_ITEMS_PER_CITY, configured_tasks, evaluation_sets, family,  # noqa: E402
                            items_per_city, mixture_sources, pretraining_mixtures, recipe_settings, run_name,
                            train_items, training_runs, training_stacks)

@@ -104,14 +104,16 @@ for index, run in enumerate(stack_runs):
     if run.name in stale:
         stack.export(index, view)
         save_hf_model(view, run.work / "final", tokenizer_dir, {**metadata[run.name], **shared})
+# The device is free before the entries appear: a failure after them would make Snakemake delete their markers,
+# and their work folders (the resume state) are gone by then.
+lease.release()
 # Only once every run has its final model in its work folder: a kill before this point resumes all of them. Each
 # entry appears in one rename, its marker inside; a run trained only as a partner (whole-family) is dropped.
 kind = "finetuning" if finetuning else "pretraining"
 for run in stack_runs:
     if run.name in stale:
-        finish_entry(run.work, entry_dir(results, runs[run.name]["hash"]), entry_files(kind),
-                     {"run": run.name, "recipe_hash": runs[run.name]["hash"], "inputs_sha256": metadata[run.name]["inputs_sha256"],
-                      "seeds_entry": runs[run.name]["seeds_entry"], **trained_in})
-    else:
-        remove(run.work)
-lease.release()
+        record = {"run": run.name, "recipe_hash": runs[run.name]["hash"], "seeds_entry": runs[run.name]["seeds_entry"],
+                  "inputs_sha256": metadata[run.name]["inputs_sha256"], **trained_in}
+        finish_entry(run.work, entry_dir(results, runs[run.name]["hash"]), entry_files(kind), record)
+for run in stack_runs:  # every entry exists: the resume states are spent
+    remove(run.work)

@@ -24,9 +24,9 @@ def load(name: str) -> dict:
 
 @pytest.fixture(scope="module")
 def copy(tmp_path_factory) -> Path:
-    """A copy of the workflow's code (worldrep/, scripts/) to edit: the recipes read code from their root."""
+    """A copy of the workflow's code (worldrep/, scripts/, envs/) to edit: the recipes read code from their root."""
     root = tmp_path_factory.mktemp("code")
-    for folder in ("worldrep", "scripts"):
+    for folder in ("worldrep", "scripts", "envs"):
         shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
     return root
 
@@ -143,7 +143,7 @@ def work_folder(tmp_path: Path) -> Path:
     return work
 
 
-def test_an_entry_appears_whole_with_its_marker_and_without_the_resume_state(tmp_path):
+def test_an_entry_appears_whole_with_its_marker_written_last(tmp_path):
     work = work_folder(tmp_path)
     target = tmp_path / "store/abc"
     target.mkdir()  # as Snakemake makes the folder of the marker before the job runs
@@ -151,7 +151,8 @@ def test_an_entry_appears_whole_with_its_marker_and_without_the_resume_state(tmp
     assert sorted(p.name for p in target.iterdir()) == sorted([*entry.PRETRAINING_FILES, entry.MARKER])
     assert json.loads((target / entry.MARKER).read_text()) == {"run": "r", "inputs_sha256": {}}
     assert (target / "checkpoints/step-000000/model.safetensors").read_bytes() == b"w0"
-    assert not work.exists() and not list((tmp_path / "store").glob("*.partial"))
+    assert not list((tmp_path / "store").glob("*.partial"))
+    assert (work / "resume_state.pt").exists()  # its job removes it once all of its entries exist
 
 
 def test_a_kill_before_the_rename_leaves_no_entry_and_the_work_folder_whole(tmp_path, monkeypatch):
@@ -197,6 +198,11 @@ def test_gc_keeps_what_a_config_names(tmp_path):
         (tmp_path / "store" / name).mkdir(parents=True)
     removed = store.garbage(set(hashes.values()), tmp_path)
     assert [p.name for p in removed] == ["0123456789abcdef", "0123456789abcdef.work", "fedcba9876543210.partial"]
+    complete(tmp_path, keep)  # a work folder beside a complete entry is a leftover
+    assert {p.name for p in store.garbage(set(hashes.values()), tmp_path)} == {
+        "0123456789abcdef", "0123456789abcdef.work", f"{keep}.work", "fedcba9876543210.partial"}
+    shutil.rmtree(tmp_path / "store" / keep)
+    (tmp_path / "store" / keep).mkdir()
     smoke = tmp_path / "smoke.yaml"
     smoke.write_text((REPO / "config/smoke.yaml").read_text())
     assert store.main(["gc", "--configfile", str(smoke), "--results", str(tmp_path)]) == 0

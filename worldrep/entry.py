@@ -10,6 +10,7 @@ The training and publishing scripts import this module, so its import closure is
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -55,11 +56,21 @@ def link_tree(source: Path, target: Path) -> None:
     partial = target.with_name(target.name + ".partial")
     remove(partial)
     if source.is_dir():
-        shutil.copytree(source, partial, copy_function=os.link)
+        shutil.copytree(source, partial, copy_function=link_or_copy)
     else:
-        os.link(source, partial)
+        link_or_copy(source, partial)
     remove(target)
     os.replace(partial, target)
+
+
+def link_or_copy(source, target) -> None:
+    """A hard link, or a copy where there can be none (the store and results/models/ on different disks)."""
+    try:
+        os.link(source, target)
+    except OSError as error:
+        if error.errno != errno.EXDEV:
+            raise
+        shutil.copy2(source, target)
 
 
 def remove(path: Path) -> None:
@@ -71,7 +82,8 @@ def remove(path: Path) -> None:
 
 def finish_entry(work: Path, entry: Path, names: tuple[str, ...], record: dict) -> None:
     """Make `entry` from a finished run's work folder: its `names` linked into a staging folder, the marker
-    written last, the folder renamed into place, and only then the work folder (and its resume state) removed."""
+    written last, the folder renamed into place. The work folder (and its resume state) stays: its job removes it
+    once every entry it writes exists, so that a failure in between leaves every run something to resume from."""
     staging = entry.with_name(entry.name + ".partial")
     remove(staging)
     staging.mkdir(parents=True)
@@ -81,7 +93,6 @@ def finish_entry(work: Path, entry: Path, names: tuple[str, ...], record: dict) 
     if entry.exists():  # Snakemake made the empty folder of the marker; anything else there has no marker
         remove(entry)
     os.replace(staging, entry)
-    remove(work)
 
 
 class StaleEntry(Exception):

@@ -276,9 +276,15 @@ def report(config: dict, results: Path, cores: int, gpus: int, to_train: set[str
     """(the block, the reason to stop or None) for this config on this machine."""
     rates = rates_of(config)
     plan = make_plan(config, n_cities(config), rates, results, to_train)
-    have, free = folder_bytes(results), free_disk(results)
-    return (block(plan, config, rates, cores, gpus, free, have, folder_bytes(results / "store")),
-            stop_reason(plan, config, rates, cores, gpus, free, have))
+    have, free, stored = folder_bytes(results), free_disk(results), folder_bytes(results / "store")
+    # What this config can count as already there: not the store's entries of other configs or older code, which
+    # stay on disk until `python -m worldrep.store gc`.
+    from .recipes import Recipes
+    from .store import garbage
+
+    other = sum(folder_bytes(path) for path in garbage(set(Recipes(config).run_hashes().values()), results))
+    return (block(plan, config, rates, cores, gpus, free, have, stored),
+            stop_reason(plan, config, rates, cores, gpus, free, have - other))
 
 
 def merged(base: dict, update: dict) -> dict:
@@ -300,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--gpus", type=int, help="GPUs to project for (default: those torch sees)")
     parser.add_argument("--results", type=Path, default=Path("results"),
-                        help="results folder: runs with a final model there are not counted again")
+                        help="results folder: runs with a store entry there are not counted again")
     args = parser.parse_args(argv)
     config = {}
     for path in args.configfile:

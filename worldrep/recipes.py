@@ -90,6 +90,7 @@ class Recipes:
     def __init__(self, config: dict, root: Path = ROOT):
         self.config, self.root = config, Path(root)
         self._code: dict[tuple[str, ...], str] = {}
+        self._envs: dict[str, dict] = {}
         self._mixtures: dict[str, dict] = {}
         self._runs: dict[str, str] = {}
 
@@ -98,6 +99,16 @@ class Recipes:
         if entries not in self._code:
             self._code[entries] = code_hash(list(entries), self.root)
         return self._code[entries]
+
+    def env(self, name: str) -> dict:
+        """The pinned packages of a kind of job (envs/{name}.yaml, pyproject.toml's pins): a new torch or numpy may
+        change the bytes a job writes, and once every entry is complete no training rule is left for Snakemake's
+        software-env trigger to rerun. Parsed, so that a comment in the file changes nothing."""
+        if name not in self._envs:
+            import yaml
+
+            self._envs[name] = yaml.safe_load((self.root / "envs" / f"{name}.yaml").read_text())["dependencies"]
+        return self._envs[name]
 
     @cached_property
     def world(self) -> dict:
@@ -109,7 +120,7 @@ class Recipes:
 
     def dataset(self, variant: str, task: str) -> dict:
         return {"params": dataset_params(self.config, variant, task), "world": self.world,
-                "code": self.dataset_code(task)}
+                "code": self.dataset_code(task), "env": self.env("data")}
 
     def dataset_code(self, task: str) -> str:
         # The task's own module is loaded by name (worldrep.tasks.task), so the static closure of the script never
@@ -120,15 +131,16 @@ class Recipes:
         if name not in self._mixtures:
             params = mixture_params(self.config, name)
             sources = [(s["variant"], s["task"]) for s in params["sources"]]
-            self._mixtures[name] = {"params": params, "code": self.code("scripts/mixture.py"),
+            self._mixtures[name] = {"params": params, "code": self.code("scripts/mixture.py"), "env": self.env("data"),
                                     "datasets": {f"{v}/{t}": self.dataset(v, t) for v, t in dict.fromkeys(sources)}}
         return self._mixtures[name]
 
     def run(self, run: Run) -> dict:
-        """Everything that shapes the run's store entry: its training params, the recipe of the mixture it trains
-        on, its base run's hash, the tokenizer saved beside it, and the training code."""
+        """Everything that shapes the run's store entry: its name (its run.json says it), its training params, the
+        recipe of the mixture it trains on, its base run's hash, the tokenizer saved beside it, the training code
+        and its packages."""
         base = base_run(self.config, run)
-        return {"training": training_params(self.config, run),
+        return {"run": run.name, "training": training_params(self.config, run), "env": self.env("training"),
                 "mixture": self.mixture(training_mixture(self.config, run)),
                 "base": self.run_hash(base) if base else None,
                 "tokenizer": self.tokenizer, "code": self.code("scripts/train.py")}

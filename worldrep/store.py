@@ -69,11 +69,13 @@ def entries(results: Path) -> dict[str, int]:
 
 
 def garbage(keep: set[str], results: Path) -> list[Path]:
-    """The store's folders that no kept recipe hash names: entries, and work or staging folders."""
+    """The store's folders that no kept recipe hash names (entries, work and staging folders), and the work and
+    staging folders left beside a complete entry (a kill between its rename and the cleanup; whole-family partners)."""
     folder = store_dir(results)
     if not folder.is_dir():
         return []
-    return [p for p in sorted(folder.iterdir()) if p.name.split(".")[0] not in keep]
+    return [p for p in sorted(folder.iterdir()) if (name := p.name.split(".")[0]) not in keep
+            or (p.name != name and is_complete(results, name))]
 
 
 def adopt(config: dict, hashes: dict[str, str], results: Path) -> tuple[list[str], list[str]]:
@@ -94,14 +96,17 @@ def adopt(config: dict, hashes: dict[str, str], results: Path) -> tuple[list[str
             continue
         meta = json.loads((published / "final" / "run.json").read_text())
         wanted = training_params(config, run)
-        recipe = {k: meta["recipe"].get(k) for k in wanted["recipe"]}
-        recipe["betas"] = list(recipe["betas"]) if recipe["betas"] is not None else None
-        differs = [key for key, ok in (("model", meta["model"] == wanted["model"]), ("recipe", recipe == wanted["recipe"]),
-                                       ("seed", meta["seed"] == wanted["seed"]),
-                                       ("mixture", meta["mixture"] == training_mixture(config, run))) if not ok]
-        current = run_inputs(config, run, results)
+        recorded = meta.get("recipe", {})
+        recipe = {k: (list(recorded[k]) if k == "betas" else recorded[k]) for k in wanted["recipe"] if k in recorded}
+        precision = recorded.get("precision")  # the one its device used: among the config's per-device choices
+        checks = (("model", meta.get("model") == wanted["model"]), ("recipe", recipe == wanted["recipe"]),
+                  ("precision", precision in wanted["precision"].values()),
+                  ("seed", meta.get("seed") == wanted["seed"]),
+                  ("mixture", meta.get("mixture") == training_mixture(config, run)))
+        differs = [key for key, ok in checks if not ok]
+        current, inputs = run_inputs(config, run, results), meta.get("inputs_sha256", {})
         differs += [name for name, path in current.items()
-                    if not path.is_file() or meta["inputs_sha256"].get(name) != sha256_file(path)]
+                    if not path.is_file() or inputs.get(name) != sha256_file(path)]
         if differs:
             refused.append(f"{run.name}: its run.json differs from this config in {', '.join(differs)}")
             continue
@@ -114,6 +119,7 @@ def adopt(config: dict, hashes: dict[str, str], results: Path) -> tuple[list[str
         finish_entry(work, entry_dir(results, recipe_hash), names,
                      {"run": run.name, "recipe_hash": recipe_hash, "inputs_sha256": meta["inputs_sha256"],
                       "adopted": True})
+        remove(work)
         adopted.append(run.name)
     return adopted, refused
 
@@ -165,10 +171,13 @@ def main(argv: list[str] | None = None) -> int:
         if len(configs) != 1:
             parser.error("adopt takes one config (--configfile once)")
         adopted, refused = adopt(configs[0], hashes[0], args.results)
-        for line in refused:
-            print(f"not adopted: {line}")
-        print(f"adopted {len(adopted)} run(s); now run `snakemake --touch` with the same config files once, so that "
-              "Snakemake records the new params of every job")
+        print(f"adopted {len(adopted)} run(s)")
+        if refused:  # a --touch now would mark these runs' outdated models up to date for good
+            print("not adopted (retrain them: remove their results/models/{run}/ folders, then run snakemake; only "
+                  "then `snakemake --touch` once):\n  " + "\n  ".join(refused))
+            return 1
+        print("now run `snakemake --touch` once with the same config files, so that Snakemake records the new "
+              "params of every job")
     return 0
 
 
