@@ -134,6 +134,19 @@ def test_gpu_jobs_are_given_a_device_and_run_without_a_lease(slurm_run):
     assert set(given) == gpu_jobs and set(given.values()) <= {"0", "1"}
 
 
+def test_workers_train_the_stacks_the_main_process_planned(slurm_run):
+    """Each SLURM worker re-parses the Snakefile, and with it the stale runs of its stack (worldrep.store): every
+    stack's job wrote exactly the entries of the runs the main process planned for it, all ten of the smoke grid."""
+    from worldrep.grid import training_stacks, validate_config
+
+    workdir, _ = slurm_run
+    config = validate_config(yaml.safe_load((workdir / SMOKE).read_text()))
+    for stack in training_stacks(config):
+        log = (workdir / f"results/logs/stacks/{stack.name}.log").read_text()
+        written = re.search(r"; writing the entries of (.+)$", log, flags=re.MULTILINE).group(1).split(", ")
+        assert written == [run.name for run in stack.runs], (stack.name, written)
+
+
 def test_results_are_identical_to_a_local_run(slurm_run, local_run):
     workdir, _ = slurm_run
     on_slurm, local = result_hashes(workdir), result_hashes(local_run)
