@@ -561,21 +561,13 @@ class Job:
         return [p for paths in self.inputs.values() for p in paths]
 
 
-def canonical(value):
-    """rules/common.smk's `canonical`: dicts with sorted keys, recursively (what the generalization rule passes)."""
-    if isinstance(value, dict):
-        return {k: canonical(value[k]) for k in sorted(value)}
-    if isinstance(value, list):
-        return [canonical(v) for v in value]
-    return value
-
-
 def recompute_jobs(config: dict) -> list[Job]:
     """The probe, CKA and generalization jobs `snakemake all` plans under `config`, upstream first, with the inputs
     and params their rules give them. The runs and their groups come from worldrep.grid, as the rules' do
     (rules/common.smk); the inputs and params mirror the three rule files: keep them in step.
     `verify --recompute` checks it against Snakemake's record of each archived table when the archive has one."""
     from .config import mixture_families
+    from .recipes import Recipes, canonical  # the rules' own sorting of params (rules/common.smk)
     from .grid import (atlantis_runs, cka_families, control_runs, curve_runs, family_runs, main_runs,
                        representation_settings, training_runs)
 
@@ -637,8 +629,6 @@ def recompute_jobs(config: dict) -> list[Job]:
                         {"variant_task": {m: pretraining[m][0] for m in cka["pt1"]}, "layer": layer}))
     # Every rule's params end with its code identity (the Snakefile adds it): this checkout's, so a table made by
     # other code shows as a params difference naming the two hashes.
-    from .recipes import Recipes
-
     code = Recipes(config).code
     return [replace(job, params={**job.params, "code": code(f"scripts/{SCRIPTS.get(job.rule, job.rule)}.py")})
             for job in jobs]

@@ -65,7 +65,9 @@ def entries(results: Path) -> dict[str, int]:
     folder = store_dir(results)
     if not folder.is_dir():
         return {}
-    return {p.name: sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) for p in sorted(folder.iterdir())}
+    from .plan import folder_bytes
+
+    return {p.name: folder_bytes(p) for p in sorted(folder.iterdir())}
 
 
 def garbage(keep: set[str], results: Path) -> list[Path]:
