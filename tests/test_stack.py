@@ -385,3 +385,144 @@ def test_a_stack_does_not_resume_from_states_of_different_steps(tmp_path):
     assert "not resuming" in log.getvalue() and "resuming 2" not in log.getvalue()
     straight, _ = train_runs(tmp_path / "straight", mixtures, [5, 6], recipe)
     assert all(torch.equal(a, b) for a, b in zip(stack.state_dict().values(), straight.state_dict().values()))
+
+
+# ---- greedy decoding of K models at once (METHOD §8) ---------------------------------------------------------
+
+PROMPT_FORMS = {  # three mixtures' tasks: a run of each decodes its own prompts
+    "distance": lambda c: f"dist(c_{c[0]},c_{c[1]})=",
+    "angle": lambda c: f"angle(c_{c[0]},c_{c[1]},c_{c[2]})=",
+    "inside": lambda c: f"inside(c_{c[0]};c_{c[1]},c_{c[2]},c_{c[3]})=",
+}
+
+
+def task_prompts(task: str, n: int, seed: int) -> torch.Tensor:
+    """n right-padded prompts of one task with random 4-digit city IDs, as `prompt_tokens` cuts stored items."""
+    from worldrep.evaluation import prompt_tokens
+    from worldrep.tokenizer import encode_compact
+
+    rng = np.random.default_rng(seed)
+    compact = np.array([PROMPT_FORMS[task]([f"{i:04d}" for i in rng.integers(0, 10_000, 4)]).encode()
+                        for _ in range(n)])
+    return torch.from_numpy(prompt_tokens(encode_compact(compact)).astype(np.int64))
+
+
+def hf_generate(model, prompts: torch.Tensor, max_new: int) -> torch.Tensor:
+    """Hugging Face `generate` of one model on its own right-padded prompts, left-padded here by hand."""
+    lengths = [int((row != PAD_ID).sum()) for row in prompts]
+    width = max(lengths)
+    ids = torch.zeros(len(prompts), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        ids[i, width - n:], mask[i, width - n:] = prompts[i, :n], 1
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, num_beams=1,
+                             max_new_tokens=max_new, eos_token_id=3, pad_token_id=0)
+    return out[:, width:]
+
+
+def stacked_batch(batches: list[torch.Tensor]) -> torch.Tensor:
+    """Each run's prompts in its row of one [K, B, W] batch: all-pad rows after a run's last item, pad columns
+    after its widest prompt."""
+    batch, width = max(len(p) for p in batches), max(p.shape[1] for p in batches)
+    out = torch.full((len(batches), batch, width), PAD_ID, dtype=torch.long)
+    for k, prompts in enumerate(batches):
+        out[k, :len(prompts), :prompts.shape[1]] = prompts
+    return out
+
+
+def same_tokens(ours: torch.Tensor, reference: torch.Tensor) -> bool:
+    """Equal rows once trailing pads are dropped (a batch that stops later pads its finished rows further)."""
+    width = max(ours.shape[1], reference.shape[1])
+    pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=PAD_ID)  # noqa: E731
+    return torch.equal(pad(ours), pad(reference))
+
+
+@pytest.mark.parametrize("settings", [ModelSettings(), GQA])
+def test_stacked_greedy_decoding_is_each_models_own_generate(settings):
+    """K = 3 models of three mixtures (one task each, their own prompt lengths and counts), decoded as one stack:
+    every row's tokens equal its model's own `generate` and `greedy_generate`, token for token. The `<eos>` row of
+    each lm_head is scaled so that rows stop at different steps, some at once."""
+    from worldrep.evaluation import greedy_generate, stacked_greedy_generate
+
+    models = [build_model(settings, seed).eval() for seed in (11, 12, 13)]
+    with torch.no_grad():
+        for model, scale in zip(models, (1.0, 1.5, 1.3)):
+            model.lm_head.weight[3] *= scale
+    batches = [task_prompts(task, n, seed) for seed, (task, n) in enumerate([("distance", 6), ("angle", 4),
+                                                                           ("inside", 5)])]
+    stack = from_hf_models(models).eval()
+    fused = stacked_greedy_generate(stack, stacked_batch(batches), 20)
+    stops = set()
+    for k, (model, prompts) in enumerate(zip(models, batches)):
+        reference = hf_generate(model, prompts, 20)
+        assert same_tokens(fused[k, :len(prompts)], reference), k
+        assert same_tokens(fused[k, :len(prompts)], greedy_generate(model, prompts, 20)), k
+        assert (fused[k, len(prompts):] == PAD_ID).all()  # the all-pad rows generate nothing
+        stops |= {row.index(3) if 3 in row else None for row in reference.tolist()}
+    assert len(stops) >= 3 and None in stops  # rows end early, at different steps, and run to the limit
+
+
+def test_stacked_greedy_decoding_keeps_each_rows_limit():
+    """Per-row limits (each task has its own, §8): a row stops at its limit, exactly as decoded alone with it."""
+    from worldrep.evaluation import greedy_generate, stacked_greedy_generate
+
+    models = [build_model(TINY, seed).eval() for seed in (1, 2)]
+    prompts = [task_prompts("distance", 3, 0), task_prompts("angle", 3, 1)]
+    limits = torch.tensor([[2, 5, 0], [7, 1, 3]])
+    fused = stacked_greedy_generate(from_hf_models(models).eval(), stacked_batch(prompts), limits)
+    assert fused.shape[2] <= 7
+    for k, model in enumerate(models):
+        for row in range(3):
+            limit = int(limits[k, row])
+            alone = greedy_generate(model, prompts[k][row:row + 1], limit)[0] if limit else torch.zeros(0)
+            assert same_tokens(fused[k, row:row + 1, :limit], alone[None].long()), (k, row)
+            assert (fused[k, row, limit:] == PAD_ID).all(), (k, row)
+
+
+ANSWERS = {"distance": lambda rng: str(rng.integers(0, 4000)), "angle": lambda rng: str(rng.integers(0, 180)),
+           "inside": lambda rng: ("TRUE", "FALSE")[rng.integers(0, 2)]}
+
+
+def task_validation(tasks: list[str], n: int, seed: int, batch_size: int):
+    """A val split of n items per task, tasks interleaved as a mixture's rows are, with random answers."""
+    from worldrep.tokenizer import encode_compact
+    from worldrep.training import Validation
+
+    rng = np.random.default_rng(seed)
+    texts, task_index, answers = [], [], []
+    for i in range(n * len(tasks)):
+        task = tasks[i % len(tasks)]
+        answer = ANSWERS[task](rng)
+        texts.append((PROMPT_FORMS[task]([f"{c:04d}" for c in rng.integers(0, 10_000, 4)]) + answer).encode())
+        task_index.append(i % len(tasks))
+        answers.append(answer.encode())
+    return Validation(encode_compact(np.array(texts)), np.array(task_index, dtype=np.uint8), np.array(answers),
+                      tasks, batch_size=batch_size)
+
+
+def test_fused_validation_is_each_runs_own_validation():
+    """Three runs of three mixtures (1, 2 and 3 tasks; 5, 8 and 9 items), validated in one fused pass with
+    batches of 4: each run's rows (task order, n, metric, failures) are `write_validation`'s for the run alone,
+    the losses equal to float rounding."""
+    from worldrep.training import stacked_validation, write_validation
+
+    class Rows(list):
+        write = list.append
+
+    models = [build_model(TINY, seed).eval() for seed in (21, 22, 23)]
+    with torch.no_grad():
+        models[1].lm_head.weight[3] *= 1.4  # rows of one run stop early
+    validations = [task_validation(["inside"], 5, 0, 4), task_validation(["distance", "angle"], 4, 1, 4),
+                   task_validation(["angle", "inside", "distance"], 3, 2, 4)]
+    fused = stacked_validation(from_hf_models(models).eval(), validations, "fp32", torch.device("cpu"))
+    for model, validation, rows in zip(models, validations, fused):
+        alone = Rows()
+        write_validation(model, validation, "fp32", torch.device("cpu"), 7, alone)
+        assert [r["task"] for r in rows] == [r["task"] for r in alone] == sorted(set(validation.task_names),
+                                                                                key=validation.task_names.index)
+        for ours, theirs in zip(rows, alone):
+            assert {key: ours[key] for key in ("n", "metric", "value", "failures")} == \
+                {key: theirs[key] for key in ("n", "metric", "value", "failures")}
+            assert float(ours["loss"]) == pytest.approx(float(theirs["loss"]), abs=2e-6)
+    assert any(0 < row["failures"] < row["n"] for rows in fused for row in rows)  # answers parse, and some fail

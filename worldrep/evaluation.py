@@ -146,6 +146,37 @@ def greedy_generate(model, prompts: torch.Tensor, max_new: int, precision: str =
     return torch.stack(generated, dim=1)
 
 
+@torch.no_grad()
+def stacked_greedy_generate(stack, prompts: torch.Tensor, max_new, precision: str = "fp32") -> torch.Tensor:
+    """`greedy_generate` of K models at once through their stack (`worldrep.stack.StackedQwen2.decode_step`):
+    prompts [K, B, W] right-padded, model k's batch in row k; returns (K, B, ≤ max) new tokens.
+
+    `max_new` is one limit or one per row [K, B] (each row's task has its own, §8): a row stops at its limit or its
+    `<eos>` and gets `<pad>` after. All-pad rows (a run with fewer items than its partners) are done from the start.
+    Each row's tokens are what its own model's `greedy_generate` gives, up to float rounding (tested token for token)."""
+    k, b, width = prompts.shape
+    ids, mask = left_pad(prompts.reshape(k * b, width))
+    valid = mask.bool()
+    position = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    limit = torch.as_tensor(max_new, device=ids.device).expand(k, b).reshape(-1)
+    done = ~valid.any(dim=1) | (limit <= 0)
+    generated, cache = [], None
+    with autocast(ids.device, precision):
+        for step in range(int(limit.max())):
+            logits, cache = stack.decode_step(ids.view(k, b, -1), position, valid, cache)
+            token = logits.reshape(k * b, -1).argmax(dim=-1).masked_fill(done, PAD_ID)
+            generated.append(token)
+            done |= (token == EOS_ID) | (limit <= step + 1)
+            if bool(done.all()):
+                break
+            ids = token[:, None]
+            valid = torch.cat([valid, torch.ones_like(valid[:, :1])], dim=1)
+            position = position[:, -1:] + 1
+    if not generated:
+        return prompts.new_zeros(k, b, 0)
+    return torch.stack(generated, dim=1).view(k, b, -1)
+
+
 def generate_texts(model, prompts: np.ndarray, max_new: int, batch_size: int, device: torch.device,
                    precision: str = "fp32", progress=None) -> list[str]:
     """Decoded prompt + greedy generation of every prompt row (right-padded uint8 tokens), in order."""

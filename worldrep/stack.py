@@ -83,7 +83,8 @@ class StackedAttention(nn.Module):
         self.v_proj = StackedLinear(k, s.hidden_size, self.kv_heads * self.head_dim, bias=True)
         self.o_proj = StackedLinear(k, self.heads * self.head_dim, s.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor, batch: int, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def project(self, x: torch.Tensor, batch: int, cos: torch.Tensor, sin: torch.Tensor):
+        """Rotated queries and keys, and values, each [K·B, heads, T, d] from x [K, B·T, H]."""
         k, n, _ = x.shape
         length = n // batch
 
@@ -92,12 +93,25 @@ class StackedAttention(nn.Module):
 
         q = rotate(heads(self.q_proj(x), self.heads), cos, sin)
         key = rotate(heads(self.k_proj(x), self.kv_heads), cos, sin)
-        value = heads(self.v_proj(x), self.kv_heads)
+        return q, key, heads(self.v_proj(x), self.kv_heads)
+
+    def attend(self, q, key, value, shape, **mask) -> torch.Tensor:
         if self.kv_heads != self.heads:  # grouped-query attention: HF's repeat_kv
             key = key.repeat_interleave(self.heads // self.kv_heads, dim=1)
             value = value.repeat_interleave(self.heads // self.kv_heads, dim=1)
-        out = F.scaled_dot_product_attention(q, key, value, is_causal=True, scale=self.head_dim ** -0.5)
-        return self.o_proj(out.transpose(1, 2).reshape(k, n, self.heads * self.head_dim))
+        out = F.scaled_dot_product_attention(q, key, value, scale=self.head_dim ** -0.5, **mask)
+        return self.o_proj(out.transpose(1, 2).reshape(*shape[:2], self.heads * self.head_dim))
+
+    def forward(self, x: torch.Tensor, batch: int, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return self.attend(*self.project(x, batch, cos, sin), x.shape, is_causal=True)
+
+    def cached(self, x, batch, cos, sin, allowed, past):
+        """One decoding step: attention over the cached keys and values `past` (or none) and this step's, under
+        the boolean mask `allowed` [K·B, 1, T, S]. Returns (output, the keys and values so far)."""
+        q, key, value = self.project(x, batch, cos, sin)
+        if past is not None:
+            key, value = torch.cat([past[0], key], dim=2), torch.cat([past[1], value], dim=2)
+        return self.attend(q, key, value, x.shape, attn_mask=allowed), (key, value)
 
 
 class StackedMLP(nn.Module):
@@ -122,6 +136,11 @@ class StackedLayer(nn.Module):
     def forward(self, x, batch, cos, sin):
         x = x + self.self_attn(self.input_layernorm(x), batch, cos, sin)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+    def cached(self, x, batch, cos, sin, allowed, past):
+        attended, present = self.self_attn.cached(self.input_layernorm(x), batch, cos, sin, allowed, past)
+        x = x + attended
+        return x + self.mlp(self.post_attention_layernorm(x)), present
 
 
 class StackedBody(nn.Module):
@@ -159,6 +178,34 @@ class StackedQwen2(nn.Module):
         freqs = torch.arange(length, device=device, dtype=torch.float)[:, None] * self.inv_freq.float()[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def rotary_at(self, positions: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [N, 1, T, d] at each row's own positions [N, T] (left-padded decoding), as `rotary` computes them."""
+        freqs = positions.float()[..., None] * self.inv_freq.float()
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]
+
+    def decode_step(self, ids: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor, past: list | None = None):
+        """One step of greedy decoding for all K models: ids [K, B, T] (the prompts, then one token per step) at
+        positions [K·B, T], with `valid` [K·B, S] marking the real tokens among all S so far (left padding is not).
+        Returns (logits [K, B, V] of each row's last position, the key/value cache to pass back).
+
+        A query attends to the valid keys up to itself, and always to itself: a pad position then has a finite
+        output (a row of nothing but masked keys would be NaN, and a NaN value stays NaN even at weight 0). No real
+        position ever attends to a pad, so what pads compute never reaches a real token."""
+        k, batch, length = ids.shape
+        x = self.model.embed_tokens(ids).reshape(k, batch * length, -1)
+        cos, sin = self.rotary_at(positions, x.dtype)
+        width = valid.shape[1]
+        keys = torch.arange(width, device=ids.device)
+        queries = keys[width - length:, None]  # each query's index among the keys
+        allowed = (valid[:, None, :] & (keys <= queries)) | (keys == queries)
+        presents = []
+        for index, layer in enumerate(self.model.layers):
+            x, present = layer.cached(x, batch, cos, sin, allowed[:, None], None if past is None else past[index])
+            presents.append(present)
+        last = x.view(k, batch, length, -1)[:, :, -1]
+        return self.lm_head(self.model.norm(last)), presents
 
     def hidden(self, ids: torch.Tensor) -> torch.Tensor:
         """The final-norm hidden states [K, B·T, H] of ids [K, B, T]."""

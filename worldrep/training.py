@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .evaluation import autocast, evaluate_items, summarize
+from .evaluation import (autocast, decode_text, evaluate_items, max_new_tokens, prompt_tokens, score_items,
+                         stacked_greedy_generate, summarize)
 from .stack import stacked_token_losses
 from .tokenizer import PAD_ID
 
@@ -548,8 +549,14 @@ def train_stack(stack, runs: list[StackRun], recipe: Recipe, device: torch.devic
     for step in range(start, last + 1):
         # A resume state is saved after its step's validation rows, which the logs therefore already hold.
         if (step % validate_every == 0 or step == total) and not (resumed and step == start):
-            each_run(lambda k, run: write_validation(view, run.validation, recipe.precision, device, step,
-                                                     logs[k][1]))
+            if fused:  # all runs in one pass, as they train
+                for k, rows in enumerate(stacked_validation(stack, [run.validation for run in runs],
+                                                            recipe.precision, device)):
+                    for row in rows:
+                        logs[k][1].write({"step": step, **row})
+            else:
+                each_run(lambda k, run: write_validation(view, run.validation, recipe.precision, device, step,
+                                                         logs[k][1]))
         if step in checkpoints and step != start:
             each_run(lambda k, run: run.save_checkpoint(view, step))
             for k, run in enumerate(runs):
@@ -616,11 +623,69 @@ def write_validation(model, validation: Validation, precision: str, device: torc
                 losses.append(item_losses(model, batch))
         _, values, failed = evaluate_items(model, tokens, validation.answers[rows], task, validation.batch_size,
                                            device, precision)
-        summary = summarize(task, values, failed)
-        validation_log.write({"step": step, "task": task, "n": summary["n"],
-                              "loss": f"{float(torch.cat(losses).mean()):.6f}", "metric": summary["metric"],
-                              "value": f"{summary['value']:.6f}", "failures": summary["failures"]})
+        validation_log.write({"step": step, **validation_row(task, torch.cat(losses), values, failed)})
     model.train()
+
+
+def validation_row(task: str, losses: torch.Tensor, values: np.ndarray, failed: np.ndarray) -> dict:
+    """One task's row of the validation log: mean item loss (fp32, as summed on the device) and greedy metric."""
+    summary = summarize(task, values, failed)
+    return {"task": task, "n": summary["n"], "loss": f"{float(losses.float().mean()):.6f}",
+            "metric": summary["metric"], "value": f"{summary['value']:.6f}", "failures": summary["failures"]}
+
+
+@torch.no_grad()
+def stacked_validation(stack, validations: list[Validation], precision: str, device: torch.device) -> list[list[dict]]:
+    """`write_validation`'s rows (without the step) of every run of a stack at once: each batch holds batch_size
+    val items of every run (its items in task order, all-pad rows once a run has none left), one fused forward
+    gives their losses and one `stacked_greedy_generate` their answers, each row to its own task's limit. What a
+    fused training step is to a lone one, this is to `write_validation`: the same per-run numbers up to float
+    rounding (tests/test_stack.py). Used where the stack trains fused (`fused_by_default`: a GPU)."""
+    k, batch = len(validations), validations[0].batch_size
+    orders = [np.argsort(v.task, kind="stable") for v in validations]
+    width = max(v.tokens.shape[1] for v in validations)
+    losses = [torch.empty(len(order)) for order in orders]
+    texts = [[] for _ in validations]
+    was_training = stack.training
+    stack.eval()
+    for start in range(0, max(len(order) for order in orders), batch):
+        tokens = np.full((k, batch, width), PAD_ID, dtype=np.int64)
+        prompts = np.full_like(tokens, PAD_ID)
+        limits = np.zeros((k, batch), dtype=np.int64)
+        counts = []
+        for i, (validation, order) in enumerate(zip(validations, orders)):
+            rows = order[start:start + batch]
+            counts.append(len(rows))
+            if len(rows):
+                tokens[i, :len(rows), :validation.tokens.shape[1]] = validation.tokens[rows]
+                cut = prompt_tokens(validation.tokens[rows])
+                prompts[i, :len(rows), :cut.shape[1]] = cut
+                limits[i, :len(rows)] = [max_new_tokens(validation.task_names[t]) for t in validation.task[rows]]
+        ids = torch.from_numpy(tokens).to(device)
+        with autocast(device, precision):
+            logits = stack(ids[:, :, :-1]).float()
+        targets = ids[:, :, 1:]
+        item = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=PAD_ID,
+                               reduction="none").view(targets.shape)
+        mask = targets != PAD_ID
+        item = ((item * mask).sum(dim=-1) / mask.sum(dim=-1).clamp(min=1)).cpu()
+        new = stacked_greedy_generate(stack, torch.from_numpy(prompts).to(device), torch.from_numpy(limits).to(device),
+                                      precision).cpu().numpy()
+        for i, n in enumerate(counts):
+            losses[i][start:start + n] = item[i, :n]
+            texts[i] += decode_text(np.concatenate([prompts[i, :n], new[i, :n]], axis=1))
+    stack.train(was_training)
+    out = []
+    for validation, order, run_losses, run_texts in zip(validations, orders, losses, texts):
+        tasks = validation.task[order]
+        rows = []
+        for index in np.unique(tasks):
+            mine = np.flatnonzero(tasks == index)
+            task = validation.task_names[index]
+            values, failed = score_items(task, [run_texts[i] for i in mine], validation.answers[order[mine]])
+            rows.append(validation_row(task, run_losses[mine], values, failed))
+        out.append(rows)
+    return out
 
 
 # ---- resume state --------------------------------------------------------------------------------------
