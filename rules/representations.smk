@@ -1,39 +1,34 @@
 # Representation extraction (METHOD §10): for every eligible city (4-digit ID), the residual stream at the
 # last ID digit and the following delimiter of the task's partial prompt, the config's
 # `representations.layers` (3–6 of 6 for the paper; a variant may list its own), 2 × hidden_size dims per layer.
+# The run's stack job extracts them, with the weights still in memory (rules/training.smk); these rules publish.
 
 
 rule representations:
-    """A model's final checkpoint: one compact .npz with the city IDs and one float32 array per layer."""
+    """A model's final checkpoint: one compact .npz with the city IDs and one float32 array per layer. Extracted by
+    the run's stack job (rules/training.smk), published here."""
     input:
-        model="results/models/{mixture}_s{seed}/final",
-        cities="results/world/cities.csv",
+        entry=lambda w: product_marker(run_of(w).name, "representations"),
+        checked="results/world/cities.csv",
     output:
         "results/representations/{mixture}_s{seed}/final.npz",
     params:
-        tasks=lambda w: mixture_tasks(run_of(w).mixture),
-        finetuning=lambda w: run_of(w).kind == "finetuning",
-        configured_tasks=CONFIGURED_TASKS,
-        layers=run_layers,
-        # the script, and the prompt task's module: it spells the prompt's function name and delimiter
-        code=lambda w: RECIPES.code("scripts/representations.py", f"worldrep/tasks/{run_prompt_task(run_of(w))}.py"),
+        recipe=lambda w: PRODUCT_HASH[(run_of(w).name, "representations")],
     log:
         "results/logs/representations/{mixture}_s{seed}.log",
-    benchmark:
-        "results/benchmarks/representations/{mixture}_s{seed}.tsv"
     conda:
-        ENV_TRAINING
+        ENV_DATA
     script:
-        "../scripts/representations.py"
+        "../scripts/model.py"
 
 
 use rule representations as checkpoint_representations with:
     input:
-        checkpoints="results/models/{mixture}_s{seed}/checkpoints",
-        cities="results/world/cities.csv",
+        entry=lambda w: product_marker(run_of(w).name, "checkpoint_representations"),
+        checked="results/world/cities.csv",
     output:
         directory("results/representations/{mixture}_s{seed}/checkpoints"),
+    params:
+        recipe=lambda w: PRODUCT_HASH[(run_of(w).name, "checkpoint_representations")],
     log:
         "results/logs/representations/{mixture}_s{seed}.checkpoints.log",
-    benchmark:
-        "results/benchmarks/representations/{mixture}_s{seed}.checkpoints.tsv"

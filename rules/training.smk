@@ -6,6 +6,10 @@
 # - One rule per stack with a missing entry (pretrain_pt1, finetune_ftwb2_13, ...), generated while the Snakefile is
 #   parsed: it trains exactly the stale runs (`training.stack: whole-family`: their whole family) and writes their
 #   entries, each marker last. A killed job leaves work folders that the rerun resumes from.
+# - The same job then computes, from each run's weights in memory (or from its entry, when only they are missing), the
+#   run's products: evaluation, checkpoint evaluation, representations, checkpoint representations (worldrep.grid
+#   .run_products), each a store entry under its own recipe hash: one process per stack pays for start-up and model
+#   loading once (METHOD §7.5).
 # - One small rule per run publishes its entry as hard links. Downstream rules read results/models/{run}/ as they
 #   always did, and Snakemake decides per run: a run whose entry exists is not retrained, and its files keep their
 #   bytes and mtimes, so nothing downstream of it reruns.
@@ -22,8 +26,11 @@ for _job in TRAINING_JOBS:
         input:
             data=stack_inputs(_stack),
             tokenizer=TOKENIZER_FILES,
+            models=[store_marker(run) for run in _job.loaded],  # weights it only reads: products are missing
+            **product_inputs(_job.products),
         output:
             **{run: store_marker(run) for run in _job.stale},
+            **{f"{run}.{product}": product_marker(run, product) for run, product in _job.products},
         params:
             # Per run: its recipe hash (the entry it writes, and its resume state's key), mixture, base model, variant,
             # seeds entry (§7.3), architecture, recipe, seed, precisions. The outputs already name the hashes: these
@@ -33,13 +40,16 @@ for _job in TRAINING_JOBS:
                                        "seeds_entry": run.seeds_entry, **recipes.training_params(config, run)}
                             for run in _stack.runs}),
             stale=list(_job.stale),
+            # Per run with a missing product: its recipe hash (its stored weights, unless trained here), then each
+            # missing product's recipe hash and params (worldrep.recipes.product_params).
+            products=product_params(_job.products),
             stack=_stack.name,
             kind=_stack.kind,
         threads: 1
         resources:
             gpu=1,
             # Per job at paper scale: a pt7 mixture is ~7M items; every seed of one mixture shares its matrix.
-            mem_mb=(16000 if _stack.kind == "pretraining" else 8000) + 2000 * (len(_stack.mixtures) - 1),
+            mem_mb=(16000 if _stack.kind == "pretraining" else 8000) + 2000 * max(0, len(_stack.mixtures) - 1),
             runtime=720 if _stack.kind == "pretraining" else 240,  # minutes; a killed stack resumes
         log:
             f"results/logs/stacks/{_stack.name}.log",

@@ -1,6 +1,9 @@
 """Snakemake adapter: a generated pretrain_* / finetune_* rule -> results/store/{hash}/ for every stale run of its
-stack (worldrep.store; the per-run rules `pretrained_model` and `finetuned_model` then publish them)."""
+stack, then for every missing product of its runs (evaluation, representations and their checkpoint versions;
+worldrep.store; the per-run rules `pretrained_model`, `finetuned_model`, `evaluate`, `representations`, ... then
+publish them)."""
 import _workflow  # noqa: F401  (this workflow's `worldrep` first on sys.path)
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -13,15 +16,18 @@ sys.stderr = sys.stdout = log = open(snakemake.log[0], "w")
 lease = job_lease(snakemake.config["gpu"], log=lambda line: print(line, file=log, flush=True))
 
 import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from worldrep.artifacts import sha256_file  # noqa: E402
 from worldrep.datasets import load_split  # noqa: E402
-from worldrep.evaluation import resolve_device_precision  # noqa: E402
+from worldrep.evaluation import (evaluate_stack, load_model, resolve_device_precision, test_set_paths,  # noqa: E402
+                                 write_checkpoint_evaluation, write_evaluation, write_evaluation_tables)
 from worldrep.model import ModelSettings, build_model  # noqa: E402
 from worldrep.provenance import provenance  # noqa: E402
 from worldrep.stack import from_hf_models  # noqa: E402
-from worldrep.entry import entry_dir, entry_files, finish_entry, remove, work_dir  # noqa: E402
-from worldrep.training import Recipe, StackRun, Validation, fingerprint, save_hf_model, train_stack  # noqa: E402
+from worldrep.entry import entry_dir, entry_files, finish_entry, product_reads, remove, work_dir  # noqa: E402
+from worldrep.training import (Recipe, StackRun, Validation, fingerprint, fused_by_default, save_hf_model,  # noqa: E402
+                               train_stack)
 
 torch.set_num_threads(snakemake.threads)
 # Run name -> its recipe hash, mixture, base, training params, variant and `training.seeds` entry, in stack order.
@@ -36,15 +42,16 @@ device = torch.device(lease.device)
 # read from the config rather than params: switching them never retrains.
 cuda_graphs = bool(snakemake.config["training"]["cuda_graphs"])
 tokenizer_dir = Path(snakemake.input.tokenizer[0]).parent
-print(f"stack {stack_name}: {len(runs)} run(s) on {device}: {', '.join(runs)}; writing the entries of "
-      f"{', '.join(r for r in runs if r in stale)}", file=log, flush=True)
+missing = ", ".join(f"{run} {'/'.join(p['products'])}" for run, p in snakemake.params.products.items())
+print(f"stack {stack_name} on {device}: training {len(runs)} run(s) ({', '.join(runs) or 'none'}), writing the entries "
+      f"of {', '.join(r for r in runs if r in stale) or 'none'}; products: {missing or 'none'}", file=log, flush=True)
 
 recipes = {name: Recipe(**{**p["recipe"], "betas": tuple(p["recipe"]["betas"]),
                            "precision": resolve_device_precision(device, p["precision"])})
            for name, p in runs.items()}
-if len({json.dumps(vars(r), sort_keys=True) for r in recipes.values()}) != 1:
+if len({json.dumps(vars(r), sort_keys=True) for r in recipes.values()}) > 1:
     raise SystemExit(f"stack {stack_name}: its runs have different recipes: {sorted(recipes)}")
-recipe = next(iter(recipes.values()))
+recipe = next(iter(recipes.values()), None)  # None: nothing to train, only products to compute
 
 mixtures, models, stack_runs, metadata = {}, [], [], {}
 for name, p in runs.items():
@@ -93,27 +100,113 @@ for name, p in runs.items():
         "fingerprint": run_fingerprint, "inputs_sha256": inputs,
     }
 
-stack = from_hf_models(models)
-del models
-summary = train_stack(stack, stack_runs, recipe, device, log, cuda_graphs=cuda_graphs, name=stack_name)
-trained_in = {key: summary.pop(key) for key in ("stack", "stack_runs", "stack_fused")}
-shared = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-          "cuda_graphs": cuda_graphs and device.type == "cuda", **summary, "provenance": provenance()}
-view = stack.hf_model(0)
-for index, run in enumerate(stack_runs):
-    if run.name in stale:
-        stack.export(index, view)
-        save_hf_model(view, run.work / "final", tokenizer_dir, {**metadata[run.name], **shared})
-# The device is free before the entries appear: a failure after them would make Snakemake delete their markers,
-# and their work folders (the resume state) are gone by then.
+if stack_runs:
+    stack = from_hf_models(models)
+    del models
+    summary = train_stack(stack, stack_runs, recipe, device, log, cuda_graphs=cuda_graphs, name=stack_name)
+    trained_in = {key: summary.pop(key) for key in ("stack", "stack_runs", "stack_fused")}
+    shared = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "cuda_graphs": cuda_graphs and device.type == "cuda", **summary, "provenance": provenance()}
+    view = stack.hf_model(0)
+    for index, run in enumerate(stack_runs):
+        if run.name in stale:
+            stack.export(index, view)
+            save_hf_model(view, run.work / "final", tokenizer_dir, {**metadata[run.name], **shared})
+    del stack, view
+    # Only once every run has its final model in its work folder: a kill before this point resumes all of them. Each
+    # entry appears in one rename, its marker inside; a run trained only as a partner (whole-family) is dropped. A
+    # failure after this point (in the products below) makes Snakemake delete the markers: the work folders, kept to
+    # the end, then resume at the last step and write the entries again.
+    kind = "finetuning" if finetuning else "pretraining"
+    for run in stack_runs:
+        if run.name in stale:
+            record = {"run": run.name, "recipe_hash": runs[run.name]["hash"],
+                      "seeds_entry": runs[run.name]["seeds_entry"],
+                      "inputs_sha256": metadata[run.name]["inputs_sha256"], **trained_in}
+            finish_entry(run.work, entry_dir(results, runs[run.name]["hash"]), entry_files(kind), record)
+
+# The products (evaluation, checkpoint evaluation, representations, checkpoint representations) of each run that
+# misses one, from its entry: the weights just written (page cache, no retraining) or an earlier job's, read exactly
+# as a published model is. The extraction module is loaded by name, so that it is not part of every run's code
+# identity: the representations' recipes name it (worldrep.recipes.Recipes.product). The evaluation module is part of
+# it anyway: validation decodes with it.
+products = snakemake.params.products
+# Where the stack trains fused (a GPU), its runs are evaluated fused too: all final models in one stacked greedy
+# decode, and a run's checkpoints up to CHECKPOINT_STACK at a time (worldrep.evaluation.evaluate_stack). On a CPU,
+# model after model, which is the per-run path byte for byte.
+fused = fused_by_default(device)
+CHECKPOINT_STACK = 21
+
+
+def finish_product(name: str, product: str, p: dict, work: Path) -> None:
+    reads = {path: sha256_file(path) for path in product_reads(product, p)}
+    finish_entry(work, entry_dir(results, p["hash"]), entry_files(product),
+                 {"run": name, "product": product, "recipe_hash": p["hash"], "model": products[name]["hash"],
+                  "inputs_sha256": reads})
+    remove(work)
+
+
+def fresh_work(p: dict) -> Path:
+    work = work_dir(results, p["hash"])
+    remove(work)
+    work.mkdir(parents=True)
+    return work
+
+
+done = set()
+if products and fused:
+    finals = [(name, run_products["products"]["evaluation"]) for name, run_products in products.items()
+              if "evaluation" in run_products["products"]]
+    if finals:
+        if len({(p["batch_size"], json.dumps(p["precision"], sort_keys=True)) for _, p in finals}) > 1:
+            raise SystemExit(f"stack {stack_name}: its runs' evaluations have different decoding settings")
+        p = finals[0][1]
+        stack = from_hf_models([load_model(entry_dir(results, products[name]["hash"]) / "final", torch.device("cpu"))
+                                for name, _ in finals]).to(device).eval()
+        progress = tqdm(desc=f"evaluate {len(finals)} run(s) stacked", unit="item", file=log, mininterval=10)
+        tables = evaluate_stack(stack, [test_set_paths(q["test_sets"], results) for _, q in finals], p["batch_size"],
+                                device, resolve_device_precision(device, p["precision"]), progress)
+        progress.close()
+        del stack
+        for (name, q), (metrics, predictions) in zip(finals, tables):
+            work = fresh_work(q)
+            write_evaluation_tables(metrics, predictions, work)
+            print(f"{name}\n{metrics.to_string()}", file=log)
+            finish_product(name, "evaluation", q, work)
+            done.add((name, "evaluation"))
+
+if products:
+    representations = importlib.import_module("worldrep.representations")
+    for name, run_products in products.items():
+        model_entry = entry_dir(results, run_products["hash"])
+        for product, p in run_products["products"].items():
+            if (name, product) in done:
+                continue
+            work = fresh_work(p)
+            checkpoints = sorted((model_entry / "checkpoints").glob("step-*"))
+            progress = tqdm(desc=f"{name} {product}", file=log, mininterval=10,
+                            total=len(checkpoints) if product.startswith("checkpoint") else None)
+            if product.endswith("evaluation"):
+                precision = resolve_device_precision(device, p["precision"])
+                test_sets = test_set_paths(p["test_sets"], results)
+                if product == "evaluation":
+                    metrics = write_evaluation(load_model(model_entry / "final", device), test_sets, p["batch_size"],
+                                               device, precision, work, progress)
+                else:
+                    metrics = write_checkpoint_evaluation(checkpoints, test_sets, p["batch_size"], device, precision,
+                                                          work / "checkpoints.csv", progress,
+                                                          stack_size=CHECKPOINT_STACK if fused else 0)
+                print(metrics.to_string(), file=log)
+            elif product == "representations":
+                representations.write_representations([(model_entry / "final", work / "final.npz")], p["prompt_task"],
+                                                      results / "world" / "cities.csv", p["layers"], device, progress)
+            else:
+                (work / "checkpoints").mkdir()
+                representations.write_representations(
+                    [(c, work / "checkpoints" / f"{c.name}.npz") for c in checkpoints], p["prompt_task"],
+                    results / "world" / "cities.csv", p["layers"], device, progress)
+            progress.close()
+            finish_product(name, product, p, work)
 lease.release()
-# Only once every run has its final model in its work folder: a kill before this point resumes all of them. Each
-# entry appears in one rename, its marker inside; a run trained only as a partner (whole-family) is dropped.
-kind = "finetuning" if finetuning else "pretraining"
-for run in stack_runs:
-    if run.name in stale:
-        record = {"run": run.name, "recipe_hash": runs[run.name]["hash"], "seeds_entry": runs[run.name]["seeds_entry"],
-                  "inputs_sha256": metadata[run.name]["inputs_sha256"], **trained_in}
-        finish_entry(run.work, entry_dir(results, runs[run.name]["hash"]), entry_files(kind), record)
 for run in stack_runs:  # every entry exists: the resume states are spent
     remove(run.work)

@@ -91,16 +91,29 @@ def test_the_wide_variant_adds_its_own_steps_and_size(paper):
     pt7 = plan.make_plan(wide, 5_671, plan.rates_of(wide), to_train={"pretrain_pt7_wide"})
     flops = 6 * plan.model_parameters({**paper["model"], "hidden_size": 256, "num_attention_heads": 8,
                                        "num_key_value_heads": 8, "intermediate_size": 1024}) * 128 * 57
-    assert pt7.cpu_core_seconds == pytest.approx(3 * 54_688 * flops / 60e9)
+    rate = plan.rates_of(wide)["cpu"]
+    products = 14 * rate["eval_10k_s"] + rate["extract_s"] + 2 * rate["model_load_s"]  # pt7_wide_s42 alone
+    assert pt7.cpu_core_seconds == pytest.approx(3 * 54_688 * flops / 60e9 + products)
+
+
+def pt7_products_seconds(rate: dict) -> float:
+    """By hand, the paper's pt7 stack job's products: each of its 4 runs is evaluated on the 14 test sets of 10,000
+    items and extracted, each model loaded once; pt7_s42 (the checkpoint run, and a curve run) also has each of its
+    41 checkpoints (0, every 8,204 steps and T = 328,128) evaluated on the 7 standard sets and extracted."""
+    final = 14 * rate["eval_10k_s"] + rate["extract_s"] + 2 * rate["model_load_s"]
+    checkpoints = 41 * (7 * rate["eval_10k_s"] + rate["extract_s"] + 2 * rate["model_load_s"])
+    return 4 * final + checkpoints
 
 
 def test_cpu_seconds_follow_the_flop_model(paper):
-    """6 · parameters · batch · width per run-step at the CPU rate, summed over runs."""
+    """Training: 6 · parameters · batch · width per run-step at the CPU rate, summed over runs; then the stack job's
+    evaluation and extraction at their rates."""
     rates = plan.rates_of(paper)
     p = plan.make_plan(paper, 5_671, rates, to_train={"pretrain_pt7"})
     flops = 6 * plan.model_parameters(paper["model"]) * 128 * max(plan.TASK_WIDTH.values())
-    assert p.cpu_core_seconds == pytest.approx(4 * 328_128 * flops / 60e9)
+    assert p.cpu_core_seconds == pytest.approx(4 * 328_128 * flops / 60e9 + pt7_products_seconds(rates["cpu"]))
     assert p.cpu_longest_s == pytest.approx(p.cpu_core_seconds)  # one stack
+    assert p.gpu_jobs == 1  # one process: training, evaluation and extraction
 
 
 def test_wall_time_spreads_stacks_over_workers_but_never_below_the_longest(paper):

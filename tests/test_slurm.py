@@ -23,9 +23,8 @@ from worldrep.archive import copy_workflow
 
 pytestmark = pytest.mark.slow
 
-GPU_RULES = {"pretrain", "finetune", "evaluate", "evaluate_checkpoints"}
-CLUSTER_RULES = GPU_RULES | {"dataset", "pretraining_mixture", "finetuning_mixture", "representations",
-                             "checkpoint_representations", "probes", "atlantis_reconstruction"}
+GPU_RULES = {"pretrain", "finetune"}  # the stacks: training, evaluation and extraction in one process
+CLUSTER_RULES = GPU_RULES | {"dataset", "pretraining_mixture", "finetuning_mixture", "probes", "atlantis_reconstruction"}
 # The plugin's settings a test cluster needs: no accounts, no accounting database (so squeue, not sacct), and
 # status checks every second instead of every 40 s (a 3-job chain takes ~40 s instead of ~160 s).
 SLURM_ARGS = ["--slurm-no-account", "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks",
@@ -104,7 +103,7 @@ def rule_of(job: dict[str, str]) -> str:
 def test_gpu_rules_get_a_gpu_and_cheap_rules_stay_local(slurm_run):
     """SLURM's own record of every job: which rules were submitted at all, and which asked for a GPU (with the
     default profile's threads as CPUs)."""
-    threads = yaml.safe_load((REPO / "profiles/default/config.yaml").read_text())["set-threads"]
+    threads = yaml.safe_load((REPO / "profiles/default/config.yaml").read_text()).get("set-threads", {})
     _, jobs = slurm_run
     assert jobs and all(job["JobState"] == "COMPLETED" for job in jobs), jobs
     submitted = {rule_of(job) for job in jobs}
@@ -122,9 +121,7 @@ def test_gpu_jobs_are_given_a_device_and_run_without_a_lease(slurm_run):
     """Every GPU job's log names the device SLURM gave it (the lease stepped aside for WORLDREP_DEVICE=cpu)."""
     workdir, jobs = slurm_run
     gpu_jobs = {job["JobId"] for job in jobs if rule_of(job) in GPU_RULES}
-    logs = [*(workdir / "results/logs/stacks").iterdir()]  # one per training stack, and one per run's evaluation
-    logs += [log for log in (workdir / "results/logs/evaluation").iterdir()
-             if re.fullmatch(r".+_s\d+(\.checkpoints)?\.log", log.name)]  # not the tables'
+    logs = [*(workdir / "results/logs/stacks").iterdir()]  # one per stack, the only GPU jobs
     given = {}
     for log in logs:
         m = re.search(r"WORLDREP_DEVICE=cpu: running on cpu, no lease taken "
@@ -143,7 +140,7 @@ def test_workers_train_the_stacks_the_main_process_planned(slurm_run):
     config = validate_config(yaml.safe_load((workdir / SMOKE).read_text()))
     for stack in training_stacks(config):
         log = (workdir / f"results/logs/stacks/{stack.name}.log").read_text()
-        written = re.search(r"; writing the entries of (.+)$", log, flags=re.MULTILINE).group(1).split(", ")
+        written = re.search(r"writing the entries of (.+?); products:", log).group(1).split(", ")
         assert written == [run.name for run in stack.runs], (stack.name, written)
 
 

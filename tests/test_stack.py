@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -526,3 +527,68 @@ def test_fused_validation_is_each_runs_own_validation():
                 {key: theirs[key] for key in ("n", "metric", "value", "failures")}
             assert float(ours["loss"]) == pytest.approx(float(theirs["loss"]), abs=2e-6)
     assert any(0 < row["failures"] < row["n"] for rows in fused for row in rows)  # answers parse, and some fail
+
+
+def test_a_stack_evaluated_as_a_stack_gives_each_models_own_tables(tmp_path):
+    """`evaluate_stack` on K = 3 models of three mixtures, each with its own test sets (1, 2 and 3 sets of 5-9
+    items, batches of 4 so that sets straddle batches and runs run out at different batches): each model's metrics
+    and predictions tables equal `evaluate_model`'s for it alone."""
+    import pandas as pd
+
+    from worldrep.evaluation import evaluate_model, evaluate_stack
+
+    def test_set(task: str, n: int, seed: int) -> Path:
+        folder = tmp_path / f"{task}-{seed}"
+        folder.mkdir()
+        split = task_validation([task], n, seed, 4)
+        np.savez(folder / "test.npz", tokens=split.tokens, answers=split.answers)
+        return folder / "test.npz"
+
+    models = [build_model(TINY, seed).eval() for seed in (31, 32, 33)]
+    with torch.no_grad():
+        models[2].lm_head.weight[3] *= 1.4
+    sets = [{("standard", "inside"): test_set("inside", 7, 0)},
+            {("standard", "distance"): test_set("distance", 5, 1), ("atlantis", "distance"): test_set("distance", 6, 2)},
+            {("standard", "angle"): test_set("angle", 9, 3), ("standard", "inside"): test_set("inside", 3, 4),
+             ("atlantis", "distance"): test_set("distance", 2, 5)}]
+    cpu = torch.device("cpu")
+    stacked = evaluate_stack(from_hf_models(models).eval(), sets, 4, cpu, "fp32")
+    for model, model_sets, (metrics, predictions) in zip(models, sets, stacked):
+        alone_metrics, alone_predictions = evaluate_model(model, model_sets, 4, cpu, "fp32")
+        pd.testing.assert_frame_equal(metrics, alone_metrics)
+        pd.testing.assert_frame_equal(predictions, alone_predictions)
+    every = pd.concat([p for _, p in stacked])
+    assert every["failed"].any() and not every["failed"].all()  # generations parse, and some fail
+
+
+def test_checkpoints_written_in_the_background_hold_their_steps_weights_and_a_failed_write_stops_training(tmp_path):
+    """Checkpoints are copied off the stack at their step and written on a background thread while training goes
+    on: each holds the weights of its own step (those of a run trained only up to that step), and a write that
+    fails is raised by `train_stack`, not lost."""
+    recipe = Recipe(peak_lr=3e-3, epochs=2, batch_size=16, warmup_steps=2, checkpoint_fraction=0.25,
+                    validation_fraction=0.5)
+    saved = {}
+
+    def keep(model, step):
+        time.sleep(0.05)  # a slow disk: training has moved on by the time this runs
+        saved[step] = {name: t.clone() for name, t in model.state_dict().items()}
+
+    mixture = toy_tokens(96, seed=4)
+    stack = from_hf_models([build_model(TINY, 8)])
+    train_stack(stack, [StackRun("r", 8, mixture, toy_validation(), tmp_path / "r", "fp", keep)], recipe,
+                torch.device("cpu"))
+    assert sorted(saved) == [0, 3, 6, 9, 12]
+    short = from_hf_models([build_model(TINY, 8)])
+    train_stack(short, [StackRun("r", 8, mixture, toy_validation(), tmp_path / "s", "fp", lambda m, s: None)],
+                recipe, torch.device("cpu"), stop_after=6)
+    assert all(torch.equal(saved[6][name], t) for name, t in short.slice_state_dict(0).items())
+    assert not all(torch.equal(saved[12][name], t) for name, t in short.slice_state_dict(0).items())
+
+    def fail(model, step):
+        if step == 6:
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        train_stack(from_hf_models([build_model(TINY, 8)]),
+                    [StackRun("r", 8, mixture, toy_validation(), tmp_path / "f", "fp", fail)], recipe,
+                    torch.device("cpu"))

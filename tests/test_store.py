@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from copy import deepcopy
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,48 @@ def test_training_jobs_train_what_is_missing(tmp_path, mode):
         assert job.stack.rule == "pretrain_pt1" and trained == ["pt1-1_s42", "pt1-6_s42", "pt1-7_s42"]
     complete(tmp_path, hashes["pt1-6_s42"])
     assert store.training_jobs(config, hashes, tmp_path) == []
+
+
+def test_a_missing_product_plans_its_stack_to_compute_it_from_the_stored_weights(tmp_path):
+    """Every model stored and every product but pt1-6's representations and pt7's checkpoint evaluation: two jobs
+    that train nothing, read those runs' entries and write exactly those products."""
+    config = load("smoke")
+    recipes = Recipes(config)
+    hashes, products = recipes.run_hashes(), recipes.product_hashes()
+    assert {p for (_, p) in products} == {"evaluation", "representations", "checkpoint_evaluation",
+                                          "checkpoint_representations"}
+    assert products[("pt7_s42", "checkpoint_evaluation")] not in hashes.values()
+    missing = {("pt1-6_s42", "representations"), ("pt7_s42", "checkpoint_evaluation")}
+    for recipe_hash in [*hashes.values(), *(h for key, h in products.items() if key not in missing)]:
+        complete(tmp_path, recipe_hash)
+    jobs = store.training_jobs(config, hashes, tmp_path, products)
+    assert [(j.stack.rule, j.stack.runs, j.stale, j.products, j.loaded) for j in jobs] == [
+        ("pretrain_pt1", (), (), (("pt1-6_s42", "representations"),), ("pt1-6_s42",)),
+        ("pretrain_pt7", (), (), (("pt7_s42", "checkpoint_evaluation"),), ("pt7_s42",))]
+    complete(tmp_path, products[("pt1-6_s42", "representations")])
+    hashes = {**hashes, "pt1-6_s42": "0" * 16}  # its model missing too (an edit): trained, its products with it
+    [pt1, _] = store.training_jobs(config, hashes, tmp_path, products)
+    assert pt1.stale == ("pt1-6_s42",) and [r.name for r in pt1.stack.runs] == ["pt1-6_s42"] and pt1.loaded == ()
+
+
+def test_product_recipes_change_with_their_own_params_only():
+    """The evaluation's batch size changes every evaluation's recipe and nothing else; the extracted layers every
+    representation's; a run's training seed its model and all its products."""
+    config = load("smoke")
+    base = Recipes(config).product_hashes()
+    runs = Recipes(config).run_hashes()
+
+    def changed(edit):
+        edited = deepcopy(config)
+        edit(edited)
+        recipes = Recipes(edited)
+        return ({key for key, h in recipes.product_hashes().items() if base[key] != h},
+                {run for run, h in recipes.run_hashes().items() if runs[run] != h})
+
+    products, models = changed(lambda c: c["evaluation"].update(batch_size=7))
+    assert models == set() and products == {key for key in base if key[1].endswith("evaluation")}
+    products, models = changed(lambda c: c["representations"].update(layers=[1, 2]))
+    assert models == set() and products == {key for key in base if key[1].endswith("representations")}
 
 
 def work_folder(tmp_path: Path) -> Path:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from worldrep.archive import copy_workflow
@@ -87,21 +88,27 @@ def downstream_jobs(config: dict, datasets: set[tuple[str, str]], mixtures: set[
                     republished: set[str] = frozenset()) -> set[str]:
     """Training and evaluation jobs that must rerun after `datasets` (variant, task) and `mixtures` were rebuilt,
     plus runs in `retrained` (every smoke run has the one seed 42) and runs only `republished` from the store. A
-    stack trains only its stale runs (METHOD §7.5), and fine-tuning starts from pt7's weights."""
+    stack trains only its stale runs and computes only its missing products (METHOD §7.5), and fine-tuning starts
+    from pt7's weights."""
     mix = config["mixtures"]
     pretraining = [*mix["pretraining"], *mix.get("with_atlantis", {})]
     trained = {m for m in pretraining if m in mixtures or m in retrained}
     finetuned = {m for m in mix["finetuning"]["mixes"] if m in mixtures or m in retrained or "pt7" in trained}
     jobs = {job for m in trained | finetuned for job in model_jobs(config, m)}
-    jobs |= {f"{'finetuned' if m in mix['finetuning']['mixes'] else 'pretrained'}_model[mixture={m},seed=42]"
-             for m in republished}
-    trained |= set(republished) & set(pretraining)
-    finetuned |= set(republished) & set(mix["finetuning"]["mixes"])
+    # A republished model (its folder deleted, its entry there) is read again only by what reads its final folder
+    # (fine-tuning, for a base; its logs exist, so the training curves stay): its evaluation and representations are
+    # products of its stored weights, published from their own entries.
+    published = {f"{'finetuned' if m in mix['finetuning']['mixes'] else 'pretrained'}_model[mixture={m},seed=42]"
+                 for m in republished}
     evaluated = {m for m in [*pretraining, *mix["finetuning"]["mixes"]]
                  if m in trained | finetuned or evaluated_sets(config, m) & datasets}
     jobs |= {f"evaluate[mixture={m},seed=42]" for m in evaluated}
+    # The stack job computes its runs' evaluations (METHOD §7.5): a run whose test sets changed has its stack's job
+    # planned, which then trains nothing for it and evaluates it from its stored weights.
+    jobs |= {training_job(config, m) for m in evaluated}
     if "pt7" in trained or any(v == "pretraining" for v, _ in datasets):
         jobs.add("evaluate_checkpoints[mixture=pt7,seed=42]")
+        jobs.add(training_job(config, "pt7"))
     if evaluated:
         jobs.add("evaluation_table")
     if any(v in ("pretraining", "atlantis_required") for v, _ in datasets):
@@ -125,7 +132,8 @@ def downstream_jobs(config: dict, datasets: set[tuple[str, str]], mixtures: set[
         jobs.add("generalization")
     if evaluated or "pt1" in families:
         jobs.add("cka_vs_generalization")
-    return jobs | report_jobs(config, jobs) | ({"all"} if jobs else set())
+    jobs |= report_jobs(config, jobs)
+    return jobs | published | ({"all"} if jobs | published else set())
 
 
 def figure_jobs(jobs: set[str]) -> set[str]:
@@ -294,6 +302,48 @@ def test_smoke_run_trains_and_evaluates_every_run(workflow, smoke_config):
     curves = pd.read_csv(workflow / "results/evaluation/pt7_s42/checkpoints.csv")
     steps = sorted(int(p.name[5:]) for p in (workflow / "results/models/pt7_s42/checkpoints").glob("step-*"))
     assert sorted(curves["step"].unique()) == steps and len(curves) == 7 * len(steps)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_stack_jobs_compute_what_the_per_run_path_computes(workflow, smoke_config, tmp_path):
+    """Each stack job evaluated and extracted its runs in its own process (METHOD §7.5). The per-run path, written
+    out here as the retired per-run jobs ran it (load the published model with the Auto classes, evaluate it, or
+    extract it, alone), gives the same bytes on the CPU: final and checkpoint evaluation of pt7 (metrics,
+    predictions, curves), final and checkpoint representations of a single-task run and of pt7, and a fine-tuned
+    run's (ftwb2-13) evaluation and representations."""
+    from worldrep.evaluation import (load_model, resolve_device_precision, test_set_paths, write_checkpoint_evaluation,
+                                     write_evaluation)
+    from worldrep.grid import configured_tasks, evaluation_sets, run_prompt_task, training_runs
+    from worldrep.representations import write_representations
+
+    cpu, results = torch.device("cpu"), workflow / "results"
+    evaluation = smoke_config["evaluation"]
+    precision = resolve_device_precision(cpu, evaluation["precision"])
+    runs = {r.name: r for r in training_runs(smoke_config)}
+    compared = []
+    for name in ("pt7_s42", "ftwb2-13_s42"):
+        sets = test_set_paths([f"{v}/{t}" for v, t in evaluation_sets(smoke_config, runs[name].mixture)], results)
+        (tmp_path / name).mkdir()
+        write_evaluation(load_model(results / f"models/{name}/final", cpu), sets, evaluation["batch_size"], cpu,
+                         precision, tmp_path / name)
+        compared += [(tmp_path / name / f, results / f"evaluation/{name}/{f}") for f in ("metrics.csv",
+                                                                                         "predictions.csv.gz")]
+    checkpoints = sorted((results / "models/pt7_s42/checkpoints").glob("step-*"))
+    standard = test_set_paths([f"pretraining/{t}" for t in configured_tasks(smoke_config)], results)
+    write_checkpoint_evaluation(checkpoints, standard, evaluation["batch_size"], cpu, precision, tmp_path / "curves.csv")
+    compared.append((tmp_path / "curves.csv", results / "evaluation/pt7_s42/checkpoints.csv"))
+    layers = smoke_config["representations"]["layers"]
+    for name in ("pt1-1_s42", "pt7_s42", "ftwb2-13_s42"):
+        task = run_prompt_task(smoke_config, runs[name])
+        models = [(results / f"models/{name}/final", tmp_path / f"{name}.npz")]
+        compared.append((tmp_path / f"{name}.npz", results / f"representations/{name}/final.npz"))
+        if name != "ftwb2-13_s42":
+            for checkpoint in sorted((results / f"models/{name}/checkpoints").glob("step-*")):
+                models.append((checkpoint, tmp_path / f"{name}.{checkpoint.name}.npz"))
+                compared.append((models[-1][1], results / f"representations/{name}/checkpoints/{checkpoint.name}.npz"))
+        write_representations(models, task, results / "world/cities.csv", layers, cpu)
+    assert len(compared) > 15
+    assert [theirs for ours, theirs in compared if ours.read_bytes() != theirs.read_bytes()] == []
 
 
 def test_smoke_run_builds_every_analysis_table(workflow, smoke_config):
@@ -1003,18 +1053,24 @@ def run_files(workdir: Path, run: str) -> dict[str, tuple[str, int]]:
 
 def test_code_identity_covers_every_module_run(workflow):
     """Every job of the smoke run logged the modules it loaded (WORLDREP_MODULES_LOG); each must be in the static
-    closure of the job's script (worldrep.codehash), but the one task module a dataset or representation job loads
-    by name, which those rules add to their code identity themselves."""
+    closure of the job's script (worldrep.codehash), but what is loaded by name and named in recipes instead: the one
+    task module a dataset job loads, and a stack job's extraction module and its runs' prompt task modules (each
+    representation product's recipe names them)."""
     from worldrep.codehash import closure, missing_from_closure
 
     records = [json.loads(line) for line in (workflow / MODULES_LOG).read_text().splitlines()]
     assert len(records) > 100 and {"dataset", "pretrain_pt7", "pretrained_model", "evaluate", "probes", "claims",
                                    "figure_world_map"} <= {r["rule"] for r in records}
-    by_name = {"dataset", "representations", "checkpoint_representations"}
+    assert any("worldrep/representations.py" in r["modules"] for r in records if r["rule"] == "pretrain_pt7")
+    extraction = closure(["worldrep/representations.py"], workflow)  # a stack job loads it by name for its products
     for record in records:
         missing = missing_from_closure(record["modules"], closure([record["script"]], workflow))
         task_modules = [m for m in missing if re.fullmatch(r"worldrep/tasks/\w+\.py", m)]
-        assert missing == task_modules and len(task_modules) <= (record["rule"] in by_name), (record["rule"], missing)
+        if record["rule"].startswith(("pretrain_", "finetune_")):
+            assert set(missing) - set(task_modules) <= set(extraction), (record["rule"], missing)
+        else:
+            assert missing == task_modules and len(task_modules) <= (record["rule"] == "dataset"), (record["rule"],
+                                                                                                   missing)
 
 
 def test_comments_and_touches_rebuild_nothing_but_training_code_retrains_every_run(workflow, smoke_config):
@@ -1103,6 +1159,30 @@ def test_an_edited_mixture_retrains_its_runs_alone_and_matches_a_clean_build(wor
     assert len(fresh) > 100 and stepped == fresh
 
 
+def test_an_evaluation_setting_reevaluates_every_run_from_its_stored_weights(workflow, smoke_config, tmp_path):
+    """Another evaluation batch size changes every evaluation's recipe and no run's: each stack's job is planned to
+    evaluate its runs from their entries, trains nothing (no model is published again) and leaves every model file
+    and store entry of a model as it was; the metrics follow their readers, nothing else."""
+    work = copied(workflow, tmp_path)
+    (work / "config/batch.yaml").write_text(yaml.safe_dump({"evaluation": {"batch_size": 7}}))
+    configs = (SMOKE, "config/batch.yaml")
+    planned = planned_jobs(work, configs)
+    stacks = {training_job(smoke_config, m) for m in [*smoke_config["mixtures"]["pretraining"],
+                                                       *smoke_config["mixtures"]["with_atlantis"],
+                                                       *smoke_config["mixtures"]["finetuning"]["mixes"]]}
+    assert stacks <= planned and not {j for j in planned if j.startswith(("pretrained_model", "finetuned_model",
+                                                                            "representations", "probes"))}
+    assert {j for j in planned if j.startswith("evaluate")} == {
+        f"evaluate[mixture={r.rsplit('_s', 1)[0]},seed=42]" for r in recipe_hashes(work, SMOKE)} | {
+        "evaluate_checkpoints[mixture=pt7,seed=42]"}
+    models = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (work / "results").rglob("model.safetensors")}
+    snakemake(work, "--cores", "2", "--configfile", *configs)
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in models} == models
+    assert all("training 0 run(s)" in (work / f"results/logs/stacks/{stack.split('_', 1)[1].replace('_', '-')}.log")
+               .read_text() for stack in stacks)
+    assert planned_jobs(work, configs) == set()
+
+
 def test_a_killed_stack_resumes_to_the_same_bytes(workflow, tmp_path):
     """kill -9 of the whole job while pt7's stack trains (after its first resume state), then a rerun: it resumes
     from that state and writes the entry an uninterrupted run wrote, bit for bit."""
@@ -1155,7 +1235,9 @@ def test_a_folder_made_before_the_store_is_adopted_without_training(workflow, tm
         "finetune_ftwb2"}
     proc = subprocess.run([sys.executable, "-m", "worldrep.store", "adopt", "--configfile", SMOKE], cwd=work,
                           capture_output=True, text=True)
-    assert proc.returncode == 0 and "adopted 10 run(s)" in proc.stdout, proc.stdout + proc.stderr
+    # every run, with its 10 evaluations and representations, pt7's checkpoint evaluation and the 4 curve runs'
+    # checkpoint representations
+    assert proc.returncode == 0 and "adopted 10 run(s) and 25 product(s)" in proc.stdout, proc.stdout + proc.stderr
     snakemake(work, "--touch", "--cores", "1", "--configfile", SMOKE)
     assert planned_jobs(work) == set()
     assert {p: p.read_bytes() for p in models} == models

@@ -4,6 +4,8 @@
     results/store/{hash}/            one run's entry: final/, checkpoints/ (pretraining), training_log.csv,
                                      validation_log.csv, and complete.json, the marker, written last
     results/store/{hash}.work/       the run's work folder while its stack trains: resume state, logs, checkpoints
+    results/store/{hash}/            one of a run's products (PRODUCT_FILES), computed by its stack job from the
+                                     run's weights, under the product's own recipe hash, with its marker
 
 The training and publishing scripts import this module, so its import closure is part of their code identity
 (worldrep.codehash): it stays small, standard library only, so that editing the planning code retrains nothing.
@@ -24,8 +26,28 @@ PRETRAINING_FILES = ("final", "checkpoints", "training_log.csv", "validation_log
 FINETUNING_FILES = ("final", "training_log.csv", "validation_log.csv")
 
 
+# What a stack job computes from each run's weights besides the weights (worldrep.grid.run_products), entry by entry:
+# a product's recipe covers its own params and code, so changing the evaluation's batch size or the extracted layers
+# recomputes that product and retrains nothing.
+PRODUCT_FILES = {
+    "evaluation": ("metrics.csv", "predictions.csv.gz"),
+    "checkpoint_evaluation": ("checkpoints.csv",),
+    "representations": ("final.npz",),
+    "checkpoint_representations": ("checkpoints",),
+}
+
+
+def product_reads(product: str, params: dict) -> list[str]:
+    """The files a product reads besides the weights, as the rules name them (its params: worldrep.recipes
+    .product_params). Its entry records their sha256, and publishing checks them."""
+    if product.endswith("evaluation"):
+        return [f"results/datasets/{name}/test.npz" for name in params["test_sets"]]
+    return ["results/world/cities.csv"]
+
+
 def entry_files(kind: str) -> tuple[str, ...]:
-    return PRETRAINING_FILES if kind == "pretraining" else FINETUNING_FILES
+    """The files of a run's entry (kind: pretraining or finetuning) or of a product's."""
+    return PRODUCT_FILES.get(kind) or (PRETRAINING_FILES if kind == "pretraining" else FINETUNING_FILES)
 
 
 def store_dir(results: Path) -> Path:

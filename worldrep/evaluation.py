@@ -219,15 +219,24 @@ def evaluate_model(model, test_sets: dict, batch_size: int, device: torch.device
                    progress=None):
     """Score a model on test sets {(test set, task): test.npz path}: (metrics table, predictions table).
     One metrics row per set and task; one predictions row per item, with the generated text."""
-    import pandas as pd
-
     from .datasets import load_split
 
-    metrics, predictions = [], []
+    scored = []
     for (test_set, task), path in test_sets.items():
         data = load_split(Path(path).parent, "test")
-        texts, values, failed = evaluate_items(model, data["tokens"], data["answers"], task, batch_size, device,
-                                               precision, progress)
+        texts = generate_texts(model, prompt_tokens(data["tokens"]), max_new_tokens(task), batch_size, device,
+                               precision, progress)
+        scored.append((test_set, task, data, texts))
+    return evaluation_tables(scored, precision)
+
+
+def evaluation_tables(scored: list, precision: str):
+    """(metrics, predictions) of [(test set, task, its stored split, decoded prompt + generation per item)]."""
+    import pandas as pd
+
+    metrics, predictions = [], []
+    for test_set, task, data, texts in scored:
+        values, failed = score_items(task, texts, data["answers"])
         prompts = decode_text(prompt_tokens(data["tokens"]))
         metrics.append({"test_set": test_set, "task": task, **summarize(task, values, failed), "precision": precision})
         predictions.append(pd.DataFrame({
@@ -237,6 +246,108 @@ def evaluate_model(model, test_sets: dict, batch_size: int, device: torch.device
             "value": values, "failed": failed,
         }))
     return pd.DataFrame(metrics), pd.concat(predictions, ignore_index=True)
+
+
+def evaluate_stack(stack, test_sets: list[dict], batch_size: int, device: torch.device, precision: str,
+                   progress=None) -> list:
+    """`evaluate_model` of K models at once through their stack (slice k: `test_sets[k]`, its own sets): each batch
+    holds `batch_size` items of every model (its sets one after another; all-pad rows once a model has none left),
+    decoded by one `stacked_greedy_generate`, each row to its task's limit. Returns each model's (metrics,
+    predictions). The same tables as model by model up to float rounding, which can flip a near-tied argmax: so the
+    stack job uses it where it trains fused, on a GPU."""
+    from .datasets import load_split
+
+    loaded = [[(test_set, task, load_split(Path(path).parent, "test")) for (test_set, task), path in sets.items()]
+              for sets in test_sets]
+    rows = []  # per model: (prompts [n, W] right-padded, limit per item)
+    for sets in loaded:
+        prompts = [prompt_tokens(data["tokens"]) for _, _, data in sets]
+        width = max((p.shape[1] for p in prompts), default=1)
+        rows.append((np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1]))) for p in prompts]),
+                     np.concatenate([np.full(len(p), max_new_tokens(task)) for (_, task, _), p in zip(sets, prompts)])))
+    k, width = len(rows), max(p.shape[1] for p, _ in rows)
+    texts = [[] for _ in rows]
+    for start in range(0, max(len(p) for p, _ in rows), batch_size):
+        batch = np.full((k, batch_size, width), PAD_ID, dtype=np.int64)
+        limits = np.zeros((k, batch_size), dtype=np.int64)
+        counts = []
+        for i, (prompts, limit) in enumerate(rows):
+            part = prompts[start:start + batch_size]
+            counts.append(len(part))
+            batch[i, :len(part), :part.shape[1]] = part
+            limits[i, :len(part)] = limit[start:start + batch_size]
+        new = stacked_greedy_generate(stack, torch.from_numpy(batch).to(device), torch.from_numpy(limits).to(device),
+                                      precision).cpu().numpy()
+        for i, n in enumerate(counts):
+            texts[i] += decode_text(np.concatenate([batch[i, :n], new[i, :n]], axis=1))
+        if progress is not None:
+            progress.update(sum(counts))
+    out = []
+    for sets, model_texts in zip(loaded, texts):
+        scored, at = [], 0
+        for test_set, task, data in sets:
+            scored.append((test_set, task, data, model_texts[at:at + len(data["tokens"])]))
+            at += len(data["tokens"])
+        out.append(evaluation_tables(scored, precision))
+    return out
+
+
+def test_set_paths(test_sets: list[str], results: Path = Path("results")) -> dict:
+    """{(test set, task): test.npz} of `variant/task` names (worldrep.recipes.evaluation_params), in their order."""
+    return {test_set_name(*name.split("/")): Path(results) / "datasets" / name / "test.npz" for name in test_sets}
+
+
+def write_csv(path: Path, table, **options) -> None:
+    from .artifacts import atomic_write_bytes
+
+    atomic_write_bytes(Path(path), lambda handle: table.to_csv(handle, index=False, **options))
+
+
+def write_evaluation(model, test_sets: dict, batch_size: int, device: torch.device, precision: str, folder: Path,
+                     progress=None):
+    """A final model's evaluation files in `folder` (`write_evaluation_tables`). Returns the metrics table."""
+    metrics, predictions = evaluate_model(model, test_sets, batch_size, device, precision, progress)
+    write_evaluation_tables(metrics, predictions, folder)
+    return metrics
+
+
+def write_evaluation_tables(metrics, predictions, folder: Path) -> None:
+    """metrics.csv and predictions.csv.gz (gzip without a timestamp, so equal tables are equal bytes)."""
+    write_csv(Path(folder) / "predictions.csv.gz", predictions, compression={"method": "gzip", "mtime": 0})
+    write_csv(Path(folder) / "metrics.csv", metrics)
+
+
+def checkpoint_table(checkpoints: list[Path], metrics: list):
+    """Each checkpoint's (`step-NNNNNN`) metrics in one table with a leading `step` column."""
+    import pandas as pd
+
+    table = pd.concat([m.assign(step=int(Path(c).name.removeprefix("step-"))) for c, m in zip(checkpoints, metrics)],
+                      ignore_index=True)
+    return table[["step", *table.columns.drop("step")]]
+
+
+def write_checkpoint_evaluation(checkpoints: list[Path], test_sets: dict, batch_size: int, device: torch.device,
+                                precision: str, path: Path, progress=None, stack_size: int = 0):
+    """Every checkpoint on the test sets, one after another, or `stack_size` at a time through a stack
+    (`evaluate_stack`, where the device trains fused): checkpoints.csv."""
+    metrics = []
+    if stack_size:
+        from .stack import from_hf_models
+
+        for start in range(0, len(checkpoints), stack_size):
+            part = checkpoints[start:start + stack_size]
+            stack = from_hf_models([load_model(c, torch.device("cpu")) for c in part]).to(device).eval()
+            metrics += [m for m, _ in evaluate_stack(stack, [test_sets] * len(part), batch_size, device, precision)]
+            if progress is not None:
+                progress.update(len(part))
+    else:
+        for checkpoint in checkpoints:
+            metrics.append(evaluate_model(load_model(checkpoint, device), test_sets, batch_size, device, precision)[0])
+            if progress is not None:
+                progress.update()
+    table = checkpoint_table(checkpoints, metrics)
+    write_csv(path, table)
+    return table
 
 
 # ---- trivial predictors (§14 health report) --------------------------------------------------------------

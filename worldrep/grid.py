@@ -401,6 +401,30 @@ def curve_runs(config: dict) -> list[str]:
     return runs + [name for name in config["evaluation"]["checkpoint_runs"] if name not in runs]
 
 
+def run_products(config: dict) -> dict[str, tuple[str, ...]]:
+    """Run name -> what its stack job computes from the run's weights besides the weights (worldrep.entry
+    .PRODUCT_FILES): every run's final evaluation and representations; the checkpoint runs' checkpoint evaluation
+    (§8 curves); the curve runs' checkpoint representations (§10)."""
+    checkpoint, curves = set(config["evaluation"]["checkpoint_runs"]), set(curve_runs(config))
+    return {run.name: ("evaluation", "representations")
+            + (("checkpoint_evaluation",) if run.name in checkpoint else ())
+            + (("checkpoint_representations",) if run.name in curves else ())
+            for run in training_runs(config)}
+
+
+def mixture_tasks(config: dict, mixture: str) -> list[str]:
+    families = mixture_families(config)
+    return {**families["pretraining"], **families["with_atlantis"]}.get(mixture) or families["finetuning.mixes"][mixture]
+
+
+def run_prompt_task(config: dict, run: Run) -> str:
+    """The task whose partial prompt a run's representations are read at (§10)."""
+    from .tasks import prompt_task
+
+    return prompt_task(run.mixture, mixture_tasks(config, run.mixture), finetuning=run.kind == "finetuning",
+                       configured_tasks=configured_tasks(config))
+
+
 def atlantis_runs(config: dict) -> list[str]:
     """Fine-tuned runs of two-task mixes: the Atlantis reconstruction's (§11)."""
     mixes = mixture_families(config)["finetuning.mixes"]

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .grid import (all_mixtures, checkpoint_count, curve_runs, dataset_base, dataset_pairs, mixture_sources,
-                   model_settings, recipe_settings, representation_settings, step_counts, train_items, training_stacks)
+                   model_settings, recipe_settings, representation_settings, run_products, step_counts, train_items,
+                   training_stacks)
 from .tokenizer import VOCAB
 
 # Where a rate came from travels with it into the block, so that nobody mistakes an assumption for a measurement.
@@ -37,16 +38,34 @@ DEFAULT_RATES = {
         # benchmarks/training.py --synthetic 7000 --stack 1 --skip-baseline --threads 1: the paper model at width
         # 57 (68.8 GFLOP per step) took 1,108-1,200 ms per step on one core of a 2-core Xeon, 2026-12-02.
         "gflops_per_core": 60.0,
+        # A job's start-up, Snakemake's own share included (benchmarks/rates.py: 2.9 s for python and a stack job's
+        # imports alone).
         "job_start_s": 5.0,
-        "source": "measured: benchmarks/training.py, one core of a 2-core Xeon (2026-12-02)",
+        # benchmarks/rates.py, one thread, config/laptop.yaml's model (they scale with the model): loading one saved
+        # model, greedy evaluation of 10,000 items (6 new tokens each), one model's representations of 5,700 cities,
+        # one checkpoint written; 2-core Xeon, 2026-12-06.
+        "model_load_s": 0.03,
+        "eval_10k_s": 5.8,
+        "extract_s": 0.6,
+        "checkpoint_s": 0.011,
+        "source": "measured: benchmarks/training.py and benchmarks/rates.py, one core of a 2-core Xeon",
     },
     "cuda": {
         # Not yet measured on a GPU (the GPU window, benchmarks/gpu_window.py, measures ms per stack step): an
         # H200 at a fraction of its fp16 peak, and the per-step launch cost of an eager small-model step.
         "tflops": 150.0,
         "step_overhead_ms": 3.0,
-        "job_start_s": 30.0,
-        "source": "assumed, not yet measured: the GPU window (benchmarks/gpu_window.py) measures it",
+        # A stack job's python and imports, measured on the CPU (2.9 s), plus an assumed 12 s for the CUDA context,
+        # the lease and the first kernels.
+        "job_start_s": 15.0,
+        # Host-side costs measured on the CPU (loading a model, writing a checkpoint), with room for the copies to
+        # and from the device.
+        "model_load_s": 0.05,
+        "checkpoint_s": 0.02,
+        # Assumed: greedy evaluation of 10,000 items by one model, one model's extraction.
+        "eval_10k_s": 2.0,
+        "extract_s": 1.0,
+        "source": "assumed, partly measured on the CPU: the GPU window (benchmarks/gpu_window.py) measures it",
     },
 }
 MAX_CPU_HOURS = 24.0
@@ -72,11 +91,11 @@ class Plan:
     stacks_to_train: int
     optimizer_steps: int      # Σ over stacks to train of the stack's steps (one update of every run in it)
     run_steps: int            # Σ over runs to train of their steps
-    cpu_core_seconds: float   # training on the CPU, Σ over runs
-    cpu_longest_s: float      # the longest stack on one core
-    gpu_seconds: float        # training on one GPU, Σ over stacks (fused)
+    cpu_core_seconds: float   # training, evaluation and extraction on the CPU, Σ over stack jobs
+    cpu_longest_s: float      # the longest stack job on one core
+    gpu_seconds: float        # the same on one GPU, Σ over stack jobs (training fused)
     gpu_longest_s: float
-    gpu_jobs: int             # evaluation and extraction: GPU jobs bound by their start-up
+    gpu_jobs: int             # stack jobs (train, evaluate, extract in one process): their start-up
     cpu_jobs: int             # datasets, mixtures, probes, tables, figures: CPU jobs bound by their start-up
     disk_bytes: int           # the results of the whole config
 
@@ -125,42 +144,78 @@ def disk_bytes(config: dict, n_cities: int) -> int:
     return int(total)
 
 
+def product_seconds(config: dict, run, products: tuple[str, ...], rate: dict) -> float:
+    """A stack job's work on one run's products at the device's rates: greedy evaluation of its test sets (final and,
+    for a checkpoint run, every checkpoint on the standard sets), extraction of its final model (and every
+    checkpoint, for a curve run), and loading each model it reads."""
+    from .recipes import evaluation_params
+
+    epochs, per_epoch = step_counts(config, run.mixture, run.variant)
+    fraction = recipe_settings(config, run.mixture, run.variant)["checkpoint_fraction"]
+    checkpoints = checkpoint_count(epochs * per_epoch, fraction)
+    seconds = 0.0
+    for product in products:
+        models = checkpoints if product.startswith("checkpoint") else 1
+        if product.endswith("evaluation"):
+            sets = evaluation_params(config, run, checkpoints=product == "checkpoint_evaluation")["test_sets"]
+            items = sum(config["datasets"][dataset_base(name.split("/")[0])]["n_test"] for name in sets)
+            seconds += models * (items / 10_000 * rate["eval_10k_s"] + rate["model_load_s"])
+        else:
+            seconds += models * (rate["extract_s"] + rate["model_load_s"])
+    return seconds
+
+
 def make_plan(config: dict, n_cities: int, rates: dict, results: Path | None = None,
               to_train: set[str] | None = None) -> Plan:
-    """The config's plan. Stacks to train: with `results`, the training jobs of the runs missing from its store
-    (worldrep.store.training_jobs, as the Snakefile plans them), else every stack; of those, only the training rules
-    in `to_train` when given (Snakemake's own job list)."""
+    """The config's plan. Stack jobs: with `results`, those of the runs and products missing from its store
+    (worldrep.store.training_jobs, as the Snakefile plans them), else every stack with every product; of those, only
+    the rules in `to_train` when given (Snakemake's own job list)."""
+    from .store import TrainingJob
+
     stacks = training_stacks(config)
+    products = run_products(config)
     if results is not None:
         from .recipes import Recipes
         from .store import training_jobs
 
-        todo = [job.stack for job in training_jobs(config, Recipes(config).run_hashes(), results)]
+        recipes = Recipes(config)
+        jobs = training_jobs(config, recipes.run_hashes(), results, recipes.product_hashes())
     else:
-        todo = stacks
+        jobs = [TrainingJob(s, tuple(r.name for r in s.runs), tuple((r.name, p) for r in s.runs
+                                                                   for p in products[r.name])) for s in stacks]
     if to_train is not None:
-        todo = [s for s in todo if s.rule in to_train]
+        jobs = [job for job in jobs if job.stack.rule in to_train]
     cpu, cuda = rates["cpu"], rates["cuda"]
+    runs = {run.name: run for stack in stacks for run in stack.runs}
     optimizer_steps = run_steps = 0
     core_s, gpu_s, cpu_longest, gpu_longest = 0.0, 0.0, 0.0, 0.0
-    for stack in todo:
-        # One step count per stack (grid.stack_problems).
-        epochs, per_epoch = step_counts(config, stack.mixtures[0], stack.runs[0].variant)
-        steps = epochs * per_epoch
-        flops = [step_flops(config, run) for run in stack.runs]
-        optimizer_steps += steps
-        run_steps += steps * len(stack.runs)
-        stack_core_s = steps * sum(flops) / (cpu["gflops_per_core"] * 1e9)
-        stack_gpu_s = steps * (cuda["step_overhead_ms"] / 1000 + len(flops) * max(flops) / (cuda["tflops"] * 1e12))
+    for job in jobs:
+        stack = job.stack
+        stack_core_s = stack_gpu_s = 0.0
+        if stack.runs:  # a job with no runs only computes products
+            # One step count per stack (grid.stack_problems).
+            epochs, per_epoch = step_counts(config, stack.mixtures[0], stack.runs[0].variant)
+            steps = epochs * per_epoch
+            flops = [step_flops(config, run) for run in stack.runs]
+            optimizer_steps += steps
+            run_steps += steps * len(stack.runs)
+            stack_core_s = steps * sum(flops) / (cpu["gflops_per_core"] * 1e9)
+            stack_gpu_s = steps * (cuda["step_overhead_ms"] / 1000 + len(flops) * max(flops) / (cuda["tflops"] * 1e12))
+        missing: dict[str, list[str]] = {}
+        for run, product in job.products:
+            missing.setdefault(run, []).append(product)
+        stack_core_s += sum(product_seconds(config, runs[r], tuple(p), cpu) for r, p in missing.items())
+        stack_gpu_s += sum(product_seconds(config, runs[r], tuple(p), cuda) for r, p in missing.items())
         core_s, gpu_s = core_s + stack_core_s, gpu_s + stack_gpu_s
         cpu_longest, gpu_longest = max(cpu_longest, stack_core_s), max(gpu_longest, stack_gpu_s)
-    runs_to_train = sum(len(s.runs) for s in todo)
-    curves = set(curve_runs(config))
-    # Per run: evaluate and extract (+ its checkpoints) on a GPU, probe on a CPU; then, when anything trains,
-    # every dataset, mixture, table and figure job once (an upper bound: what exists is not rebuilt).
-    gpu_jobs = sum(2 + (run.name in curves) for s in todo for run in s.runs)
-    cpu_jobs = runs_to_train + bool(todo) * (len(dataset_pairs(config)) + len(all_mixtures(config)) + ANALYSIS_JOBS)
-    return Plan(sum(len(s.runs) for s in stacks), runs_to_train, len(todo), optimizer_steps, run_steps, core_s,
+    runs_to_train = sum(len(job.stack.runs) for job in jobs)
+    # One GPU process per stack job: it trains, evaluates and extracts (rules/training.smk). Per run on a CPU:
+    # publishing its model and each product, and its probes; then, when anything trains, every dataset, mixture, table
+    # and figure job once (an upper bound: what exists is not rebuilt).
+    gpu_jobs = len(jobs)
+    cpu_jobs = (sum(2 + len(products[run.name]) for job in jobs for run in job.stack.runs)
+                + bool(jobs) * (len(dataset_pairs(config)) + len(all_mixtures(config)) + ANALYSIS_JOBS))
+    return Plan(len(runs), runs_to_train, len(jobs), optimizer_steps, run_steps, core_s,
                 cpu_longest, gpu_s, gpu_longest, gpu_jobs, cpu_jobs, disk_bytes(config, n_cities))
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from .codehash import code_hash
 from .datasets import dataset_base
-from .grid import (Run, mixture_sources, model_settings, recipe_settings, run_name, training_mixture, training_runs)
+from .grid import (Run, configured_tasks, evaluation_sets, mixture_sources, model_settings, recipe_settings,
+                   representation_settings, run_name, run_products, run_prompt_task, training_mixture, training_runs)
 from .tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]  # the workflow copy this package belongs to
@@ -72,6 +73,27 @@ def training_params(config: dict, run: Run) -> dict:
         "seed": int(run.seed),
         "precision": config["training"]["precision"],
     })
+
+
+def evaluation_params(config: dict, run: Run, checkpoints: bool = False) -> dict:
+    """The final model's test sets (§8), or the standard test sets of every configured task (the checkpoint curves),
+    as `variant/task`, with the decoding settings."""
+    sets = ([("pretraining", t) for t in configured_tasks(config)] if checkpoints
+            else evaluation_sets(config, run.mixture))
+    return canonical({"test_sets": [f"{v}/{t}" for v, t in sets], "batch_size": config["evaluation"]["batch_size"],
+                      "precision": config["evaluation"]["precision"]})
+
+
+def representation_params(config: dict, run: Run) -> dict:
+    """The prompt task a run is read at and the layers read (§10; a variant's own layers)."""
+    return {"prompt_task": run_prompt_task(config, run),
+            "layers": list(representation_settings(config, run.variant)["layers"])}
+
+
+def product_params(config: dict, run: Run, product: str) -> dict:
+    if product.endswith("evaluation"):
+        return evaluation_params(config, run, checkpoints=product == "checkpoint_evaluation")
+    return representation_params(config, run)
 
 
 def base_run(config: dict, run: Run) -> Run | None:
@@ -153,3 +175,25 @@ class Recipes:
     def run_hashes(self) -> dict[str, str]:
         """Run name -> recipe hash, for every planned run."""
         return {run.name: self.run_hash(run) for run in training_runs(self.config)}
+
+    def product(self, run: Run, product: str) -> dict:
+        """What shapes one of a run's products (worldrep.entry.PRODUCT_FILES): the run's weights (its hash), the
+        product's params, what it reads (test sets; the world's cities) and its code. The stack script loads the
+        evaluation and extraction modules by name, so that they are not part of every run's code identity: they are
+        named here, each in its own products' recipes (the representations with the prompt task's module, which
+        spells the prompt)."""
+        params = product_params(self.config, run, product)
+        if product.endswith("evaluation"):
+            reads = {name: self.dataset(*name.split("/")) for name in params["test_sets"]}
+            code = self.code("worldrep/evaluation.py")
+        else:
+            reads = {"world": self.world}
+            code = self.code("worldrep/representations.py", f"worldrep/tasks/{params['prompt_task']}.py")
+        return {"product": product, "model": self.run_hash(run), "params": params, "reads": reads, "code": code,
+                "env": self.env("training")}
+
+    def product_hashes(self) -> dict[tuple[str, str], str]:
+        """(run name, product) -> recipe hash, for every product of every planned run."""
+        runs = {run.name: run for run in training_runs(self.config)}
+        return {(name, product): digest(self.product(runs[name], product))
+                for name, products in run_products(self.config).items() for product in products}

@@ -132,6 +132,23 @@ def save_representations(path, city_ids: np.ndarray, reps: dict[int, np.ndarray]
     atomic_write_bytes(Path(path), lambda handle: np.savez(handle, **arrays))
 
 
+def write_representations(models: list[tuple[Path, Path]], task: str, cities: Path, layers: Sequence[int],
+                          device: torch.device, progress=None) -> int:
+    """Each (model folder, .npz path): the model's representations of every eligible city at `task`'s partial
+    prompt (§10). Returns the number of cities."""
+    from .evaluation import load_model
+    from .world import read_cities
+
+    city_ids = eligible_cities(read_cities(cities))["city_id"].to_numpy()
+    tokens = partial_prompt_tokens(task, city_ids)
+    for model_dir, path in models:
+        save_representations(path, city_ids, extract(load_model(model_dir, device), tokens, layers=layers,
+                                                     device=device))
+        if progress is not None:
+            progress.update()
+    return len(city_ids)
+
+
 def load_representations(path) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """(city_ids int64 [n], {layer: float32 [n, d]}) as written by `save_representations`."""
     with np.load(Path(path)) as data:

@@ -24,24 +24,37 @@ from .grid import Run, Stack, training_runs, training_stacks
 
 @dataclass(frozen=True)
 class TrainingJob:
-    """One stack's training job: the runs it trains (`stack.runs`) and those whose entries it writes (`stale`).
-    They differ only under `training.stack: whole-family`, which retrains a stale run's whole family so that its
-    bytes on a GPU are those of a clean build (a fused stack rounds with its partners)."""
+    """One stack's job: the runs it trains (`stack.runs`, none when only products are missing), those whose model
+    entries it writes (`stale`), the products it computes from the runs' weights (`products`: (run, product) whose
+    entries are missing), and the runs whose weights it reads from their entries (`loaded`: a product is missing,
+    the model is not). `stack.runs` and `stale` differ only under `training.stack: whole-family`, which retrains a
+    stale run's whole family so that its bytes on a GPU are those of a clean build (a fused stack rounds with its
+    partners); a partner's products are computed from its stored weights, never from the retrained copy."""
     stack: Stack
     stale: tuple[str, ...]
+    products: tuple[tuple[str, str], ...] = ()
+    loaded: tuple[str, ...] = ()
 
 
-def training_jobs(config: dict, hashes: dict[str, str], results: Path) -> list[TrainingJob]:
-    """The training jobs of this config against the store under `results`: one per stack with a missing entry.
-    Computed from the config, the code and the store's markers alone, so that a cluster worker that re-parses the
-    Snakefile while its stack trains finds the same job (markers appear only when a job ends)."""
+def training_jobs(config: dict, hashes: dict[str, str], results: Path,
+                  products: dict[tuple[str, str], str] | None = None) -> list[TrainingJob]:
+    """The stack jobs of this config against the store under `results`: one per stack with a missing entry, a run's
+    (`hashes`: run -> recipe hash) or a product's (`products`: (run, product) -> recipe hash). Computed from the
+    config, the code and the store's markers alone, so that a cluster worker that re-parses the Snakefile while its
+    stack runs finds the same job (markers appear only when a job ends)."""
     whole = config["training"]["stack"] == "whole-family"
+    of_run = {}
+    for (run, product), product_hash in (products or {}).items():
+        of_run.setdefault(run, []).append((product, product_hash))
     jobs = []
     for stack in training_stacks(config):
         stale = tuple(run.name for run in stack.runs if not is_complete(results, hashes[run.name]))
-        if stale:
-            runs = stack.runs if whole else tuple(run for run in stack.runs if run.name in stale)
-            jobs.append(TrainingJob(replace(stack, runs=runs), stale))
+        missing = tuple((run.name, product) for run in stack.runs for product, product_hash in of_run.get(run.name, ())
+                        if not is_complete(results, product_hash))
+        if stale or missing:
+            runs = stack.runs if whole and stale else tuple(run for run in stack.runs if run.name in stale)
+            loaded = tuple(dict.fromkeys(run for run, _ in missing if run not in stale))
+            jobs.append(TrainingJob(replace(stack, runs=runs), stale, missing, loaded))
     return jobs
 
 
@@ -126,6 +139,67 @@ def adopt(config: dict, hashes: dict[str, str], results: Path) -> tuple[list[str
     return adopted, refused
 
 
+def published_product(results: Path, run: str, product: str) -> Path:
+    """Where a run's product is published: results/evaluation/{run}/ or results/representations/{run}/."""
+    return Path(results) / ("evaluation" if product.endswith("evaluation") else "representations") / run
+
+
+def product_problems(product: str, params: dict, folder: Path) -> list[str]:
+    """How a published product differs from its params, as far as its files tell: the test sets and precision of an
+    evaluation (its metrics), the layers of representations (the arrays)."""
+    import csv
+
+    names = entry_files(product)
+    if not all((folder / name).exists() for name in names):
+        return ["files"]
+    if product.endswith("evaluation"):
+        with open(folder / names[0], newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        sets = list(dict.fromkeys((r["test_set"], r["task"]) for r in rows))  # per step in checkpoints.csv
+        wanted = [name.split("/")[1] for name in params["test_sets"]]
+        return ((["test sets"] if [task for _, task in sets] != wanted else [])
+                + (["precision"] if {r["precision"] for r in rows} - set(params["precision"].values()) else []))
+    import numpy as np
+
+    files = [folder / names[0]] if product == "representations" else sorted((folder / names[0]).glob("*.npz"))
+    layers = [sorted(int(k[6:]) for k in np.load(f).files if k.startswith("layer_") and k[6:].isdigit())
+              for f in files]
+    return [] if files and all(found == sorted(params["layers"]) for found in layers) else ["layers"]
+
+
+def adopt_products(config: dict, products: dict[tuple[str, str], str], results: Path,
+                   adopted_runs: set[str]) -> tuple[list[str], list[str]]:
+    """Store entries for the published products (evaluation, representations, ...) of runs whose models have entries,
+    checked against their params (`product_problems`), with the sha256 of the test sets or cities there now."""
+    from .entry import product_reads
+    from .recipes import product_params
+
+    runs = {run.name: run for run in training_runs(config)}
+    adopted, refused = [], []
+    for (name, product), product_hash in products.items():
+        if name not in adopted_runs or is_complete(results, product_hash):
+            continue
+        params = product_params(config, runs[name], product)
+        folder = published_product(results, name, product)
+        reads = {path: Path(results).parent / path for path in product_reads(product, params)}
+        differs = product_problems(product, params, folder) + [path for path, file in reads.items()
+                                                               if not file.is_file()]
+        if differs:
+            refused.append(f"{name} {product}: differs from this config in {', '.join(differs)}")
+            continue
+        work = work_dir(results, product_hash).with_suffix(".adopt")
+        remove(work)
+        work.mkdir(parents=True)
+        for file in entry_files(product):
+            link_tree(folder / file, work / file)
+        finish_entry(work, entry_dir(results, product_hash), entry_files(product),
+                     {"run": name, "product": product, "recipe_hash": product_hash, "adopted": True,
+                      "inputs_sha256": {path: sha256_file(file) for path, file in reads.items()}})
+        remove(work)
+        adopted.append(f"{name} {product}")
+    return adopted, refused
+
+
 def load_config(paths: list[Path]) -> dict:
     import yaml
 
@@ -173,7 +247,13 @@ def main(argv: list[str] | None = None) -> int:
         if len(configs) != 1:
             parser.error("adopt takes one config (--configfile once)")
         adopted, refused = adopt(configs[0], hashes[0], args.results)
-        print(f"adopted {len(adopted)} run(s)")
+        with_entries = {run for run, recipe_hash in hashes[0].items() if is_complete(args.results, recipe_hash)}
+        products, refused_products = adopt_products(configs[0], Recipes(configs[0]).product_hashes(), args.results,
+                                                    with_entries)
+        print(f"adopted {len(adopted)} run(s) and {len(products)} product(s) (evaluations, representations)")
+        if refused_products:  # recomputed from the stored weights by the stack jobs: no training
+            print("products not adopted (their stack jobs recompute them, training nothing):\n  "
+                  + "\n  ".join(refused_products))
         if refused:  # a --touch now would mark these runs' outdated models up to date for good
             print("not adopted (retrain them: remove their results/models/{run}/ folders, then run snakemake; only "
                   "then `snakemake --touch` once):\n  " + "\n  ".join(refused))

@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from .evaluation import (autocast, decode_text, evaluate_items, max_new_tokens, prompt_tokens, score_items,
                          stacked_greedy_generate, summarize)
+from .model import build_model
 from .stack import stacked_token_losses
 from .tokenizer import PAD_ID
 
@@ -192,8 +193,9 @@ class StackedAdamW:
         return [*self.exp_avg.values(), *self.exp_avg_sq.values(), self.steps]
 
     def slice_state(self, index: int) -> dict:
-        return {"exp_avg": {n: t[index].cpu() for n, t in self.exp_avg.items()},
-                "exp_avg_sq": {n: t[index].cpu() for n, t in self.exp_avg_sq.items()},
+        # copies, also on a CPU (where .cpu() would be a view): a snapshot is written while training goes on
+        return {"exp_avg": {n: t[index].to("cpu", copy=True) for n, t in self.exp_avg.items()},
+                "exp_avg_sq": {n: t[index].to("cpu", copy=True) for n, t in self.exp_avg_sq.items()},
                 "step": float(self.steps[index])}
 
     @torch.no_grad()
@@ -536,6 +538,7 @@ def train_stack(stack, runs: list[StackRun], recipe: Recipe, device: torch.devic
              CsvLog(run.work / "validation_log.csv", VALIDATION_LOG_FIELDS, start)) for run in runs]
     resumed, start = start is not None, start or 0
     view = stack.hf_model(0).eval()  # one Hugging Face model that each run's weights pass through in turn
+    writer = BackgroundWriter(stack)
 
     def each_run(action):
         for k, run in enumerate(runs):
@@ -557,12 +560,12 @@ def train_stack(stack, runs: list[StackRun], recipe: Recipe, device: torch.devic
             else:
                 each_run(lambda k, run: write_validation(view, run.validation, recipe.precision, device, step,
                                                          logs[k][1]))
-        if step in checkpoints and step != start:
-            each_run(lambda k, run: run.save_checkpoint(view, step))
-            for k, run in enumerate(runs):
-                save_state(run, k, step, stack, step_fn, window)
-        elif step == 0:
-            each_run(lambda k, run: run.save_checkpoint(view, step))
+        if (step in checkpoints and step != start) or step == 0:
+            for k, run in enumerate(runs):  # copies taken now, written while training goes on
+                writer.checkpoint(run, k, step)
+            if step != 0:  # queued after the step's checkpoints: a state never outlives a missing checkpoint
+                for k, run in enumerate(runs):
+                    writer.submit(write_state, run, state_snapshot(run, k, step, stack, step_fn, window))
         if step == last:
             break
         lr = learning_rate(step, recipe.peak_lr, recipe.warmup_steps, total)
@@ -579,6 +582,7 @@ def train_stack(stack, runs: list[StackRun], recipe: Recipe, device: torch.devic
             window.zero_()
         progress.update()
     progress.close()
+    writer.close()
     for training_log, validation_log in logs:
         training_log.close()
         validation_log.close()
@@ -690,10 +694,56 @@ def stacked_validation(stack, validations: list[Validation], precision: str, dev
 
 # ---- resume state --------------------------------------------------------------------------------------
 
-def save_state(run: StackRun, index: int, step: int, stack, step_fn: StackStep, window: torch.Tensor) -> None:
-    """Run `index`'s resume state in its own work directory: its weights, AdamW moments and step count, loss
-    scale, log window and the RNG, all of its own slice, so it never depends on the other runs of the stack."""
-    state = {
+class BackgroundWriter:
+    """Checkpoints and resume states written on one background thread, in the order queued, from CPU copies taken at
+    their step, so that training goes on while they are written (a checkpoint of a paper model takes ~0.2 s; on a GPU
+    a stack step takes a few ms). `checkpoint` copies a run's weights off the device at once; the thread loads them
+    into its own Hugging Face model (made here, its init drawing from a forked RNG) and calls the run's
+    `save_checkpoint`. `close` waits for every write; a failed write raises there or at the next `submit`."""
+
+    def __init__(self, stack):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool, self.pending = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer"), []
+        with torch.random.fork_rng(devices=[]):
+            self.model = build_model(stack.settings, 0).eval()
+        self.stack = stack
+
+    def submit(self, fn, *args) -> None:
+        for future in [f for f in self.pending if f.done()]:
+            future.result()  # a failed write stops training here
+            self.pending.remove(future)
+        self.pending.append(self.pool.submit(fn, *args))
+
+    def checkpoint(self, run: StackRun, index: int, step: int) -> None:
+        weights = {name: t.detach().to("cpu", copy=True) for name, t in self.stack.slice_state_dict(index).items()}
+
+        def write():
+            with torch.no_grad():
+                self.model.load_state_dict(weights, strict=False)
+            run.save_checkpoint(self.model, step)
+
+        self.submit(write)
+
+    def close(self) -> None:
+        try:
+            for future in self.pending:
+                future.result()
+        finally:
+            self.pending = []
+            self.pool.shutdown()
+
+
+def write_state(run: StackRun, state: dict) -> None:
+    partial = run.work / (STATE_FILE + ".partial")
+    torch.save(state, partial)
+    os.replace(partial, run.work / STATE_FILE)  # a kill during the save leaves the previous state intact
+
+
+def state_snapshot(run: StackRun, index: int, step: int, stack, step_fn: StackStep, window: torch.Tensor) -> dict:
+    """Run `index`'s resume state, copied off the device: its weights, AdamW moments and step count, loss scale,
+    log window and the RNG, all of its own slice, so it never depends on the other runs of the stack."""
+    return {
         "fingerprint": run.fingerprint, "step": step,
         "model": {name: tensor.cpu().clone() for name, tensor in stack.slice_state_dict(index).items()},
         "optimizer": step_fn.optimizer.slice_state(index),
@@ -703,9 +753,6 @@ def save_state(run: StackRun, index: int, step: int, stack, step_fn: StackStep, 
         "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
     }
-    partial = run.work / (STATE_FILE + ".partial")
-    torch.save(state, partial)
-    os.replace(partial, run.work / STATE_FILE)  # a kill during the save leaves the previous state intact
 
 
 def load_states(runs: list[StackRun], stack, step_fn: StackStep, window: torch.Tensor, device, log) -> int | None:

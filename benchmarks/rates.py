@@ -1,0 +1,185 @@
+"""The rates the run plan and `benchmarks/grid_estimate.py` project with, measured on this machine for one config's
+model: a stack job's start-up (interpreter and the imports of scripts/train.py), loading one model, greedy
+evaluation per 10,000 items, extracting one model's representations, writing one checkpoint, and one training
+step. Prints the hardware, a table, and the `plan.rates` block to paste into a config (worldrep.plan reads it).
+
+    python benchmarks/rates.py                                  # the laptop model on this CPU, one thread
+    python benchmarks/rates.py --config config/quick.yaml --device cuda
+
+Also, the two questions of one process per stack (docs/METHOD.md §7.5):
+  - greedy decoding of K models at once through their stack (`stacked_greedy_generate`) against one model after
+    another (`greedy_generate`), the same items, measured in the same run: the speed-up per item;
+  - a checkpoint's cost beside the training it interrupts: write time over the steps between two checkpoints at
+    the measured step time (and at an assumed GPU step time), to be under 2%.
+
+Evaluation items are prompts of the distance task decoded to 6 new tokens each (a 4-digit answer, its `<eos>`
+and one more: what a trained model emits; a random-init one would run to the task's limit of 20).
+"""
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.training import hardware, synchronize  # noqa: E402 (one hardware line for every benchmark)
+from worldrep.evaluation import greedy_generate, load_model, prompt_tokens, stacked_greedy_generate  # noqa: E402
+from worldrep.grid import checkpoint_count, model_settings, recipe_settings, step_counts, validate_config  # noqa: E402
+from worldrep.model import ModelSettings, build_model  # noqa: E402
+from worldrep.stack import from_hf_models, stacked_token_losses  # noqa: E402
+from worldrep.tokenizer import encode_compact  # noqa: E402
+
+NEW_TOKENS = 6
+# What a stack job imports before it trains: scripts/train.py's imports (its lease module first).
+STACK_IMPORTS = ("import torch, transformers; from transformers import AutoModelForCausalLM; "
+                 "import worldrep.lease, worldrep.training, worldrep.entry, worldrep.provenance, "
+                 "worldrep.representations")
+GPU_STEP_MS = 5.0  # the issue's assumed ms per stack step on one GPU, for the checkpoint share there
+
+
+def median_seconds(fn, repeats: int, device: torch.device) -> float:
+    seconds = []
+    for _ in range(repeats):
+        synchronize(device)
+        began = time.perf_counter()
+        fn()
+        synchronize(device)
+        seconds.append(time.perf_counter() - began)
+    return statistics.median(seconds)
+
+
+def subprocess_seconds(code: str, repeats: int) -> float:
+    def run():
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+    return median_seconds(run, repeats, torch.device("cpu"))
+
+
+def distance_prompts(n: int, seed: int = 0) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    compact = np.array([f"dist(c_{a:04d},c_{b:04d})=".encode() for a, b in rng.integers(1000, 10_000, (n, 2))])
+    return torch.from_numpy(prompt_tokens(encode_compact(compact)).astype(np.int64))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", type=Path, default=REPO / "config/laptop.yaml")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (a stack job has one)")
+    parser.add_argument("--items", type=int, default=2048, help="evaluation items timed (scaled to 10,000)")
+    parser.add_argument("--batch-size", type=int, help="evaluation batch (default: the config's)")
+    parser.add_argument("--cities", type=int, default=5_700, help="cities extracted (the paper world's ~5,700)")
+    parser.add_argument("--stacks", type=int, nargs="+", default=[3, 7], help="K of the stacked decoding")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    config = validate_config(yaml.safe_load(args.config.read_text()))
+    settings = ModelSettings(**model_settings(config))
+    batch = args.batch_size or config["evaluation"]["batch_size"]
+    print(f"hardware: {hardware(device)}")
+    print(f"model of {args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config}: hidden "
+          f"{settings.hidden_size}, {settings.num_hidden_layers} layers; evaluation batch {batch}; fp32")
+
+    rates = {}
+    rates["interpreter_s"] = subprocess_seconds("pass", args.repeats)
+    rates["job_start_s"] = subprocess_seconds(STACK_IMPORTS, args.repeats)
+
+    model = build_model(settings, 0).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        from worldrep.training import save_hf_model
+
+        tokenizer = Path(tmp) / "tokenizer"
+        tokenizer.mkdir()
+        (tokenizer / "tokenizer.json").write_text("{}")  # the tokenizer files a checkpoint carries: two small files
+        (tokenizer / "tokenizer_config.json").write_text("{}")
+        rates["checkpoint_s"] = median_seconds(lambda: save_hf_model(model, Path(tmp) / "ckpt", tokenizer),
+                                               args.repeats, device)
+        rates["model_load_s"] = median_seconds(lambda: load_model(Path(tmp) / "ckpt", device), args.repeats, device)
+
+    model = model.to(device)
+    prompts = distance_prompts(args.items).to(device)
+
+    def decode_alone():
+        for start in range(0, len(prompts), batch):
+            greedy_generate(model, prompts[start:start + batch], NEW_TOKENS)
+
+    alone = median_seconds(decode_alone, args.repeats, device)
+    rates["eval_10k_s"] = alone * 10_000 / args.items
+
+    from worldrep.representations import extract, partial_prompt_tokens
+
+    tokens = partial_prompt_tokens("distance", np.random.default_rng(0).integers(1000, 10_000, args.cities))
+    layers = config["representations"]["layers"]
+    rates["extract_s"] = median_seconds(lambda: extract(model, tokens, layers=layers, device=device), args.repeats,
+                                        device)
+
+    # One training step of one run at the config's batch and a pretraining mixture's typical width (distance + 2).
+    stack = from_hf_models([build_model(settings, 1)]).to(device)
+    width = prompts.shape[1] + 6
+    step_batch = torch.randint(4, 98, (1, recipe_settings(config, next(iter(config["mixtures"]["pretraining"])))
+                                       ["batch_size"], width), device=device)
+
+    def step():
+        stacked_token_losses(stack, step_batch).sum().backward()
+
+    step()
+    rates["train_step_s"] = median_seconds(step, args.repeats, device)
+
+    print(f"\n{'rate':<16}{'seconds':>10}  what")
+    what = {"interpreter_s": "python -c pass", "job_start_s": "python importing what a stack job imports",
+            "model_load_s": "one saved model, Auto classes, fp32", "checkpoint_s": "one checkpoint written (HF folder)",
+            "eval_10k_s": f"greedy decoding of 10,000 items, {NEW_TOKENS} new tokens each, one model",
+            "extract_s": f"one model's representations of {args.cities:,} cities, layers {layers}",
+            "train_step_s": "one run's forward and backward at the config's batch"}
+    for key, value in rates.items():
+        print(f"{key:<16}{value:>10.3f}  {what[key]}")
+
+    print(f"\nstacked greedy decoding, {args.items:,} items per model, {NEW_TOKENS} new tokens, batch {batch} per model:")
+    print(f"{'K':>3}{'one after another s':>22}{'stacked s':>12}{'speed-up':>10}")
+    for k in args.stacks:
+        models = [build_model(settings, seed).eval().to(device) for seed in range(k)]
+        stacked = from_hf_models(models).eval().to(device)
+
+        def one_after_another():
+            for m in models:
+                for start in range(0, len(prompts), batch):
+                    greedy_generate(m, prompts[start:start + batch], NEW_TOKENS)
+
+        def together():
+            for start in range(0, len(prompts), batch):
+                part = prompts[start:start + batch]
+                stacked_greedy_generate(stacked, part.expand(k, *part.shape), NEW_TOKENS)
+
+        apart, joint = (median_seconds(fn, args.repeats, device) for fn in (one_after_another, together))
+        print(f"{k:>3}{apart:>22.2f}{joint:>12.2f}{apart / joint:>9.2f}x")
+
+    print("\ncheckpoint cost beside the training between two checkpoints (target < 2%):")
+    for mixture in [next(iter(config["mixtures"]["pretraining"]))]:
+        recipe = recipe_settings(config, mixture)
+        epochs, per_epoch = step_counts(config, mixture)
+        total = epochs * per_epoch
+        between = total / max(1, checkpoint_count(total, recipe["checkpoint_fraction"]) - 1)
+        for label, step_s in (("measured step", rates["train_step_s"]), (f"GPU at {GPU_STEP_MS:g} ms/step (assumed)",
+                                                                       GPU_STEP_MS / 1000)):
+            share = rates["checkpoint_s"] / (between * step_s)
+            print(f"  {mixture}: {between:,.0f} steps between checkpoints, {label}: {100 * share:.3f}%")
+
+    print("\nplan.rates for a config (worldrep.plan; the GPU's come from a GPU window):")
+    block = {"plan": {"rates": {device.type: {
+        "job_start_s": round(rates["job_start_s"], 2), "model_load_s": round(rates["model_load_s"], 3),
+        "eval_10k_s": round(rates["eval_10k_s"], 2), "extract_s": round(rates["extract_s"], 2),
+        "checkpoint_s": round(rates["checkpoint_s"], 3),
+        "source": f"measured: benchmarks/rates.py, {hardware(device).split(';')[0]}"}}}}
+    print(yaml.safe_dump(block, sort_keys=False).rstrip())
+
+
+if __name__ == "__main__":
+    main()
