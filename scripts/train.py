@@ -195,7 +195,8 @@ if products:
                 else:
                     metrics = write_checkpoint_evaluation(checkpoints, test_sets, p["batch_size"], device, precision,
                                                           work / "checkpoints.csv", progress,
-                                                          stack_size=CHECKPOINT_STACK if fused else 0)
+                                                          make_stack=from_hf_models if fused else None,
+                                                          stack_size=CHECKPOINT_STACK)
                 print(metrics.to_string(), file=log)
             elif product == "representations":
                 representations.write_representations([(model_entry / "final", work / "final.npz")], p["prompt_task"],

@@ -95,11 +95,12 @@ def downstream_jobs(config: dict, datasets: set[tuple[str, str]], mixtures: set[
     trained = {m for m in pretraining if m in mixtures or m in retrained}
     finetuned = {m for m in mix["finetuning"]["mixes"] if m in mixtures or m in retrained or "pt7" in trained}
     jobs = {job for m in trained | finetuned for job in model_jobs(config, m)}
-    # A republished model (its folder deleted, its entry there) is read again only by what reads its final folder
-    # (fine-tuning, for a base; its logs exist, so the training curves stay): its evaluation and representations are
-    # products of its stored weights, published from their own entries.
+    # A republished model (its folder deleted, its entry there) is read again only by what reads its files: its
+    # training curves (a single-task run's logs), fine-tuning (a base's final folder). Its evaluation and
+    # representations are products of its stored weights, published from their own entries.
     published = {f"{'finetuned' if m in mix['finetuning']['mixes'] else 'pretrained'}_model[mixture={m},seed=42]"
                  for m in republished}
+    published |= {f"figure_training_curves[run={m}_s42]" for m in republished if m.startswith("pt1-")}  # its logs
     evaluated = {m for m in [*pretraining, *mix["finetuning"]["mixes"]]
                  if m in trained | finetuned or evaluated_sets(config, m) & datasets}
     jobs |= {f"evaluate[mixture={m},seed=42]" for m in evaluated}
@@ -889,10 +890,15 @@ def mixture_workflow(workflow, smoke_config, tmp_path_factory) -> Path:
     edited = yaml.safe_load(yaml.safe_dump(smoke_config))
     edited["training"]["stack"] = "mixture"
     (workdir / MIXTURE).write_text(yaml.safe_dump(edited))
-    # Republishing every run needs its entry, so every run trains; a missing entry alone would retrain nothing
-    # while its published model is up to date (Snakemake rebuilds a missing input only for a job that must run).
-    snakemake(workdir, "--cores", "2", "results/evaluation/metrics.csv", "--forcerun", "pretrained_model",
-              "finetuned_model", "--configfile", MIXTURE)
+    # Republishing every run and its products needs their entries, so every run trains and is evaluated and extracted
+    # again; a missing entry alone would rebuild nothing while what is published from it is up to date (Snakemake
+    # rebuilds a missing input only for a job that must run).
+    mix = smoke_config["mixtures"]
+    models = [f"results/models/{m}_s42/final" for m in [*mix["pretraining"], *mix["with_atlantis"],
+                                                         *mix["finetuning"]["mixes"]]]
+    snakemake(workdir, "--cores", "2", "results/evaluation/metrics.csv", *models, "--forcerun", "pretrained_model",
+              "finetuned_model", "evaluate", "evaluate_checkpoints", "representations", "checkpoint_representations",
+              "--configfile", MIXTURE)
     snakemake(workdir, "--touch", "--cores", "1", "--configfile", MIXTURE)
     return workdir
 

@@ -327,16 +327,15 @@ def checkpoint_table(checkpoints: list[Path], metrics: list):
 
 
 def write_checkpoint_evaluation(checkpoints: list[Path], test_sets: dict, batch_size: int, device: torch.device,
-                                precision: str, path: Path, progress=None, stack_size: int = 0):
-    """Every checkpoint on the test sets, one after another, or `stack_size` at a time through a stack
-    (`evaluate_stack`, where the device trains fused): checkpoints.csv."""
+                                precision: str, path: Path, progress=None, make_stack=None, stack_size: int = 21):
+    """Every checkpoint on the test sets, one after another, or with `make_stack` (models -> their stack on the CPU,
+    `worldrep.stack.from_hf_models`; passed in so that this module never imports the stack) `stack_size` at a time
+    through a stack (`evaluate_stack`, where the device trains fused): checkpoints.csv."""
     metrics = []
-    if stack_size:
-        from .stack import from_hf_models
-
+    if make_stack is not None:
         for start in range(0, len(checkpoints), stack_size):
             part = checkpoints[start:start + stack_size]
-            stack = from_hf_models([load_model(c, torch.device("cpu")) for c in part]).to(device).eval()
+            stack = make_stack([load_model(c, torch.device("cpu")) for c in part]).to(device).eval()
             metrics += [m for m, _ in evaluate_stack(stack, [test_sets] * len(part), batch_size, device, precision)]
             if progress is not None:
                 progress.update(len(part))
