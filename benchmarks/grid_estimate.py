@@ -398,7 +398,8 @@ def main():
     walls = {order: simulate(jobs, workers, order) / 3600 for order in ("critical-path", "longest", "planned")}
     wall = walls["critical-path"]
     print(f"unstacked (one job per run and per evaluation, the --ms-per-step model; the workflow runs one job per "
-          f"stack, see --stacked-ms): {len(jobs)} GPU jobs, {job_hours:.1f} job-hours = {gpu_hours:.1f} GPU-hours; lower bound on wall "
+          f"stack, see --stacked-ms): {len(jobs)} GPU jobs, {job_hours:.1f} job-hours = {gpu_hours:.1f} GPU-hours; "
+          f"lower bound on wall "
           f"max(GPU-hours / GPUs {gpu_hours / args.gpus:.2f} h, longest dependency chain {critical:.2f} h)")
     verdict = "meets" if wall <= args.goal_hours else "MISSES"
     print(f"projected wall time on {args.gpus} GPUs: {wall:.2f} h -> {verdict} the {args.goal_hours:g} h goal")

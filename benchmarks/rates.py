@@ -142,7 +142,8 @@ def main():
     for key, value in rates.items():
         print(f"{key:<16}{value:>10.3f}  {what[key]}")
 
-    print(f"\nstacked greedy decoding, {args.items:,} items per model, {NEW_TOKENS} new tokens, batch {batch} per model:")
+    print(f"\nstacked greedy decoding, {args.items:,} items per model, {NEW_TOKENS} new tokens, "
+          f"batch {batch} per model:")
     print(f"{'K':>3}{'one after another s':>22}{'stacked s':>12}{'speed-up':>10}")
     for k in args.stacks:
         models = [build_model(settings, seed).eval().to(device) for seed in range(k)]

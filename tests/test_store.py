@@ -250,3 +250,28 @@ def test_gc_keeps_what_a_config_names(tmp_path):
     smoke.write_text((REPO / "config/smoke.yaml").read_text())
     assert store.main(["gc", "--configfile", str(smoke), "--results", str(tmp_path)]) == 0
     assert sorted(p.name for p in (tmp_path / "store").iterdir()) == [keep, f"{keep}.work"]
+
+
+def test_a_published_product_is_checked_against_its_params_before_adoption(tmp_path):
+    """What adoption can read off a published product: an evaluation's test sets (in order, per step for the
+    checkpoint curves) and precision; the layers of every representation file; files that are missing."""
+    import numpy as np
+
+    np.savez(tmp_path / "final.npz", city_ids=np.arange(3), layer_convention=np.array("x"), layer_2=np.zeros((3, 4)),
+             layer_3=np.zeros((3, 4)))
+    assert store.product_problems("representations", {"layers": [3, 2]}, tmp_path) == []
+    assert store.product_problems("representations", {"layers": [3]}, tmp_path) == ["layers"]
+    (tmp_path / "checkpoints").mkdir()
+    for step, layers in (("000000", (2, 3)), ("000010", (2,))):
+        np.savez(tmp_path / f"checkpoints/step-{step}.npz", **{f"layer_{k}": np.zeros(1) for k in layers})
+    assert store.product_problems("checkpoint_representations", {"layers": [2, 3]}, tmp_path) == ["layers"]
+    rows = "step,test_set,task,metric,value,n,failures,precision\n" + "".join(
+        f"{s},standard,{t},accuracy,0.5,10,0,fp32\n" for s in (0, 10) for t in ("distance", "angle"))
+    (tmp_path / "checkpoints.csv").write_text(rows)
+    params = {"test_sets": ["pretraining/distance", "pretraining/angle"], "precision": {"cpu": "fp32", "cuda": "fp16"}}
+    assert store.product_problems("checkpoint_evaluation", params, tmp_path) == []
+    assert store.product_problems("checkpoint_evaluation", {**params, "test_sets": params["test_sets"][::-1]},
+                                  tmp_path) == ["test sets"]
+    assert store.product_problems("checkpoint_evaluation", {**params, "precision": {"cpu": "bf16"}},
+                                  tmp_path) == ["precision"]
+    assert store.product_problems("evaluation", params, tmp_path) == ["files"]

@@ -1166,11 +1166,11 @@ def test_an_edited_mixture_retrains_its_runs_alone_and_matches_a_clean_build(wor
 
 
 def test_an_evaluation_setting_reevaluates_every_run_from_its_stored_weights(workflow, smoke_config, tmp_path):
-    """Another evaluation batch size changes every evaluation's recipe and no run's: each stack's job is planned to
-    evaluate its runs from their entries, trains nothing (no model is published again) and leaves every model file
-    and store entry of a model as it was; the metrics follow their readers, nothing else."""
+    """Another evaluation batch size (1,024: a smoke test set in one batch) changes every evaluation's recipe and no
+    run's: each stack's job is planned to evaluate its runs from their entries, trains nothing (no model is
+    published again) and leaves every model file as it was; the metrics follow their readers, nothing else."""
     work = copied(workflow, tmp_path)
-    (work / "config/batch.yaml").write_text(yaml.safe_dump({"evaluation": {"batch_size": 7}}))
+    (work / "config/batch.yaml").write_text(yaml.safe_dump({"evaluation": {"batch_size": 1024}}))
     configs = (SMOKE, "config/batch.yaml")
     planned = planned_jobs(work, configs)
     stacks = {training_job(smoke_config, m) for m in [*smoke_config["mixtures"]["pretraining"],

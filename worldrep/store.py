@@ -162,8 +162,10 @@ def product_problems(product: str, params: dict, folder: Path) -> list[str]:
     import numpy as np
 
     files = [folder / names[0]] if product == "representations" else sorted((folder / names[0]).glob("*.npz"))
-    layers = [sorted(int(k[6:]) for k in np.load(f).files if k.startswith("layer_") and k[6:].isdigit())
-              for f in files]
+    layers = []
+    for file in files:
+        with np.load(file) as arrays:
+            layers.append(sorted(int(k[6:]) for k in arrays.files if k.startswith("layer_") and k[6:].isdigit()))
     return [] if files and all(found == sorted(params["layers"]) for found in layers) else ["layers"]
 
 
