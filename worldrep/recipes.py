@@ -178,10 +178,9 @@ class Recipes:
 
     def product(self, run: Run, product: str) -> dict:
         """What shapes one of a run's products (worldrep.entry.PRODUCT_FILES): the run's weights (its hash), the
-        product's params, what it reads (test sets; the world's cities) and its code. The stack script loads the
-        evaluation and extraction modules by name, so that they are not part of every run's code identity: they are
-        named here, each in its own products' recipes (the representations with the prompt task's module, which
-        spells the prompt)."""
+        product's params, what it reads (test sets; the world's cities) and its code: the evaluation module (also in
+        every run's code identity: validation decodes with it), or the extraction module, which the stack script
+        loads by name so that it is in no run's identity, with the prompt task's module, which spells the prompt."""
         params = product_params(self.config, run, product)
         if product.endswith("evaluation"):
             reads = {name: self.dataset(*name.split("/")) for name in params["test_sets"]}

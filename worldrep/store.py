@@ -125,18 +125,23 @@ def adopt(config: dict, hashes: dict[str, str], results: Path) -> tuple[list[str
         if differs:
             refused.append(f"{run.name}: its run.json differs from this config in {', '.join(differs)}")
             continue
-        work = work_dir(results, recipe_hash).with_suffix(".adopt")
-        remove(work)
-        work.mkdir(parents=True)
-        names = entry_files(run.kind)
-        for name in names:
-            link_tree(published / name, work / name)
-        finish_entry(work, entry_dir(results, recipe_hash), names,
-                     {"run": run.name, "recipe_hash": recipe_hash, "inputs_sha256": meta["inputs_sha256"],
-                      "adopted": True})
-        remove(work)
+        entry_from_published(results, recipe_hash, published, entry_files(run.kind),
+                             {"run": run.name, "recipe_hash": recipe_hash, "inputs_sha256": meta["inputs_sha256"],
+                              "adopted": True})
         adopted.append(run.name)
     return adopted, refused
+
+
+def entry_from_published(results: Path, recipe_hash: str, published: Path, names: tuple[str, ...],
+                         record: dict) -> None:
+    """An entry made of a published folder's `names` (hard links, through an `.adopt` work folder), marker last."""
+    work = work_dir(results, recipe_hash).with_suffix(".adopt")
+    remove(work)
+    work.mkdir(parents=True)
+    for name in names:
+        link_tree(published / name, work / name)
+    finish_entry(work, entry_dir(results, recipe_hash), names, record)
+    remove(work)
 
 
 def published_product(results: Path, run: str, product: str) -> Path:
@@ -189,15 +194,9 @@ def adopt_products(config: dict, products: dict[tuple[str, str], str], results: 
         if differs:
             refused.append(f"{name} {product}: differs from this config in {', '.join(differs)}")
             continue
-        work = work_dir(results, product_hash).with_suffix(".adopt")
-        remove(work)
-        work.mkdir(parents=True)
-        for file in entry_files(product):
-            link_tree(folder / file, work / file)
-        finish_entry(work, entry_dir(results, product_hash), entry_files(product),
-                     {"run": name, "product": product, "recipe_hash": product_hash, "adopted": True,
-                      "inputs_sha256": {path: sha256_file(file) for path, file in reads.items()}})
-        remove(work)
+        entry_from_published(results, product_hash, folder, entry_files(product),
+                             {"run": name, "product": product, "recipe_hash": product_hash, "adopted": True,
+                              "inputs_sha256": {path: sha256_file(file) for path, file in reads.items()}})
         adopted.append(f"{name} {product}")
     return adopted, refused
 
