@@ -14,7 +14,7 @@ min_version("9.0")
 # never another installed one, so that a code edit here is what runs and what each rule's code hash covers.
 sys.path.insert(0, workflow.basedir)
 
-from worldrep.grid import validate_config
+from worldrep.grid import slurm_resources, validate_config
 
 
 # The paper grid unless the user names config files. Snakemake would deep-merge a `--configfile` into this
@@ -24,7 +24,8 @@ if not workflow.config_settings.configfiles:
     configfile: "config/config.yaml"
 
 
-validate_config(config)
+# Named files, so that an overlay given alone is refused with the base-plus-overlay command.
+validate_config(config, files=workflow.config_settings.configfiles)
 
 
 report: "rules/captions/workflow.rst"
@@ -44,7 +45,7 @@ include: "rules/generalization.smk"
 include: "rules/figures.smk"
 include: "rules/claims.smk"
 include: "rules/variants.smk"
-# The paper's open questions as experiments (issue 14), each off unless `experiments.{name}.enabled`.
+# The paper's open questions as experiments (docs/METHOD.md Appendix C), each off unless `experiments.{name}.enabled`.
 include: "rules/subspace.smk"
 include: "rules/noise.smk"
 include: "rules/gradients.smk"
@@ -116,3 +117,11 @@ rule all:
         scale_targets(),
         ["results/claims.csv"] if RUNS else [],
     default_target: True
+
+
+# Under SLURM, the `slurm` block of the config sends the GPU jobs (the rules that ask for `gpu`: the generated stack
+# rules) and every other job to their own partition and account (worldrep.grid.slurm_resources). It wins over
+# --default-resources; local jobs ignore it; resources are never a reason to rerun. Last in this file, so that
+# every rule is defined.
+for _rule in workflow.rules:
+    _rule.resources.update(slurm_resources(config, gpu="gpu" in _rule.resources))

@@ -3,7 +3,7 @@ measured in the same run; and the wall time of `snakemake -n` on the full paper 
 
     python benchmarks/dataset_generation.py [--items 1000000] [--baseline-items 20000]
 
-Goals (issue 2): <= 5 s per 1M items for every task; `snakemake -n` on config/config.yaml <= 10 s.
+Goals: <= 5 s per 1M items for every task; `snakemake -n` on config/config.yaml <= 10 s.
 """
 import os
 

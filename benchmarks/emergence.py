@@ -1,4 +1,4 @@
-"""When does a city map appear? Probe R² against items seen, for one task on one world (issue 18).
+"""When does a city map appear? Probe R² against items seen, for one task on one world (docs/METHOD.md §7.4).
 
 Trains one single-task run with the workflow's own world, task sampling, tokenizer, model, trainer and probe
 code, and fits the standard OLS probes (METHOD §11) at every checkpoint. It is the calibration behind the
@@ -103,7 +103,7 @@ def main():
         line = "  ".join(f"L{r['layer']} {r['r2_x']:+.2f}/{r['r2_y']:+.2f}" for r in rows[-len(layers):])
         print(f"step {step:6d}  {step * 128 / n_real:6.0f} items/city  {time.perf_counter() - began:6.0f} s  "
               f"R² x/y: {line}", flush=True)
-        if args.out:  # after every probe: a run stopped early still leaves its curve so far
+        if args.out:  # after every probe: a run stopped early still leaves its curve up to its last probe
             args.out.parent.mkdir(parents=True, exist_ok=True)
             with open(args.out, "w", newline="") as handle:
                 writer = csv.DictWriter(handle, list(rows[0]))

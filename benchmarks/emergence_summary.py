@@ -1,4 +1,4 @@
-"""The items-per-city rule from calibration curves: when does each run's probe R² cross 0.5 and 0.9? (issue 18)
+"""The items-per-city rule from calibration curves: when does each run's probe R² cross 0.5 and 0.9? (METHOD §7.4)
 
 Reads the CSVs (or logs) of `benchmarks/emergence.py`, one run each: task, world size, R² per layer at every
 probe checkpoint. Optionally also a workflow run's `probes/{run}.csv`, given as

@@ -1,11 +1,11 @@
-"""The bundle a GPU window sends back through one folder (issue 24), and its unpacking into `evidence/`.
+"""The bundle a GPU window sends back through one folder, and its unpacking into `evidence/`.
 
 A short GPU allocation returns only what its command leaves in one folder (at most 8 files, 16 MiB each), and a
 command killed at its limit returns whatever is there at that moment. So the window keeps exactly two files in
 its bundle folder and rewrites both after every stage (and every 30 s during one):
 
-  summary.md        what finished so far, what is running, and the headline lines of each stage
-  evidence.tar.gz   everything in the window's evidence folder so far (tables, figures, logs, facts), never models
+  summary.md        what has finished, what is running, and the headline lines of each stage
+  evidence.tar.gz   everything in the window's evidence folder by then (tables, figures, logs, facts), never models
                     or arrays, kept under 15 MiB by leaving out the largest files (each named in the summary)
 
 Each file is written beside its final name and renamed over it, so a kill mid-write leaves the previous bundle

@@ -1,4 +1,4 @@
-"""The canary (issue 24): about a minute at the start of a GPU window that answers what every later stage
+"""The canary: about a minute at the start of a GPU window that answers what every later stage
 assumes, each answer printed as one line and written to `--json`:
 
   attention     the attention kernel SDPA actually dispatches to for the stack's shapes, forward and backward

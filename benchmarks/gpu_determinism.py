@@ -1,4 +1,4 @@
-"""Are two GPU runs of the same short training with the same seed identical (issue 7, item 4)? If not, how far
+"""Are two GPU runs of the same short training with the same seed identical? If not, how far
 apart do they end, and what makes them differ?
 
 Each variant runs in a fresh process of this script (deterministic mode must be set before CUDA starts) and
@@ -198,7 +198,7 @@ def conclusion(same: dict, results: dict, device: torch.device) -> str:
 
 
 def stack_invariance(tokens: np.ndarray, args, device: torch.device) -> None:
-    """Issue 16's invariant on this device: run 0 (seed SEED) trained in a fused stack of K runs (seeds SEED..,
+    """Stack invariance (§7.1) on this device: run 0 (seed SEED) trained in a fused stack of K runs (seeds SEED..,
     the same rows in each run's own order) against the same run trained alone, same recipe and steps."""
     from worldrep.stack import from_hf_models
     from worldrep.training import StackRun, train_stack
@@ -246,7 +246,7 @@ def parse_args():
     parser.add_argument("--repeats", type=int, help="gradient-probe repeats (default 5 on CUDA, 1 on CPU)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--stack-invariance", type=int, default=0, metavar="K",
-                        help="also train run 0 in a fused stack of K runs and alone, and compare (issue 16)")
+                        help="also train run 0 in a fused stack of K runs and alone, and compare (METHOD §7.1)")
     parser.add_argument("--child", choices=tuple(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)

@@ -1,4 +1,4 @@
-"""The GPU window (issues 12, 24): one command that turns a short, offline GPU allocation into evidence.
+"""The GPU window: one command that turns a short, offline GPU allocation into evidence.
 
     python benchmarks/gpu_window_wheels.py                            # beforehand, with network: -> .whl/
     python benchmarks/gpu_window.py --budget-min 9 --bundle $OUT      # a 10-minute allocation, .whl/ carried along
@@ -441,7 +441,7 @@ def summary(window: Window) -> str:
     parts += [f"| {s['stage']} | {s['status']} | {s.get('seconds', '')} | {s['why']} |" for s in window.stages]
     if window.running:
         parts.append(f"| {window.running['stage']} | running | "
-                     f"{time.monotonic() - window.running['began']:.0f} so far | deadline in "
+                     f"{time.monotonic() - window.running['began']:.0f} elapsed | deadline in "
                      f"{window.running['limit']:.0f} s from its start |")
     parts.append("")
     if (out / "facts.json").exists():  # written by a rename: whole

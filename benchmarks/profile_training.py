@@ -1,4 +1,4 @@
-"""Where a training step's time goes (issue 7: kernel count, launch gaps, optimizer, data indexing): the paper's
+"""Where a training step's time goes (kernel count, launch gaps, optimizer, data indexing): the paper's
 model at batch 128 under `torch.profiler` (CPU and CUDA activities), driven like `worldrep.training.train_stack`.
 
 Printed: ms/step of the real `StackStep` (a stack of `--stack K` models, default 1) without the profiler; CUDA

@@ -42,7 +42,7 @@ NEW_TOKENS = 6
 STACK_IMPORTS = ("import torch, transformers; from transformers import AutoModelForCausalLM; "
                  "import worldrep.lease, worldrep.training, worldrep.entry, worldrep.provenance, "
                  "worldrep.representations")
-GPU_STEP_MS = 5.0  # the assumed ms per stack step on one GPU, for the checkpoint share there
+GPU_STEP_MS = 5.0  # an assumed ms per stack step on one GPU, for the checkpoint share there
 
 
 def median_seconds(fn, repeats: int, device: torch.device) -> float:

@@ -10,7 +10,7 @@
     python benchmarks/training.py                      # results/mixtures/pt7, CPU: 20 steps after 3
     python benchmarks/training.py --synthetic 70000    # no results/ needed: a 7-task mixture in memory
     python benchmarks/training.py --processes 4        # K copies of (a) sharing one device
-    python benchmarks/training.py --synthetic 70000 --stack 1,3,7,21   # stacked training (issue 16)
+    python benchmarks/training.py --synthetic 70000 --stack 1,3,7,21   # stacked training (METHOD §7.1)
 
 On a GPU (defaults there: 500 timed steps after 50, fp16): `python benchmarks/training.py --synthetic 70000`,
 add `--precision bf16` or `--compile` for the variants, `--processes K` for how many jobs can share the GPU.

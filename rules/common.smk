@@ -26,7 +26,7 @@ def one_of(names):
     return "|".join(map(re.escape, names)) or "(?!)"
 
 
-# Dataset variants: the three generated ones, and the label-noise copies some runs train on (issue 14.2).
+# Dataset variants: the three generated ones, and the label-noise copies some runs train on (METHOD Appendix C.2).
 DATASET_VARIANTS = sorted(set(VARIANTS) | {v for v, _ in grid.dataset_pairs(config)})
 # Label-noise copies of mixtures: name -> (clean mixture, variant).
 NOISY_MIXTURES = grid.noisy_mixtures(config)
@@ -73,7 +73,7 @@ from worldrep.grid import (MAP_ITEMS_PER_CITY, evaluation_sets, model_settings, 
 from worldrep.recipes import canonical
 from worldrep.world import real_city_count
 
-# Every run: the main grid's, then each enabled architecture variant's (`variants`, issue 13). A variant's runs are
+# Every run: the main grid's, then each enabled architecture variant's (`variants`, METHOD App. B). A variant's runs are
 # trained, evaluated, extracted and probed like the main grid's, but analysed apart (rules/variants.smk): RUNS and
 # everything derived from it below are the main grid only.
 ALL_RUNS = training_runs(config)
@@ -302,7 +302,7 @@ def figure_targets():
     return [f"results/figures/{name}.png" for name in names]
 
 
-# ---- architecture variants (issue 13; rules/variants.smk) ------------------------------------------------------
+# ---- architecture variants (METHOD Appendix B; rules/variants.smk) ---------------------------------------------
 VARIANT_FOLDER = "results/variants/{variant}"
 VARIANT_CATEGORY = "7. Other architectures"
 
@@ -382,7 +382,7 @@ def claims_input(wildcards):
     return {key: f"results/{path}" for key, path in grid.claims_tables(config).items()}
 
 
-# ---- the open questions as experiments (issue 14; rules/subspace.smk, noise.smk, gradients.smk, scale.smk) --------
+# ---- the open questions as experiments (METHOD Appendix C; rules/subspace.smk, noise.smk, gradients.smk, scale.smk)
 from worldrep import experiments
 
 EXPERIMENT_CATEGORY = "8. Open questions"
@@ -401,8 +401,9 @@ def experiment_figure_output(experiment, name, caption, subcategory):
             f"{folder}/{name}.pdf", f"{folder}/{name}.csv"]
 
 
-# Issue 14.2 and 14.4 (rules/noise.smk, rules/scale.smk): the single-task family compared across conditions, label
-# noise levels or model sizes, each a variant of worldrep/experiments.py, against the main grid's runs of its seeds.
+# Label noise and model size (METHOD Appendix C.2, C.4; rules/noise.smk, rules/scale.smk): the single-task family
+# compared across conditions, label noise levels or model sizes, each a variant of worldrep/experiments.py, against
+# the main grid's runs of its seeds.
 from worldrep.plan import model_parameters
 
 NOISE_CATEGORY = "2. Label noise"
@@ -459,7 +460,7 @@ def scale_targets():
     return ["results/experiments/scale/summary.csv", "results/experiments/scale/figures/scale_summary.png"]
 
 
-# Issue 14.1 (rules/subspace.smk): every fine-tuned model of the main grid against its same-seed base.
+# Update subspaces (App. C.1; rules/subspace.smk): every fine-tuned model of the main grid against its same-seed base.
 SUBSPACE_RUNS = FINETUNING_RUNS if experiments.enabled(config, "subspace") else []
 SUBSPACE_FOLDER = "results/experiments/subspace"
 SUBSPACE_CATEGORY = "1. Fine-tuning subspace"
@@ -479,7 +480,7 @@ def subspace_targets():
         [f"{SUBSPACE_FOLDER}/figures/{name}.png" for name in ("subspace_fraction", "subspace_vs_error")]
 
 
-# Issue 14.3 (rules/gradients.smk): one pretraining run's first checkpoints.
+# Gradient similarity (Appendix C.3; rules/gradients.smk): one pretraining run's first checkpoints.
 GRADIENTS = experiments.experiment(config, "gradients")
 GRADIENTS_RUN = grid.gradients_run(config)  # `run`, else the first seed's run of training.base
 GRADIENTS_FOLDER = "results/experiments/gradients"

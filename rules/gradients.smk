@@ -1,4 +1,4 @@
-# Issue 14.3, can divergence be predicted before training? (METHOD Appendix C.3; on with config/gradients.yaml): the
+# Can divergence be predicted before training? (METHOD Appendix C.3; on with config/gradients.yaml): the
 # cosine similarity of every pair of tasks' loss gradients (all parameters; the digit tokens' embedding rows) at the
 # first checkpoints of one pretraining run (step 0 = its initialization), set against the single-task CKA (§12) and
 # the FTWB1 generalization (§9) where the config plans them. Everything under results/experiments/gradients/, in the

@@ -1,4 +1,4 @@
-# Issue 14.2, do the findings need clean supervision? (docs/METHOD.md Appendix C.2; `experiments.noise`, overlay
+# Do the findings need clean supervision? (docs/METHOD.md Appendix C.2; `experiments.noise`, overlay
 # config/noise.yaml). Each level p is the variant noise{100p} (worldrep/experiments.py): the single-task mixtures
 # retrained, at the experiment's seeds, on label-noise copies of their datasets (results/datasets/pretraining-noise10/
 # ...; val and test clean), trained, evaluated, extracted and probed by the per-run rules like every run. Here the

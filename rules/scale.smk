@@ -1,4 +1,4 @@
-# Issue 14.4, does it hold at other sizes? (docs/METHOD.md Appendix C.4; `experiments.scale`, overlay config/scale.yaml).
+# Does it hold at other sizes? (docs/METHOD.md Appendix C.4; `experiments.scale`, overlay config/scale.yaml).
 # Each size is the variant w{hidden}d{layers} (worldrep/experiments.py): the single-task mixtures at the experiment's
 # seeds, with the main model's head width, grouping and MLP ratio, extracting its last four hidden states and analysing
 # the one before the last. The comparison is rules/noise.smk's, over sizes, with the main model (`model`) as the

@@ -1,4 +1,4 @@
-# Issue 14.1, where fine-tuning puts a new city (METHOD Appendix C.1; on with config/subspace.yaml): for every
+# Where fine-tuning puts a new city (METHOD Appendix C.1; on with config/subspace.yaml): for every
 # fine-tuned model of the main grid, each Atlantis city's update (fine-tuned minus same-seed base representation at
 # the analysis layer) split into its part inside the fine-tuned model's world subspace (probe x/y span; top-k PCs of
 # its real cities) and the rest, pooled by whether the mix contains distance and set against the model's Atlantis

@@ -1,4 +1,4 @@
-# Training (METHOD §7; how rebuilds stay exact: §7.5). Runs are trained in stacks (issue 16) into the store,
+# Training (METHOD §7; how rebuilds stay exact: §7.5). Runs are trained in stacks (§7.1) into the store,
 # results/store/{recipe hash}/ (worldrep.store), and published per run into results/models/{run}/.
 #
 # - A run's recipe hash covers its training params, its mixture's recipe, its base run's hash and the training code

@@ -1,4 +1,4 @@
-# Architecture variants (issue 13): a variant's runs ({mixture}-{variant}_s{seed}, config `variants`) are trained,
+# Architecture variants (METHOD App. B): a variant's runs ({mixture}-{variant}_s{seed}, config `variants`) are trained,
 # evaluated, extracted and probed by the per-run rules like the main grid's, then analysed apart, under
 # results/variants/{variant}/: its evaluation and probe tables, its fine-tuning generalization (FTWB1, FTWB2 and the
 # best-teacher deviations), its Atlantis reconstruction, CKA of its models against the main grid's model of the same

@@ -1,6 +1,6 @@
 """Snakemake adapter: rule variant_cka -> results/variants/{variant}/cka_vs_default.csv: each of the variant's
 pretraining models against the main grid's model of the same mixture and seed, every layer against every layer
-(`worldrep.cka.cross_model_table`; issue 13)."""
+(`worldrep.cka.cross_model_table`; METHOD Appendix B)."""
 import _workflow  # noqa: F401  (this workflow's `worldrep` first on sys.path)
 import sys
 from pathlib import Path

@@ -1,6 +1,6 @@
 """Snakemake adapter: rules noise_summary / scale_summary -> results/experiments/{noise,scale}/summary.csv,
 matrices.csv and probe_r2.csv: the single-task family compared across conditions (noise levels, model sizes) by
-`worldrep.cka.single_task_condition_tables` (issue 14.2, 14.4)."""
+`worldrep.cka.single_task_condition_tables` (METHOD Appendix C.2, C.4)."""
 import _workflow  # noqa: F401  (this workflow's `worldrep` first on sys.path)
 import sys
 from pathlib import Path

@@ -1,6 +1,6 @@
 """Snakemake adapter: rule dataset -> results/datasets/{variant}/{task}/{split}.{txt,npz} + metadata.json.
 
-A label-noise copy (`{variant}-{noise variant}`, issue 14.2) is generated as its clean variant, with the same items,
+A label-noise copy (`{variant}-{noise variant}`, METHOD C.2) is generated as its clean variant, with the same items,
 then a fraction `label_noise` of its train answers is replaced (`worldrep.datasets.with_label_noise`), as is a task's
 own `label_noise`."""
 import _workflow  # noqa: F401  (this workflow's `worldrep` first on sys.path)

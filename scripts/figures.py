@@ -57,13 +57,13 @@ DRAW = {
     "figure_subspace_fraction": lambda: figures.subspace_fraction(pd.read_csv(inp.fractions), pd.read_csv(inp.summary)),
     "figure_subspace_vs_error": lambda: figures.subspace_vs_error(
         pd.read_csv(inp.fractions), pd.read_csv(inp.correlation)),
-    # issue 14.2 (rules/noise.smk)
+    # label noise, METHOD Appendix C.2 (rules/noise.smk)
     "figure_noise_summary": lambda: figures.condition_summary(
         pd.read_csv(inp.summary), pd.read_csv(inp.probes), "label noise p of the training answers"),
     "figure_gradient_similarity": lambda: figures.gradient_similarity(pd.read_csv(inp.similarity)),
     "figure_gradient_scatter": lambda: figures.gradient_scatter(
         pd.read_csv(inp.points), pd.read_csv(inp.correlation), p.labels),
-    # issue 14.4 (rules/scale.smk)
+    # model size, METHOD Appendix C.4 (rules/scale.smk)
     "figure_scale_summary": lambda: figures.condition_summary(
         pd.read_csv(inp.summary), pd.read_csv(inp.probes), "model size (hidden × blocks, parameters)"),
 }

@@ -1,4 +1,4 @@
-"""Snakemake adapter: rule gradient_similarity -> results/experiments/gradients/similarity.csv (issue 14.3): the
+"""Snakemake adapter: rule gradient_similarity -> results/experiments/gradients/similarity.csv (METHOD C.3): the
 cosine similarity of every pair of tasks' loss gradients, all parameters and the digit-embedding rows, at the first
 checkpoints of one pretraining run. The table is `worldrep.gradients.similarity_table`."""
 import _workflow  # noqa: F401  (this workflow's `worldrep` first on sys.path)

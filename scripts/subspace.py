@@ -1,7 +1,7 @@
 """Snakemake adapter: rule subspace -> results/experiments/subspace/fractions.csv (per fine-tuned model: the
 fractions of its Atlantis updates inside its world subspaces, their chance levels, its mean Atlantis error),
 summary.csv (models with vs without distance, Mann–Whitney U) and correlation.csv (fraction vs error, Pearson and
-Spearman). The tables are `worldrep.subspace.subspace_tables` (issue 14.1)."""
+Spearman). The tables are `worldrep.subspace.subspace_tables` (METHOD Appendix C.1)."""
 import _workflow  # noqa: F401  (this workflow's `worldrep` first on sys.path)
 import sys
 from pathlib import Path

@@ -1,6 +1,6 @@
 """Snakemake adapter: rule subspace_representations -> results/experiments/subspace/representations/{run}/{task}.npz:
 a base model's final checkpoint at another task's partial prompt (METHOD §10 extraction), so that its Atlantis
-cities compare with those of a model fine-tuned from it, whose own file uses that prompt (issue 14.1)."""
+cities compare with those of a model fine-tuned from it, whose own file uses that prompt (METHOD Appendix C.1)."""
 import _workflow  # noqa: F401  (this workflow's `worldrep` first on sys.path)
 import sys
 

@@ -31,7 +31,7 @@ def find_chromium() -> str | None:
 
 
 class Chromium:
-    """One headless browser; use as a context manager. `events` holds every event received so far, in order, as
+    """One headless browser; use as a context manager. `events` holds every event received until now, in order, as
     (method, params, sessionId) tuples, plus ("note", {"label": ...}, sessionId) markers left by Page.note."""
 
     def __init__(self, binary: str, profile: Path, *, width: int = 1400, height: int = 900, timeout: float = TIMEOUT):
@@ -213,7 +213,7 @@ class Page:
             if time.monotonic() > deadline:
                 errors = "".join(f"\n  {error}" for error in self.errors())
                 raise BrowserError(f"timed out after {timeout:g} s waiting for {what} (last value: {value!r})"
-                                   + (f"; the page's errors so far:{errors}" if errors else ""))
+                                   + (f"; the page's errors until then:{errors}" if errors else ""))
             time.sleep(interval)
 
     def screenshot(self, path: Path) -> Path:
@@ -227,7 +227,7 @@ class Page:
         self.browser.events.append(("note", {"label": label}, self.session))
 
     def errors(self) -> list[str]:
-        """Console errors, uncaught exceptions and error log entries (failed loads, ...) of this page so far,
+        """Console errors, uncaught exceptions and error log entries (failed loads, ...) of this page until now,
         each prefixed with the last `note` before it."""
         found, label = [], "loading"
         for method, params, session in self.browser.events:
@@ -277,6 +277,14 @@ SNAKEMAKE_REPORT_JS = """window.__wr = {
     image(path) {  // the shown figure once it finished loading: [naturalWidth, naturalHeight, shown width]
         const img = [...document.images].find(img => img.getAttribute('src') === results[path].data_uri);
         return img && img.complete ? [img.naturalWidth, img.naturalHeight, img.getBoundingClientRect().width] : null;
+    },
+    fromTop(path) {  // the content pane scrolled to its top left: [image top, image left] - [pane top, pane left]
+        const img = [...document.images].find(img => img.getAttribute('src') === results[path].data_uri);
+        const pane = img.closest('.overflow-auto');
+        pane.scrollTop = 0;
+        pane.scrollLeft = 0;
+        const [i, p] = [img.getBoundingClientRect(), pane.getBoundingClientRect()];
+        return [i.top - p.top, i.left - p.left, i.height, p.height];
     },
 };
 true"""

@@ -266,7 +266,7 @@ def test_disjoint_pairs_by_hand():
     assert len(disjoint_pairs(task_sets("pt1", range(1, 8)))) == 21
 
 
-# ---- the single-task family across conditions (issue 14.2, 14.4) ------------------------------------------------
+# ---- the single-task family across conditions (METHOD Appendix C.2, C.4) ----------------------------------------
 
 def test_single_task_summary_means_the_right_cells():
     """distance's row/column off the diagonal vs the other pairs, per estimator, at the asked layer only."""

@@ -4,6 +4,7 @@ Every bad config is a deep copy of config/smoke.yaml with one mutation. A case p
 ConfigError message has a line that names the offending key path *and* states the problem on that line.
 """
 import copy
+import json
 import re
 import subprocess
 import sys
@@ -173,7 +174,7 @@ BAD = {  # id: (mutation, key path named in the message, problem text on the sam
     "zero-init-std": (setp("model.init_std", 0), "model.init_std", "less than or equal to the minimum of 0"),
     "unknown-model-key": (setp("model.hidden", 64), "model", "'hidden' was unexpected"),
     "missing-model-section": (delp("model"), "<top level>", "'model' is a required property"),
-    # architecture variants (issue 13): smoke.yaml's `small` (hidden 64, 4 heads, 4 layers, layers 2-4)
+    # architecture variants (METHOD Appendix B): smoke.yaml's `small` (hidden 64, 4 heads, 4 layers, layers 2-4)
     "variant-heads-not-dividing-hidden": (setp(f"{V}.model.num_attention_heads", 3), f"{V}.model.num_attention_heads",
                                           "3 heads do not divide hidden_size 64"),
     "variant-odd-head-dim": (setp(f"{V}.model.hidden_size", 68), f"{V}.model.num_attention_heads",
@@ -211,7 +212,7 @@ BAD = {  # id: (mutation, key path named in the message, problem text on the sam
                                  "variants", "stack 'pt7-atl' would train runs of architectures ['atl', 'main grid']"),
     "variant-run-name-taken": (lambda c: c["variants"].update(atl={**c["variants"].pop("small"), "enabled": True}),
                                "variants.atl", "its run name 'pt7-atl_s42' is also the name of another planned run"),
-    # the open questions as experiments (issue 14): the overlays' blocks over smoke.yaml
+    # the open questions as experiments (METHOD Appendix C): the overlays' blocks over smoke.yaml
     "noise-level-not-a-percentage": (experiment("noise", levels=[0.125]), "experiments.noise.levels",
                                      "[0.125] are not whole percentages"),
     "noise-level-one": (experiment("noise", levels=[1.0]), "experiments.noise.levels.0",
@@ -272,6 +273,81 @@ def test_all_problems_are_listed_at_once():
     assert "config key 'datasets.seed':" in message and "config key 'world.atlantis.count':" in message
 
 
+def undescribed_keys(node: dict, schema: dict, path: str = "") -> list[str]:
+    """Every key a config may set, at any depth, that has no `description` of its own or through its `$ref`."""
+    missing = []
+    for key, sub in node.get("properties", {}).items():
+        here = f"{path}.{key}" if path else key
+        target = sub
+        if "$ref" in sub and "description" not in sub:
+            for part in sub["$ref"].removeprefix("#/").split("/"):
+                target = schema if target is sub else target
+                target = target[part]
+        if "description" not in sub and "description" not in target:
+            missing.append(here)
+        missing += undescribed_keys(sub, schema, here)
+    for key in ("items", "additionalProperties"):
+        if isinstance(node.get(key), dict):
+            missing += undescribed_keys(node[key], schema, f"{path}[]")
+    return missing
+
+
+def test_every_schema_key_is_described():
+    schema = json.loads((ROOT / "config" / "schema.json").read_text())
+    assert undescribed_keys(schema, schema) == []
+    assert json.dumps(schema).count("\"description\"") > 140  # the walk above really had the whole schema to walk
+
+
+def test_undescribed_keys_finds_a_missing_description():
+    schema = {"properties": {"a": {"description": "x", "properties": {"b": {"type": "integer"}}},
+                             "c": {"$ref": "#/$defs/d"}, "e": {"items": {"properties": {"f": {}}}}},
+              "$defs": {"d": {"description": "described where it is defined"}}}
+    assert undescribed_keys(schema, schema) == ["a.b", "e", "e[].f"]
+
+
+def test_every_config_is_a_base_or_an_overlay_refused_alone():
+    """Each file in config/ either validates alone (a base, listed in worldrep.config.BASES) or is an overlay: given
+    alone it is refused with a base-plus-overlay command, and that command's configs validate. The example base is
+    the first of BASES the overlay fits: quick for the experiments, the paper grid for wide.yaml (its block)."""
+    from worldrep.config import BASES
+    from worldrep.grid import load_config
+
+    files = sorted(f"config/{p.name}" for p in (ROOT / "config").glob("*.yaml"))
+    overlays = [f for f in files if f not in BASES]
+    assert set(BASES) <= set(files) and len(overlays) >= 5, files
+    for base in BASES:
+        load_config([ROOT / base])
+    offered = {}
+    for overlay in overlays:
+        with pytest.raises(ConfigError) as caught:
+            load_config([ROOT / overlay])
+        message = str(caught.value).replace(str(ROOT) + "/", "")
+        assert "an overlay changes a base config and cannot run alone" in message, message
+        command = re.search(r"snakemake --cores 8 --configfile (\S+) (\S+)\n", message)
+        assert command and command[2] == overlay, message
+        offered[overlay] = command[1]
+        load_config([ROOT / command[1], ROOT / overlay])
+    assert offered["config/wide.yaml"] == "config/config.yaml"
+    assert offered["config/noise.yaml"] == "config/quick.yaml"
+
+
+def test_a_base_missing_one_key_gets_the_schema_message():
+    config = copy.deepcopy(SMOKE)
+    del config["gpu"]
+    with pytest.raises(ConfigError, match="config key '<top level>': 'gpu' is a required property"):
+        validate_config(config, files=["config/mine.yaml"])
+
+
+def test_snakemake_refuses_an_overlay_alone_with_the_command():
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", "config/noise.yaml"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert "config/noise.yaml sets none of 'world'" in out, out
+    assert "snakemake --cores 8 --configfile config/quick.yaml config/noise.yaml" in out, out
+    assert "Building DAG of jobs" not in out, out
+
+
 def dry_run(configfile):
     return subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", str(configfile)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -287,6 +363,47 @@ def test_snakefile_rejects_bad_config_at_load(tmp_path):
     assert proc.returncode != 0, out
     assert "ConfigError" in out and "config key 'mixtures.finetuning.replay_items':" in out, out
     assert "Building DAG of jobs" not in out, out  # failed while loading the Snakefile, before any job
+
+
+def test_a_checkout_runs_into_another_directory(tmp_path):
+    """`snakemake -d DIR`: results, store and Snakemake's records go to DIR (config files are read from the working
+    directory the command started in), so one checkout can serve several results folders."""
+    work = tmp_path / "elsewhere"
+    targets = ["results/world/cities.csv", "results/tokenizer/tokenizer.json"]
+    proc = subprocess.run([sys.executable, "-m", "snakemake", *targets, "--cores", "1", "-d", str(work),
+                           "--configfile", "config/smoke.yaml"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert all((work / target).stat().st_size > 0 for target in targets)
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-d", str(work), "--configfile",
+                           "config/smoke.yaml"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "pretrain_pt1" in out and not re.search(r"^\s*(world|tokenizer)\s+1$", out, flags=re.M), out
+
+
+def test_the_slurm_block_routes_gpu_jobs_and_the_rest_to_their_partitions(tmp_path):
+    """The config's `slurm` block becomes each planned job's slurm_partition / slurm_account resources: the
+    generated stack rules (they ask for `gpu`) get gpu_jobs', every other rule cpu_jobs', over --default-resources."""
+    from worldrep.grid import slurm_resources
+
+    block = {"slurm": {"gpu_jobs": {"partition": "gpu", "account": "lab-gpu"}, "cpu_jobs": {"partition": "cpu"}}}
+    assert slurm_resources(block, gpu=True) == {"slurm_account": "lab-gpu", "slurm_partition": "gpu"}
+    assert slurm_resources(block, gpu=False) == {"slurm_partition": "cpu"}
+    assert slurm_resources({}, gpu=True) == {}
+    overlay = tmp_path / "partitions.yaml"
+    overlay.write_text(yaml.safe_dump(block))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--default-resources", "slurm_partition=default",
+                           "--configfile", "config/smoke.yaml", str(overlay)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    jobs = re.findall(r"^(?:local)?rule (\w+):\n(?:.*\n)*?\s+resources: (.*)$", proc.stdout, flags=re.M)
+    partitions = {rule: re.search(r"slurm_partition=(\w+)", resources)[1] for rule, resources in jobs}
+    gpu_rules = {rule for rule, resources in jobs if "gpu=1" in resources}
+    assert gpu_rules == {r for r in partitions if r.startswith(("pretrain_", "finetune_"))} and len(gpu_rules) >= 5
+    assert {partitions[r] for r in gpu_rules} == {"gpu"}
+    assert {partitions[r] for r in set(partitions) - gpu_rules} == {"cpu"} and "dataset" in partitions
+    accounts = {rule for rule, resources in jobs if "slurm_account=lab-gpu" in resources}
+    assert accounts == gpu_rules
 
 
 def test_snakefile_dry_runs_smoke_config():

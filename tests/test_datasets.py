@@ -291,7 +291,7 @@ def test_check_dataset_refuses_broken_splits(data):
             check_dataset({**meta, key: bad}, SIZES, balanced=True)
 
 
-# ---- label noise (issue 14.2) -------------------------------------------------------------------------------------
+# ---- label noise (METHOD Appendix C.2) -----------------------------------------------------------------------------
 
 def noisy(data, task, p, seed=SEED):
     from worldrep.datasets import add_label_noise, noise_rng
@@ -365,7 +365,7 @@ def split_bytes(task, splits, world) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("task", ["distance", "compass", "crossing"])
 def test_with_label_noise_leaves_val_and_test_and_repeats_its_bytes(data, world, task):
-    """The issue's three: round(p·n) train answers change, none in val or test (the same split objects, the same
+    """Label noise as specified: round(p·n) train answers change, none in val or test (the same split objects, the same
     bytes), and the same seed gives the same bytes (another seed, other bytes); p = 0 changes nothing at all."""
     from worldrep.datasets import with_label_noise
     splits, _ = data(task, "pretraining")

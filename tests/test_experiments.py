@@ -1,4 +1,4 @@
-"""The open questions as experiments (issue 14, worldrep/experiments.py): what the noise and scale experiments add to
+"""The open questions as experiments (App. C, worldrep/experiments.py): what the noise and scale experiments add to
 the grid (variants, runs, stacks, noisy mixtures and datasets), and that with every experiment off the paper grid
 plans exactly as before. Their smoke-size run is in tests/test_workflow.py."""
 from __future__ import annotations

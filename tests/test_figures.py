@@ -587,7 +587,7 @@ def test_atlantis_predictions_names_a_run_without_rows():
                                {"ftwb2-2_s42": view_table()}, {"ftwb2-2_s42": "A,Co"})
 
 
-# ---- issue 14.2 / 14.4: the single-task family across conditions -----------------------------------------------
+# ---- METHOD Appendix C.2 / C.4: the single-task family across conditions ---------------------------------------
 
 def condition_tables(columns: dict[str, dict]):
     summary = pd.DataFrame([{"group": g, **c, "estimator": e, "layer": 5, "anchor_vs_others": 0.5 + i / 10,

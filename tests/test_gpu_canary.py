@@ -1,4 +1,4 @@
-"""The GPU window's canary and throughput baseline on the CPU (issue 24): the pieces that run first on a GPU, so
+"""The GPU window's canary and throughput baseline on the CPU: the pieces that run first on a GPU, so
 CI runs them under the project's pins and again under the GPU image's transformers (.ci/run)."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The GPU window (issues 12, 24): what it imports exists on the target image or among the wheels it brings, its
+"""The GPU window: what it imports exists on the target image or among the wheels it brings, its
 plan fits every budget from 6 to 30 minutes, its bundle survives a kill, and it reads failed jobs from Snakemake's
 log. The full CPU rehearsal (6 minutes, bundled) runs in tests/test_workflow.py, on the smoke results folder the
 other workflow tests share."""
@@ -300,7 +300,7 @@ def test_installed_versions_are_checked_against_the_pins(tmp_path, monkeypatch):
 
 
 def test_the_bundle_is_rewritten_during_a_stage(tmp_path, monkeypatch):
-    """Every BUNDLE_EVERY_S during a stage: what the stage wrote so far is in the bundle, under a summary that
+    """Every BUNDLE_EVERY_S during a stage: what the stage has written is in the bundle, under a summary that
     says the stage is running, while it still runs."""
     monkeypatch.setattr(gpu_window, "BUNDLE_EVERY_S", 0.1)
     out, bundle = tmp_path / "out", tmp_path / "bundle"
@@ -317,6 +317,6 @@ def test_the_bundle_is_rewritten_during_a_stage(tmp_path, monkeypatch):
 
     window.stage("long", long_stage)
     assert seen["rows"] == "first row\n"
-    assert re.search(r"^\| long \| running \| [0-9] so far \|", seen["summary"], flags=re.MULTILINE), seen["summary"]
+    assert re.search(r"^\| long \| running \| [0-9] elapsed \|", seen["summary"], flags=re.MULTILINE), seen["summary"]
     assert "| long | done |" in (bundle / "summary.md").read_text()
     assert sorted(p.name for p in bundle.iterdir()) == ["evidence.tar.gz", "summary.md"]

@@ -1,4 +1,4 @@
-"""Gradient similarity of the tasks (issue 14.3): the cosine definition on constructed gradients and a tiny model
+"""Gradient similarity of the tasks (METHOD C.3): the cosine definition on constructed gradients and a tiny model
 (identical tasks give exactly 1, disjoint digit rows exactly 0), the loss against the stacked training loss, the
 digit-row selection, the draw, the target tables and the correlation against scipy, the figures; and
 `check_smoke_outputs`, the assertions tests/test_workflow.py makes on a smoke run's outputs."""

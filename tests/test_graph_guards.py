@@ -1,4 +1,4 @@
-"""What a CUDA graph of the training step needs, guarded on the CPU (issue 24, item 7). `StackStep.capture` records
+"""What a CUDA graph of the training step needs, guarded on the CPU. `StackStep.capture` records
 one `StackStep.compute` (forward, backward, unscaling, clipping, AdamW, loss-scale update) and every later update
 replays it, so that region must:
 

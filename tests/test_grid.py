@@ -130,7 +130,7 @@ def test_smoke_grid_has_every_kind_of_run():
 
 
 def test_quick_grid_has_what_each_claim_needs():
-    """config/quick.yaml (issue 7): every single-task and two-task run, pt7, every FTWB1 teacher, and FTWB2
+    """config/quick.yaml: every single-task and two-task run, pt7, every FTWB1 teacher, and FTWB2
     pairs with and without distance, one seed each."""
     quick = yaml.safe_load((ROOT / "config/quick.yaml").read_text())
     runs = training_runs(quick)
@@ -167,6 +167,7 @@ def test_short_runs_are_counted_per_task_against_the_rule():
     assert list(short) == ["pt3-1"]  # 1,418 per task, though 4,255 pooled: the rule counts per task
     assert short_runs(laptop, 564, rule=1400) == {}
     assert set(short_runs(SMOKE, 6204)) == set(SMOKE["mixtures"]["pretraining"]) | {"pt7-atl"}
+    assert "pt7-atl" in PAPER["mixtures"]["with_atlantis"] and list(short_runs(PAPER, 6204)) == ["pt7"]  # no seeds
 
 
 def test_planning_warns_about_each_short_run_and_carries_on():

@@ -1,4 +1,4 @@
-"""The plan before the first job (issue 15): its counts against METHOD §7.3 and the code they model, its stop
+"""The plan before the first job: its counts against METHOD §7.3 and the code they model, its stop
 rule, and the main command stopping on a CPU before any job while a dry run, --lint and the CLI do not."""
 import os
 import re
@@ -81,7 +81,7 @@ def test_paper_plan_counts_the_steps_of_method_7_3(paper):
 
 
 def test_the_wide_variant_adds_its_own_steps_and_size(paper):
-    """variants.wide (issue 13): pt7 for 3 epochs, FTWB1 x7 and 6 FTWB2 mixes at the main recipe's T, in 3 stacks of
+    """variants.wide (App. B): pt7 for 3 epochs, FTWB1 x7 and 6 FTWB2 mixes at the main recipe's T, in 3 stacks of
     their own, each step at the wide model's size (6.35M parameters against 1.6M)."""
     wide = {**paper, "variants": {"wide": {**paper["variants"]["wide"], "enabled": True}}}
     base, more = plan.make_plan(paper, 5_671, plan.rates_of(paper)), plan.make_plan(wide, 5_671, plan.rates_of(wide))
@@ -136,7 +136,8 @@ def test_stop_rule(paper):
     paper_plan = plan.make_plan(paper, 5_671, rates)
     reason = plan.stop_reason(paper_plan, paper, rates, 2, 0, free_bytes=10**15, environ={})
     assert reason.startswith("stopped before the first job: no GPU is seen")
-    for way in ("config/quick.yaml", "config/smoke.yaml", "profiles/slurm", "WORLDREP_ALLOW_LONG_CPU=1"):
+    for way in ("config/quick.yaml", "config/smoke.yaml", "profiles/slurm", "slurm_account=ACCOUNT",
+                "slurm_partition=PARTITION", "`slurm` block", "WORLDREP_ALLOW_LONG_CPU=1"):
         assert way in reason
     assert plan.stop_reason(paper_plan, paper, rates, 2, 0, 10**15, environ={"WORLDREP_ALLOW_LONG_CPU": "1"}) is None
     assert plan.stop_reason(paper_plan, paper, rates, 2, 1, 10**15, environ={}) is None  # a GPU is seen

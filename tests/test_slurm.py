@@ -29,6 +29,7 @@ CLUSTER_RULES = GPU_RULES | {"dataset", "pretraining_mixture", "finetuning_mixtu
 # status checks every second instead of every 40 s (a 3-job chain takes ~40 s instead of ~160 s).
 SLURM_ARGS = ["--slurm-no-account", "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks",
               "1", "--seconds-between-status-checks", "1", "--slurm-keep-successful-logs"]
+PARTITIONS = "config/partitions.yaml"  # the overlay of the SLURM run: GPU jobs and the rest to their own partitions
 TIMEOUT_S = 30 * 60  # a hung status check must fail the test, not hang CI
 
 
@@ -78,7 +79,9 @@ def slurm_run(cluster, copies) -> tuple[Path, list[dict[str, str]]]:
     """The smoke run's folder and SLURM's record of each of its jobs (all named after the plugin's run ID)."""
     workdir = copies["slurm_run"]
     env = {**cluster.env, "WORLDREP_DEVICE": "cpu"}
-    out = snakemake(workdir, "--profile", "profiles/slurm", *SLURM_ARGS, "--configfile", SMOKE, env=env,
+    (workdir / PARTITIONS).write_text(yaml.safe_dump({"slurm": {"gpu_jobs": {"partition": "gpu"},
+                                                                "cpu_jobs": {"partition": "main"}}}))
+    out = snakemake(workdir, "--profile", "profiles/slurm", *SLURM_ARGS, "--configfile", SMOKE, PARTITIONS, env=env,
                     cluster=cluster)
     # The plan before the first job (worldrep/plan.py): printed under a cluster executor, which it never stops.
     assert "plan (smoke): 10 of 10 runs to train" in out and "jobs go to a cluster executor" in out, out[-3000:]
@@ -101,8 +104,8 @@ def rule_of(job: dict[str, str]) -> str:
 
 
 def test_gpu_rules_get_a_gpu_and_cheap_rules_stay_local(slurm_run):
-    """SLURM's own record of every job: which rules were submitted at all, and which asked for a GPU (with the
-    default profile's threads as CPUs)."""
+    """SLURM's own record of every job: which rules were submitted at all, which asked for a GPU (with the default
+    profile's threads as CPUs), and which partition each landed in (GPU jobs in `gpu`, the others in `main`)."""
     threads = yaml.safe_load((REPO / "profiles/default/config.yaml").read_text()).get("set-threads", {})
     _, jobs = slurm_run
     assert jobs and all(job["JobState"] == "COMPLETED" for job in jobs), jobs
@@ -114,6 +117,7 @@ def test_gpu_rules_get_a_gpu_and_cheap_rules_stay_local(slurm_run):
         assert gpu_request == (rule_of(job) in GPU_RULES), job
         if gpu_request:
             assert job["TresPerJob"] == "gres:gpu:1", job
+        assert job["Partition"] == ("gpu" if gpu_request else "main"), job  # the config's `slurm` block
         assert job["CPUs/Task"] == str(threads.get(rule_of(job), 1)), job
 
 

@@ -1,4 +1,4 @@
-"""Stacked training (issue 16): K Qwen2 models as one stacked model, trained by one step, each run exactly as if
+"""Stacked training (METHOD §7.1): K Qwen2 models as one stacked model, trained by one step, each run exactly as if
 alone. The stack against Hugging Face's own model (logits, loss), the per-run optimizer against torch's AdamW and
 GradScaler, and the invariant itself: a run's weights do not depend on the runs that share its stack."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Where fine-tuning puts a new city (issue 14.1): fractions of updates built with a known answer, subspaces of
+"""Where fine-tuning puts a new city (METHOD Appendix C.1): fractions of updates built with a known answer, subspaces of
 synthetic data whose structure is known, the group test and correlations against scipy; and `check_smoke_outputs`,
 the assertions tests/test_workflow.py makes about a smoke run with the experiment on."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Architecture variants (issue 13) on the paper config: the `wide` block of the appendix, off by default, plans
+"""Architecture variants (METHOD App. B) on the paper config: the `wide` block of the appendix, off by default, plans
 nothing; turned on (config/wide.yaml) it adds exactly its 14 runs, their per-run jobs and its analyses. The
 smoke-size variant that runs through every stage is in tests/test_workflow.py (it shares the smoke folder)."""
 import copy

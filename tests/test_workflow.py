@@ -60,7 +60,7 @@ def evaluated_sets(config: dict, mixture: str) -> set[tuple[str, str]]:
 
 
 def stack_of(config: dict, mixture: str) -> str:
-    """The stack a mixture's runs train in (issue 16), by hand: the mixture itself under `training.stack: mixture`;
+    """The stack a mixture's runs train in (METHOD §7.1), by hand: the mixture itself under `training.stack: mixture`;
     its family under `family`, i.e. the name without its variant number (pt1-6 -> pt1, ftwb2-13 -> ftwb2, pt7)."""
     if config["training"]["stack"] == "mixture":
         return mixture
@@ -461,11 +461,13 @@ def chromium_binary() -> str:
 
 
 def test_report_renders_in_headless_chromium(chromium_binary, workflow, tmp_path):
-    """The smoke report as a reader sees it (issue 15): headless Chromium opens results/report.html and goes through
+    """The smoke report as a reader sees it: headless Chromium opens results/report.html and goes through
     the menu to every figure and table the report registers, by clicking, as a reader would. Every figure's image
     loads at its PNG's size; every table's view (Snakemake 9 offers a download of the CSV) gives the table's rows;
-    no JavaScript error, console error or failed load. Screenshots of the landing page and of the world map's page
-    stay in tmp_path (and are copied to the folder WORLDREP_KEEP_SCREENSHOTS names, when it is set)."""
+    no JavaScript error, console error or failed load. Scrolled to the top, every figure starts inside the pane (the
+    report stylesheet; the PCA gallery is taller than the window). Screenshots of the landing page, the world map's
+    page and the PCA gallery's, from its top, stay in tmp_path (and are copied to the folder
+    WORLDREP_KEEP_SCREENSHOTS names, when it is set)."""
     import csv
 
     import chromium
@@ -524,8 +526,16 @@ def test_report_renders_in_headless_chromium(chromium_binary, workflow, tmp_path
                     if (width, height) != expected or box <= 0:
                         problems.append(f"figure {path}: image {width}x{height} shown {box:g} px wide, "
                                         f"expected {expected[0]}x{expected[1]} (0 = broken image)")
-                    if path.endswith("/world_map.png"):
-                        screenshots.append(page.screenshot(tmp_path / "report_figure_world_map.png"))
+                    top, left, tall, pane = page.evaluate(f"__wr.fromTop({json.dumps(path)})")
+                    if top < 0 or left < 0:  # rules/captions/report.css: a tall figure is shown from its top
+                        problems.append(f"figure {path}: scrolled to the top, its image starts {-top:g} px above "
+                                        f"and {max(0, -left):g} px left of the pane")
+                    if path.endswith(("/world_map.png", "/pca_gallery.png")):
+                        name = Path(path).stem
+                        screenshots.append(page.screenshot(tmp_path / f"report_figure_{name}.png"))
+                        if name == "pca_gallery":
+                            assert tall > pane, f"the PCA gallery ({tall:g} px) no longer outgrows the pane " \
+                                f"({pane:g} px): this check of a tall figure's top would check nothing"
                 else:  # a table: its view is a download of the CSV
                     path = downloaded
                     guid = browser.wait_event("Browser.downloadWillBegin", since=mark)["guid"]
@@ -546,7 +556,7 @@ def test_report_renders_in_headless_chromium(chromium_binary, workflow, tmp_path
     assert not problems, "\n".join(problems)
     assert shown == set(registered), f"registered but not reachable through the menu: {sorted(set(registered) - shown)}"
     assert not errors, "JavaScript errors in the report:\n" + "\n".join(errors)
-    assert len(screenshots) == 2
+    assert len(screenshots) == 3
     if keep := os.environ.get("WORLDREP_KEEP_SCREENSHOTS"):
         import shutil
 
@@ -556,7 +566,7 @@ def test_report_renders_in_headless_chromium(chromium_binary, workflow, tmp_path
 
 
 def test_plan_of_the_finished_smoke_folder(workflow, smoke_config):
-    """The plan (worldrep/plan.py, issue 15) against what the smoke run made: its disk estimate within 15% of the
+    """The plan (worldrep/plan.py) against what the smoke run made: its disk estimate within 15% of the
     folder's size, and with every final model in place nothing left to train."""
     from worldrep import plan
 
@@ -574,7 +584,7 @@ def test_plan_of_the_finished_smoke_folder(workflow, smoke_config):
 
 
 def test_archive_recompute_agrees_with_snakemakes_records(workflow):
-    """`archive verify --recompute` on the smoke archive (issue 15): the tables that follow from the evaluation
+    """`archive verify --recompute` on the smoke archive: the tables that follow from the evaluation
     table recompute, and every analysis job it would run is the one Snakemake ran (params and inputs against
     Snakemake's own records), so its copy of the planning in rules/common.smk has not drifted."""
     archive = workflow / "results/archive/smoke.tar.gz"
@@ -593,7 +603,7 @@ def test_archive_recompute_agrees_with_snakemakes_records(workflow):
 
 
 def test_a_second_architecture_runs_through_every_stage(workflow, smoke_config, tmp_path):
-    """Issue 13 at smoke size: smoke.yaml's `small` variant (hidden 64, 4 heads, 4 layers, layers 2-4) turned on over
+    """A variant at smoke size: smoke.yaml's `small` variant (hidden 64, 4 heads, 4 layers, layers 2-4) turned on over
     a copy of the finished smoke folder plans exactly its 4 runs, their per-run jobs and its analyses; it trains,
     evaluates and extracts 128-d features; its CKA against the 256-d main-grid pt7 matches the reference
     definition; every model loads with the Auto classes under its own config; editing its width replans exactly
@@ -663,7 +673,7 @@ def test_a_second_architecture_runs_through_every_stage(workflow, smoke_config, 
     assert planned_jobs(work, files) == expected  # its width: every job of the variant, nothing of the main grid
 
 
-# The open questions as experiments (issue 14) at smoke size: each experiment's overlay block over smoke.yaml, small.
+# The open questions as experiments (App. C) at smoke size: each experiment's overlay block over smoke.yaml, small.
 EXPERIMENTS = {
     "subspace": {"enabled": True, "components": 4},
     "noise": {"enabled": True, "levels": [0.3], "seeds": [42]},
@@ -673,7 +683,7 @@ EXPERIMENTS = {
 
 
 def test_the_open_questions_run_at_smoke_size(workflow, smoke_config, tmp_path):
-    """Issue 14, all four experiments on over a copy of the finished smoke folder: exactly their jobs are planned
+    """All four open-question experiments on over a copy of the finished smoke folder: exactly their jobs are planned
     and run; the noisy datasets hold their clean twins' items with exactly round(p·n) train answers changed and
     val/test byte-identical; the clean condition's CKA is the main grid's pt1 matrix; the scale variant has its own
     architecture and layers; each experiment's own checks pass; and afterwards nothing is planned."""
@@ -811,7 +821,7 @@ def test_task_settings_change_replans_exactly_that_task(workflow, smoke_config):
 
 
 def test_label_noise_setting_replans_exactly_that_task(workflow, smoke_config):
-    """A task's own `label_noise` (issue 14.2) reaches its datasets and what descends from them, as a task edit does."""
+    """A task's own `label_noise` (METHOD C.2) reaches its datasets and what descends from them, as a task edit does."""
     edited = yaml.safe_load(yaml.safe_dump(smoke_config))
     edited["tasks"]["distance"] = {"label_noise": 0.1}
     (workflow / "config/edited.yaml").write_text(yaml.safe_dump(edited))
@@ -921,7 +931,7 @@ def test_family_stacks_plan_fewer_training_jobs_than_mixture_stacks(tmp_path, sm
 def test_family_stacks_train_the_runs_of_mixture_stacks(workflow, mixture_workflow, smoke_config):
     """Every smoke run trained in its family's stack against the same run in its mixture's stack (alone: one seed
     per mixture). On the CPU a stack computes run by run at each run's own width, so the weights agree bit for bit
-    (the issue asks for 1e-5; a fused stack on a GPU pads to its widest mixture: tests/test_stack.py), and so do
+    (1e-5 would be enough; a fused stack on a GPU pads to its widest mixture: tests/test_stack.py), and so do
     the evaluation tables."""
     import pandas as pd
     import torch
@@ -968,7 +978,7 @@ def test_distance_edit_replans_exactly_its_runs(workflow, mixture_workflow, smok
 
 
 def test_gpu_window_rehearsal_writes_the_evidence_of_a_window(workflow, tmp_path, smoke_config):
-    """`benchmarks/gpu_window.py --rehearse --budget-min 6 --bundle B` (issues 12, 24) on this smoke results folder:
+    """`benchmarks/gpu_window.py --rehearse --budget-min 6 --bundle B` on this smoke results folder:
     every stage done on the CPU within 6 minutes; B holds exactly summary.md and evidence.tar.gz, which
     `gpu_bundle.py unpack` turns into an evidence folder with the canary, the throughput rows and the HF Trainer
     baseline, the determinism figures and the stack invariant, and the smoke config's checklist (every §15 claim
@@ -1039,7 +1049,7 @@ def copied(workflow: Path, tmp_path: Path) -> Path:
 
 
 def recipe_hashes(workdir: Path, *configfiles: str) -> dict[str, str]:
-    from worldrep.plan import merged
+    from worldrep.config import merged
     from worldrep.recipes import Recipes
 
     config = {}

@@ -346,7 +346,7 @@ def cka_vs_generalization_tables(cka: pd.DataFrame, ftwb1: pd.DataFrame, variant
 
 def cross_model_table(pairs: Sequence[tuple[str, str]], paths: dict[str, Path], atlantis_ids,
                       load: Callable) -> pd.DataFrame:
-    """CKA between models of different architectures (issue 13): for each (run_a, run_b) pair, every extracted layer
+    """CKA between models of different architectures (App. B): for each (run_a, run_b) pair, every extracted layer
     of a against every extracted layer of b, both estimators, on the eligible non-Atlantis cities. Linear CKA
     compares Gram matrices, so the two widths (and depths) need not match."""
     atlantis, rows = list(atlantis_ids), []
@@ -365,7 +365,7 @@ def cross_model_table(pairs: Sequence[tuple[str, str]], paths: dict[str, Path], 
                                        "cka"])
 
 
-# ---- the single-task family across conditions (issue 14.2 label noise, 14.4 model size) -------------------------
+# ---- the single-task family across conditions (label noise, model size: METHOD Appendix C.2, C.4) ---------------
 # One summary per group of single-task runs (a noise level, a model size): the seed-averaged task × task CKA matrix of
 # its runs (`family_tables`), reduced to two numbers per estimator, with the mean probe R² of its runs.
 

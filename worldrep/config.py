@@ -3,6 +3,7 @@ Every message names its key. The whole validation, with the grid's checks, is `w
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import jsonschema
@@ -22,6 +23,40 @@ def key_path(parts) -> str:
 _STRICT_TYPES = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
     "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool))
 StrictValidator = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=_STRICT_TYPES)
+
+
+# The configs that run alone; the rest of config/ are overlays, merged over one of these (config/README.md).
+# In the order an overlay given alone is offered them: the first it validates over is the message's example.
+BASES = ("config/quick.yaml", "config/laptop.yaml", "config/smoke.yaml", "config/config.yaml", "config/paper_pt1.yaml")
+
+
+def merged(base: dict, update: dict) -> dict:
+    """`update` over `base`, dicts merged key by key: what Snakemake does with several --configfile."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def shown_path(path: str | Path) -> str:
+    """`path` relative to the working directory when it lies under it (Snakemake passes config files absolute)."""
+    relative = os.path.relpath(path)
+    return str(path) if relative.startswith("..") else relative
+
+
+def overlay_problem(config: dict, required: list[str], files: list[str | Path], base: str | None = None) -> str | None:
+    """A config without most of the keys every base sets is an overlay given alone (`--configfile
+    config/noise.yaml`): say so, with the base-plus-overlay command, instead of a schema error about the first missing
+    key. A base that lacks only a few keys is left to the schema, which names them. `base`: one it fits over."""
+    missing = [key for key in required if key not in config]
+    if len(missing) * 2 <= len(required):
+        return None
+    given = " ".join(shown_path(f) for f in files)
+    subject = f"{given} {'sets' if len(files) == 1 else 'set'}" if files else "the config sets"
+    return (f"{subject} none of {', '.join(repr(k) for k in missing)}: an overlay changes a base config and "
+            f"cannot run alone. Give a base config first and the overlay after it, e.g.\n"
+            f"  snakemake --cores 8 --configfile {base or 'BASE.yaml'} {given or 'OVERLAY.yaml'}\n"
+            f"(bases: {', '.join(BASES)}; config/README.md says which is which)")
 
 
 def schema_problems(config: dict, schema: dict) -> list[str]:

@@ -56,7 +56,7 @@ class Split:
 
 
 def dataset_base(variant: str) -> str:
-    """The generated variant a dataset folder holds: `pretraining-noise10`, a label-noise copy (issue 14.2), holds
+    """The generated variant a dataset folder holds: `pretraining-noise10`, a label-noise copy (METHOD C.2), holds
     `pretraining`'s items with noisy train answers."""
     return variant.split("-", 1)[0]
 
@@ -154,7 +154,7 @@ def generate_dataset(task: Task, counts: tuple[int, ...], variant: str, sizes: d
     return splits
 
 
-# ---- label noise (issue 14.2; METHOD Appendix C.2) -----------------------------------------------------------
+# ---- label noise (METHOD Appendix C.2) -----------------------------------------------------------------------
 # Drawn from its own stream (the dataset's seed entropy + NOISE_STREAM), after the clean splits: a noisy dataset holds
 # exactly its clean twin's items, and the draw does not depend on p, so the items wrong at p are among those wrong at
 # any larger p, with the same wrong answers: levels differ only in how many items are wrong.

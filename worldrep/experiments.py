@@ -1,7 +1,7 @@
-"""The paper's open questions as experiments (issue 14; docs/METHOD.md Appendix C): what each adds to the grid.
+"""The paper's open questions as experiments (docs/METHOD.md Appendix C): what each adds to the grid.
 
 Two of them train: label noise (`experiments.noise`) and model size (`experiments.scale`) each add one architecture
-variant per level or size (issue 13's `variants` machinery: own runs, stacks, per-run jobs, results/variants/{name}/),
+variant per level or size (Appendix B's `variants` machinery: own runs, stacks, per-run jobs, results/variants/{name}/),
 over the config's single-task mixtures. The other two (subspace, gradients) only analyse runs the grid has. No torch
 here: the Snakefile plans with this. The grid (worldrep.grid) builds on these blocks; the checks that need its runs
 live there (`experiment_problems`, `gradients_run`).

@@ -735,7 +735,7 @@ def atlantis_predictions(errors: pd.DataFrame, views: dict[str, pd.DataFrame], l
     return fig, data
 
 
-# ---- issue 14.1: where fine-tuning puts a new city (results/experiments/subspace/) ---------------------------
+# ---- METHOD Appendix C.1: where fine-tuning puts a new city (results/experiments/subspace/) -----------------
 
 FIGSIZE.update({"subspace_fraction": (8.0, 4.4), "subspace_vs_error": (9.0, 5.0)})
 SUBSPACE_GROUPS = {"without_distance": ("mix without D", "#1f77b4"), "with_distance": ("mix with D", "#d62728")}
@@ -818,7 +818,7 @@ def subspace_vs_error(fractions: pd.DataFrame, correlation: pd.DataFrame):
     return fig, pd.concat(rows, ignore_index=True)
 
 
-# ---- issue 14.2 / 14.4: the single-task family across conditions (noise levels, model sizes) ---------------------
+# ---- METHOD Appendix C.2 / C.4: the single-task family across conditions (noise levels, model sizes) -------------
 FIGSIZE["condition_summary"] = (10.0, 3.8)
 
 
@@ -868,7 +868,7 @@ def condition_summary(summary: pd.DataFrame, probes: pd.DataFrame, xlabel: str):
     return fig, pd.DataFrame(rows)
 
 
-# ---- issue 14.3: gradient similarity of the tasks (results/experiments/gradients/) ---------------------------
+# ---- METHOD Appendix C.3: gradient similarity of the tasks (results/experiments/gradients/) -----------------
 
 FIGSIZE.update({"gradient_similarity": (14.0, 7.0), "gradient_scatter": (10.0, 8.0)})
 

@@ -1,4 +1,4 @@
-"""Gradient similarity of the tasks (issue 14.3, docs/METHOD.md Appendix C.3): can divergence be predicted before
+"""Gradient similarity of the tasks (docs/METHOD.md Appendix C.3): can divergence be predicted before
 training? For one pretraining run's first checkpoints (step 0 = its initialization), each pair of tasks' loss
 gradients compared by cosine, then set against the single-task CKA (§12) and the FTWB1 generalization (§9).
 

@@ -1,4 +1,4 @@
-"""What a config plans and what it will cost on this machine, said before any job runs (issue 15).
+"""What a config plans and what it will cost on this machine, said before any job runs.
 
     python -m worldrep.plan --configfile config/quick.yaml [more config files] [--cores N] [--gpus G] [--results DIR]
 
@@ -282,8 +282,11 @@ def stop_reason(plan: Plan, config: dict, rates: dict, cores: int, gpus: int, fr
                 f"on {cores} CPU core(s) (more than plan.max_cpu_hours = {limit_h:g}). Ways forward:\n"
                 "  - on one GPU: snakemake --cores 8 --resources gpu=1 --configfile config/quick.yaml\n"
                 "  - on a laptop CPU: snakemake --cores 2 --configfile config/smoke.yaml (minutes) or "
-                "config/laptop.yaml (the first real maps, about an hour)\n"
-                "  - on a SLURM cluster: snakemake --profile profiles/slurm\n"
+                "config/laptop.yaml (the first real maps; python -m worldrep.plan --configfile config/laptop.yaml "
+                "projects its time)\n"
+                "  - on a SLURM cluster: snakemake --profile profiles/slurm --default-resources slurm_account=ACCOUNT "
+                "slurm_partition=PARTITION (GPU jobs to a partition of their own: the config's `slurm` block, "
+                "config/README.md)\n"
                 f"  - or run it here anyway: {ALLOW_LONG_CPU}=1 snakemake ...")
     needed = plan.disk_bytes - have_bytes  # the whole results folder: checked when runs are to train
     if plan.runs_to_train and free_bytes is not None and needed > free_bytes and environ.get(ALLOW_LOW_DISK) != "1":
@@ -342,18 +345,9 @@ def report(config: dict, results: Path, cores: int, gpus: int, to_train: set[str
             stop_reason(plan, config, rates, cores, gpus, free, have - other))
 
 
-def merged(base: dict, update: dict) -> dict:
-    """`update` over `base`, dicts merged key by key: what Snakemake does with several --configfile."""
-    out = dict(base)
-    for key, value in update.items():
-        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
-    import yaml
-
-    from .grid import validate_config
+    from .config import ConfigError
+    from .grid import load_config
 
     parser = argparse.ArgumentParser(prog="python -m worldrep.plan", description=__doc__.split("\n")[0])
     parser.add_argument("--configfile", type=Path, nargs="+", default=[Path("config/config.yaml")],
@@ -363,10 +357,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=Path("results"),
                         help="results folder: runs with a store entry there are not counted again")
     args = parser.parse_args(argv)
-    config = {}
-    for path in args.configfile:
-        config = merged(config, yaml.safe_load(path.read_text()))
-    config = validate_config(config)
+    try:
+        config = load_config(args.configfile)
+    except ConfigError as error:
+        parser.exit(2, f"{parser.prog}: {error}\n")
     gpus = visible_gpus() if args.gpus is None else args.gpus
     text, reason = report(config, args.results, args.cores, gpus)
     print(text)

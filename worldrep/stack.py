@@ -1,4 +1,4 @@
-"""K Qwen2 models of one architecture as one stacked model (issue 16): every weight gets a leading "run"
+"""K Qwen2 models of one architecture as one stacked model (METHOD §7.1): every weight gets a leading "run"
 dimension [K, ...], and one forward computes all K models with batched matmuls and one attention call over
 K·B sequences.
 
@@ -107,7 +107,7 @@ class StackedAttention(nn.Module):
 
     def cached(self, x, batch, cos, sin, allowed, past):
         """One decoding step: attention over the cached keys and values `past` (or none) and this step's, under
-        the boolean mask `allowed` [K·B, 1, T, S]. Returns (output, the keys and values so far)."""
+        the boolean mask `allowed` [K·B, 1, T, S]. Returns (output, the keys and values up to this step)."""
         q, key, value = self.project(x, batch, cos, sin)
         if past is not None:
             key, value = torch.cat([past[0], key], dim=2), torch.cat([past[1], value], dim=2)
@@ -187,7 +187,7 @@ class StackedQwen2(nn.Module):
 
     def decode_step(self, ids: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor, past: list | None = None):
         """One step of greedy decoding for all K models: ids [K, B, T] (the prompts, then one token per step) at
-        positions [K·B, T], with `valid` [K·B, S] marking the real tokens among all S so far (left padding is not).
+        positions [K·B, T], with `valid` [K·B, S] marking the real tokens among all S up to now (left padding is not).
         Returns (logits [K, B, V] of each row's last position, the key/value cache to pass back).
 
         A query attends to the valid keys up to itself, and always to itself: a pad position then has a finite

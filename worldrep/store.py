@@ -93,13 +93,27 @@ def garbage(keep: set[str], results: Path) -> list[Path]:
             or (p.name != name and is_complete(results, name))]
 
 
+def run_json_differences(config: dict, run: Run, meta: dict) -> list[str]:
+    """What a published run's run.json (`meta`) records differently from what `config` says of the run: among
+    model, recipe, precision (the one its device used, among the config's per-device choices), seed and mixture,
+    in that order. Pure: `adopt` and `python -m worldrep.archive create` both ask it."""
+    from .grid import training_mixture
+    from .recipes import training_params
+
+    wanted = training_params(config, run)
+    recorded = meta.get("recipe", {})
+    recipe = {k: (list(recorded[k]) if k == "betas" else recorded[k]) for k in wanted["recipe"] if k in recorded}
+    checks = (("model", meta.get("model") == wanted["model"]), ("recipe", recipe == wanted["recipe"]),
+              ("precision", recorded.get("precision") in wanted["precision"].values()),
+              ("seed", meta.get("seed") == wanted["seed"]),
+              ("mixture", meta.get("mixture") == training_mixture(config, run)))
+    return [key for key, ok in checks if not ok]
+
+
 def adopt(config: dict, hashes: dict[str, str], results: Path) -> tuple[list[str], list[str]]:
     """Store entries for runs published by a workflow that had no store: each run's files in results/models/{run}/
     become its entry (hard links), provided its run.json records this config's model, recipe, seed and mixture and
     the sha256 of the mixture and base model there now. Returns (adopted runs, refused runs with the reason)."""
-    from .grid import training_mixture
-    from .recipes import training_params
-
     adopted, refused = [], []
     for run in training_runs(config):  # base runs come first, so a fine-tuning run checks against an adopted base
         recipe_hash = hashes[run.name]
@@ -110,15 +124,7 @@ def adopt(config: dict, hashes: dict[str, str], results: Path) -> tuple[list[str
             refused.append(f"{run.name}: no published model")
             continue
         meta = json.loads((published / "final" / "run.json").read_text())
-        wanted = training_params(config, run)
-        recorded = meta.get("recipe", {})
-        recipe = {k: (list(recorded[k]) if k == "betas" else recorded[k]) for k in wanted["recipe"] if k in recorded}
-        precision = recorded.get("precision")  # the one its device used: among the config's per-device choices
-        checks = (("model", meta.get("model") == wanted["model"]), ("recipe", recipe == wanted["recipe"]),
-                  ("precision", precision in wanted["precision"].values()),
-                  ("seed", meta.get("seed") == wanted["seed"]),
-                  ("mixture", meta.get("mixture") == training_mixture(config, run)))
-        differs = [key for key, ok in checks if not ok]
+        differs = run_json_differences(config, run, meta)
         current, inputs = run_inputs(config, run, results), meta.get("inputs_sha256", {})
         differs += [name for name, path in current.items()
                     if not path.is_file() or inputs.get(name) != sha256_file(path)]
@@ -201,19 +207,9 @@ def adopt_products(config: dict, products: dict[tuple[str, str], str], results: 
     return adopted, refused
 
 
-def load_config(paths: list[Path]) -> dict:
-    import yaml
-
-    from .grid import validate_config
-    from .plan import merged
-
-    config = {}
-    for path in paths:
-        config = merged(config, yaml.safe_load(Path(path).read_text()))
-    return validate_config(config)
-
-
 def main(argv: list[str] | None = None) -> int:
+    from .config import ConfigError
+    from .grid import load_config
     from .recipes import Recipes
 
     parser = argparse.ArgumentParser(prog="python -m worldrep.store", description=__doc__.split("\n")[0])
@@ -226,7 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=Path("results"))
     parser.add_argument("--dry-run", action="store_true", help="gc: only list what it would remove")
     args = parser.parse_args(argv)
-    configs = [load_config(paths) for paths in args.configfile]
+    try:
+        configs = [load_config(paths) for paths in args.configfile]
+    except ConfigError as error:
+        parser.exit(2, f"{parser.prog}: {error}\n")
     hashes = [Recipes(config).run_hashes() for config in configs]
     if args.command == "list":
         sizes = entries(args.results)

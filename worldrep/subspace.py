@@ -1,4 +1,4 @@
-"""Where fine-tuning puts a new city (issue 14.1, METHOD Appendix C.1): each Atlantis city's update Δ = h_ft − h_base
+"""Where fine-tuning puts a new city (METHOD Appendix C.1): each Atlantis city's update Δ = h_ft − h_base
 (fine-tuned minus same-seed base representation, analysis layer, both at the fine-tuned model's prompt task) split
 into its part inside the fine-tuned model's world subspace and the orthogonal rest.
 

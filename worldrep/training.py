@@ -1,5 +1,5 @@
 """Our own training loop for the tiny Qwen2 (METHOD §7): the paper's recipe, written for throughput, training a
-stack of K runs at once (issue 16). A lone run is a stack of one: there is no other loop.
+stack of K runs at once (§7.1). A lone run is a stack of one: there is no other loop.
 
 Why not the HF `Trainer`: with a 1.6M-parameter model a step is bound by overhead, not FLOPs. Here every run's
 token matrix sits on the device once, a batch is an index into it (no tokenization, no DataLoader), and every
