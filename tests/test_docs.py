@@ -371,3 +371,38 @@ def test_the_numbers_in_the_configs_comments_come_from_the_plan(tmp_path):
     check("config/paper_pt1.yaml", "steps", pt1_steps, pt1_plan.optimizer_steps)
     check("config/paper_pt1.yaml", "GPU-minutes", minutes, round(pt1_plan.optimizer_steps * ms / 1000 / 60))
     assert not problems, "numbers in config comments disagree with the plan:\n" + "\n".join(problems)
+
+
+LAPTOP = "## Laptop: the first real maps"
+
+
+def shown(value: float) -> str:
+    """A probe R² as the README prints it: two decimals, a real minus sign."""
+    return f"{value:.2f}".replace("-", "−")
+
+
+def test_the_readme_laptop_results_are_the_newest_evidence():
+    """The README's laptop section shows the newest committed laptop evidence: its links point there, its probe
+    table has every run's final analysis-layer R² as that evidence's probe table has them, and its claims line is the
+    evidence's checklist line."""
+    import pandas as pd
+    import yaml
+
+    newest = newest_evidence("cpu-laptop")
+    text = README.read_text()
+    section = text[text.index(LAPTOP):text.index("\n## ", text.index(LAPTOP) + len(LAPTOP))]
+    linked = set(re.findall(r"\((evidence/[^/)]+)/", section))
+    assert linked == {str(newest.relative_to(ROOT))}, f"the laptop section links {linked}, the newest is {newest}"
+    layer = yaml.safe_load((newest / "config.yaml").read_text())["representations"]["analysis_layer"]
+    probes = pd.read_csv(newest / "probes" / "probe_metrics.csv")
+    final = probes[(probes["step"].astype(str) == "final") & (probes["layer"] == layer)].set_index("run")
+    rows = table_after(README, LAPTOP)
+    runs = [re.search(r"`([\w.-]+_s\d+)`", row["run"])[1] for row in rows]
+    assert sorted(runs) == sorted(final.index), "the laptop table lists other runs than the evidence"
+    problems = [f"{run} {column}: README {row[column]}, evidence {shown(final.loc[run, key])}"
+                for run, row in zip(runs, rows) for column, key in (("R² x", "r2_x"), ("R² y", "r2_y"),
+                                                                     ("mean", "r2_mean"))
+                if row[column] != shown(final.loc[run, key])]
+    assert not problems, "\n".join(problems)
+    counts = (newest / "claims.md").read_text().splitlines()[2]
+    assert f"**{counts}**" in section, f"the laptop section should quote the checklist's line {counts!r}"
