@@ -1,5 +1,7 @@
-"""The run archive: what goes in, deterministic bytes, the manifest check naming each bad file, and the
-re-derivation of world and datasets from the archived config (on a real tiny workflow run)."""
+"""The run archive: what goes in (several config files too), deterministic bytes, the manifest check naming each bad
+file, the refusal of results another config made (world, datasets, every run's run.json), the re-derivation of
+world and datasets from the archived config with the archived code (on a real tiny workflow run), and the rebuild
+recipe (`unpack`, then `verify` and `snakemake` in the unpacked folder, on a real smoke run)."""
 from __future__ import annotations
 
 import gzip
@@ -7,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,7 +26,9 @@ from worldrep.archive import ArchiveError, create_archive, is_archived, main, ve
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "config" / "smoke.yaml"
-FIXED_PROVENANCE = {"provenance/config.yaml": SMOKE.read_bytes(), "provenance/code_revision.txt": b"test\n"}
+ALPHAS = [0.01, 1, 100]  # the analysed fixture's probes.ridge_alphas and cka block
+SIMILARITY = {"knn_k": 5}
+FIXED_PROVENANCE = {"provenance/code_revision.txt": b"test\n"}  # the configs are `create`'s own members
 
 
 def write(path: Path, data: bytes | str) -> Path:
@@ -125,7 +130,10 @@ def test_create_then_verify(workdir, capsys):
         "results/mixtures/pt1-1/metadata.json", "results/evaluation/metrics.csv",
         "results/evaluation/pt1-1_s42/predictions.csv.gz", "results/figures/probe_r2.png",
         "results/figures/probe_r2.pdf", "results/report.html"}
-    assert files["run1/provenance/config.yaml"] == SMOKE.read_bytes()
+    # One config file: config.yaml is its bytes (comments kept), and its numbered copy is listed.
+    assert files["run1/provenance/config.yaml"] == files["run1/provenance/configs/01-smoke.yaml"] == SMOKE.read_bytes()
+    assert json.loads(files["run1/provenance/archive.json"])["configs"] == [
+        {"file": str(SMOKE), "copy": "provenance/configs/01-smoke.yaml"}]
     revision = files["run1/provenance/code_revision.txt"].decode()
     assert revision.split("\n")[0] == subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
                                                      text=True).stdout.strip() or revision == "unknown\n"
@@ -254,6 +262,229 @@ def test_create_refuses_results_of_another_config(workdir):
         make(workdir, name="../escape")
 
 
+# ---- several config files; every run's run.json against the config ----------------------------------------------
+def run_json(config: dict, run, **changes) -> dict:
+    """The fields of results/models/{run}/final/run.json the checks read, as scripts/train.py writes them on a CPU."""
+    from worldrep.grid import training_mixture
+    from worldrep.recipes import training_params
+
+    params = training_params(config, run)
+    return {"run": run.name, "model": params["model"], "recipe": {**params["recipe"], "precision": "fp32"},
+            "seed": params["seed"], "mixture": training_mixture(config, run), **changes}
+
+
+def test_run_json_differences_names_each_key():
+    from worldrep.grid import training_runs
+    from worldrep.store import run_json_differences
+
+    config = yaml.safe_load(SMOKE.read_text())
+    run = next(r for r in training_runs(config) if r.name == "ftwb2-13_s42")
+    meta = run_json(config, run)
+    assert run_json_differences(config, run, meta) == []
+    assert run_json_differences(config, run, {**meta, "recipe": {**meta["recipe"], "precision": "fp16"}}) == []  # cuda
+    assert run_json_differences(config, run, {**meta, "recipe": {**meta["recipe"], "precision": "bf16"}}) == [
+        "precision"]
+    assert run_json_differences(config, run, {**meta, "recipe": {**meta["recipe"], "peak_lr": 1.0}}) == ["recipe"]
+    assert run_json_differences(config, run, {**meta, "model": {**meta["model"], "hidden_size": 64}, "seed": 1,
+                                              "mixture": "ftwb1-1"}) == ["model", "seed", "mixture"]
+    assert run_json_differences(config, run, {}) == ["model", "recipe", "precision", "seed", "mixture"]
+
+
+def test_create_checks_every_run_json(workdir, tmp_path):
+    """A run.json that agrees passes; one trained under another peak lr is named with `recipe`; one of a run the
+    config does not plan is named too."""
+    from worldrep.grid import training_runs
+
+    config = yaml.safe_load(SMOKE.read_text())
+    runs = {r.name: r for r in training_runs(config)}
+    for name in ("pt1-1_s42", "ftwb1-1_s42"):
+        write(workdir / f"results/models/{name}/final/run.json", json.dumps(run_json(config, runs[name])))
+    make(workdir)
+    edited = yaml.safe_load(SMOKE.read_text())
+    edited["training"]["pretraining"]["peak_lr"] = 1.0e-3  # edited after the runs were trained
+    write(tmp_path / "edited.yaml", yaml.safe_dump(edited))
+    with pytest.raises(ArchiveError) as refused:
+        create_archive("run1", workdir / "results", tmp_path / "edited.yaml", tmp_path / "out",
+                       provenance=FIXED_PROVENANCE, log=lambda _: None)
+    assert str(refused.value).splitlines()[1:] == [
+        f"  {workdir / 'results/models/pt1-1_s42/final/run.json'}: run pt1-1_s42 was trained with another recipe "
+        "than the config says"]  # the fine-tuning run's recipe has the fine-tuning peak lr: it agrees
+    write(workdir / "results/models/pt9_s42/final/run.json", json.dumps(run_json(config, runs["pt1-1_s42"])))
+    with pytest.raises(ArchiveError, match=r"pt9_s42/final/run.json: run pt9_s42 is not planned by this config"):
+        make(workdir)
+
+
+def test_several_config_files_are_recorded_in_order(workdir, tmp_path, capsys):
+    """A base and an overlay, merged as `snakemake --configfile A B` merges them: each file's bytes, numbered in order,
+    and their merge as the one config.yaml the rest reads. An overlay alone is refused, naming the fix."""
+    from worldrep.grid import load_config
+
+    overlay = write(tmp_path / "other.yaml", "name: other  # changes no output\n")
+    results = workdir / "results"
+    assert main(["create", "--name", "two", "--results", str(results), "--config", str(SMOKE), str(overlay),
+                 "--out", str(tmp_path / "out")]) == 0
+    files = members(tmp_path / "out/two.tar.gz")
+    assert files["two/provenance/configs/01-smoke.yaml"] == SMOKE.read_bytes()
+    assert files["two/provenance/configs/02-other.yaml"] == overlay.read_bytes()
+    merged = yaml.safe_load(files["two/provenance/config.yaml"])
+    assert merged == load_config([SMOKE, overlay]) and merged["name"] == "other"
+    assert list(merged) == list(yaml.safe_load(SMOKE.read_text()))  # the base's key order: it reads like the base
+    assert files["two/provenance/config.yaml"].decode().startswith(
+        "# The merge of these config files, in order (as `snakemake --configfile A B` merges them):\n"
+        "#   provenance/configs/01-smoke.yaml\n#   provenance/configs/02-other.yaml\n")
+    assert json.loads(files["two/provenance/archive.json"])["configs"] == [
+        {"file": str(SMOKE), "copy": "provenance/configs/01-smoke.yaml"},
+        {"file": str(overlay), "copy": "provenance/configs/02-other.yaml"}]
+    assert verify_archive(tmp_path / "out/two.tar.gz", rederive=False, log=lambda _: None) == []
+    capsys.readouterr()
+    assert main(["create", "--name", "alone", "--results", str(results), "--config", str(overlay)]) == 1
+    assert "an overlay changes a base config and cannot run alone" in capsys.readouterr().err
+
+
+# ---- the archived code: verify re-derives with it, unpack writes it --------------------------------------------
+def git_repo(root: Path, files: dict[str, str | bytes]) -> Path:
+    """A git repository with `files` committed."""
+    for rel, data in files.items():
+        write(root / rel, data)
+    for args in (["init", "-q"], ["add", "."], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "c"]):
+        subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)
+    return root
+
+
+def head(root: Path) -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def checkout(tmp_path) -> Path:
+    """A checkout with a committed tree, uncommitted edits of a text and a binary file, and a file git does not track."""
+    root = git_repo(tmp_path / "checkout", {"Snakefile": "# committed\n", "worldrep/world.py": "SEED = 1\n",
+                                            "worldrep/blob.bin": bytes(range(256)), "notes.txt": "kept\n"})
+    write(root / "worldrep/world.py", "SEED = 2  # uncommitted\n")
+    write(root / "worldrep/blob.bin", bytes(reversed(range(256))))
+    write(root / "rules/new.smk", "# not yet committed\n")
+    return root
+
+
+def test_unpack_code_rebuilds_the_checkout(checkout, tmp_path):
+    """workflow.tar, then code_diff.patch (a binary hunk too), then untracked/: the checkout's files, byte for byte."""
+    contents = archive.Contents("x", {}, archive.code_members(checkout), [])
+    dest = tmp_path / "dest"
+    assert archive.unpack_code(contents, dest) == (
+        f"workflow.tar at {head(checkout)}, code_diff.patch applied, 1 untracked file(s) over it")
+    for rel in ("Snakefile", "worldrep/world.py", "worldrep/blob.bin", "rules/new.smk", "notes.txt"):
+        assert (dest / rel).read_bytes() == (checkout / rel).read_bytes(), rel
+    # A repository of its own, so that git there (the patch, a later `create`) never acts on an enclosing checkout.
+    assert subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=dest, capture_output=True,
+                          text=True).stdout.strip() == str(dest)
+    # Into a folder inside another checkout: the patch still lands in dest.
+    inner = checkout / "rebuild"
+    archive.unpack_code(contents, inner)
+    assert (inner / "worldrep/world.py").read_text() == "SEED = 2  # uncommitted\n"
+
+
+def test_unpack_code_refuses_what_does_not_apply(checkout, tmp_path):
+    small = archive.code_members(checkout)
+    assert archive.unpack_code(archive.Contents("x", {}, {}, []), tmp_path / "none") is None
+    assert not (tmp_path / "none").exists()
+    bad = {**small, "provenance/code_diff.patch": small["provenance/code_diff.patch"].replace(b"-SEED = 1", b"-SEED = 7")}
+    with pytest.raises(ArchiveError, match="code_diff.patch does not apply to the code of provenance/workflow.tar: "
+                                           "git apply says: .*worldrep/world.py"):
+        archive.unpack_code(archive.Contents("x", {}, bad, []), tmp_path / "bad")
+    escape = {**small, "provenance/untracked/../outside.py": b"x"}
+    with pytest.raises(ArchiveError, match="not a path inside the folder"):
+        archive.unpack_code(archive.Contents("x", {}, escape, []), tmp_path / "escape")
+    assert not (tmp_path / "outside.py").exists()
+
+
+def test_verify_rederives_with_the_archived_code(workdir, checkout, tmp_path, monkeypatch):
+    """The scratch folder Snakemake would run in holds the archived files, not this checkout's; without a
+    workflow.tar it holds this checkout's, and the log says which."""
+    seen = {}
+
+    def snakemake_stand_in(folder, targets, cores):
+        seen.update({rel: (folder / rel).read_bytes() if (folder / rel).is_file() else None
+                     for rel in ("worldrep/world.py", "rules/new.smk", "Snakefile", "rules/training.smk")})
+        seen["targets"], seen["config"] = targets, (folder / "archived_config.yaml").read_bytes()
+        return subprocess.CompletedProcess([], 1, "", "stopped by the test")
+
+    monkeypatch.setattr(archive, "run_rederivation", snakemake_stand_in)
+    path = create_archive("code", workdir / "results", SMOKE, tmp_path / "out", provenance=archive.code_members(checkout),
+                          log=lambda _: None)
+    lines = []
+    problems = verify_archive(path, rederive=True, log=lines.append)
+    assert problems == ["re-derivation failed: snakemake exited 1:\nstopped by the test"]
+    assert lines[1] == (f"re-derivation with the archived code (workflow.tar at {head(checkout)}, code_diff.patch "
+                        "applied, 1 untracked file(s) over it)")
+    assert seen["worldrep/world.py"] == b"SEED = 2  # uncommitted\n" != (REPO / "worldrep/world.py").read_bytes()
+    assert seen["rules/new.smk"] == b"# not yet committed\n" and seen["rules/training.smk"] is None
+    assert seen["config"] == SMOKE.read_bytes()
+    assert seen["targets"] == ["results/world/cities.csv", "results/datasets/pretraining/distance/metadata.json"]
+    lines.clear()
+    verify_archive(make(workdir), rederive=True, log=lines.append)  # FIXED_PROVENANCE: no workflow.tar
+    current = archive.code_revision()[0].split("\n")[0]
+    assert lines[1] == ("re-derivation with this checkout's code: the archive holds no workflow.tar (archived at code "
+                        f"revision test, this checkout is at {current})")
+    assert seen["worldrep/world.py"] == (REPO / "worldrep/world.py").read_bytes()
+
+
+def test_unpack_writes_code_results_and_provenance(workdir, tmp_path, capsys):
+    """Every member at its path under DEST, the results with one modification time; this checkout's code where the
+    archive holds none (said so); a non-empty DEST and an archive that does not check out are refused."""
+    path = make(workdir, with_models=True)
+    dest = tmp_path / "rebuild"
+    assert main(["unpack", str(path), str(dest)]) == 0
+    out = capsys.readouterr().out
+    assert "this checkout's code: the archive holds no workflow.tar" in out
+    files = {name.split("/", 1)[1]: data for name, data in members(path).items()}
+    assert {rel: (dest / rel).read_bytes() for rel in files} == files
+    assert (dest / "provenance/config.yaml").read_bytes() == SMOKE.read_bytes()
+    assert (dest / "Snakefile").read_bytes() == (REPO / "Snakefile").read_bytes()
+    stamps = {(dest / rel).stat().st_mtime_ns for rel in files if rel.startswith("results/")}
+    assert len(stamps) == 1 and min(stamps) >= (dest / "Snakefile").stat().st_mtime_ns
+    if shutil.which("sha256sum"):
+        subprocess.run(["sha256sum", "--check", "--strict", "--quiet", "MANIFEST.sha256"], cwd=dest, check=True)
+    assert main(["unpack", str(path), str(dest)]) == 1
+    assert "exists and is not an empty folder: unpack into a new one" in capsys.readouterr().err
+    rewrite(path, flip_one_byte)
+    assert main(["unpack", str(path), str(tmp_path / "other")]) == 1
+    assert capsys.readouterr().err.splitlines()[1:] == [
+        "  results/figures/probe_r2.png: sha256 differs from the manifest"]
+    assert not (tmp_path / "other").exists()
+
+
+def test_unpack_leaves_no_half_made_folder(workdir, checkout, tmp_path, capsys):
+    """An archived patch that does not apply: unpack says so and leaves nothing to rebuild in by mistake."""
+    small = archive.code_members(checkout)
+    small["provenance/code_diff.patch"] = small["provenance/code_diff.patch"].replace(b"-SEED = 1", b"-SEED = 7")
+    path = create_archive("bad", workdir / "results", SMOKE, tmp_path / "out", provenance=small, log=lambda _: None)
+    assert main(["unpack", str(path), str(tmp_path / "rebuild")]) == 1
+    assert "code_diff.patch does not apply to the code of provenance/workflow.tar" in capsys.readouterr().err
+    assert not (tmp_path / "rebuild").exists()
+
+
+RECIPE = ["python -m worldrep.archive unpack results/archive/NAME.tar.gz rebuild",
+          "cd rebuild && python -m worldrep.archive verify ../results/archive/NAME.tar.gz",
+          "snakemake --cores 2 --configfile provenance/config.yaml"]
+
+
+def recipe_commands() -> list[str]:
+    """The rebuild recipe's command lines as --help shows them (the README quotes them): its first indented block."""
+    block = archive.REBUILD.split("\n\n")[1]
+    assert all(line.startswith("    ") for line in block.splitlines())
+    return [line[4:] for line in block.splitlines()]
+
+
+def test_help_shows_the_rebuild_recipe(capsys):
+    assert recipe_commands() == RECIPE
+    for page in (REPO / "README.md", REPO / "docs" / "OUTPUTS.md"):  # the guide quotes the same three lines
+        assert "```bash\n" + "\n".join(RECIPE) + "\n```" in page.read_text(), page
+    for argv in (["--help"], ["unpack", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert archive.REBUILD.strip() in capsys.readouterr().out
+
+
 # ---- re-derivation on a real run of the world and dataset rules ---------------------------------------
 def tiny_config() -> dict:
     """config/smoke.yaml cut to two tasks and a few dozen items per split: seconds per dataset."""
@@ -286,8 +517,10 @@ def real_archive(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_rederivation_reproduces_world_and_datasets(real_archive):
+    """With the archived code: this checkout's committed tree, its uncommitted edits and untracked files."""
     lines = []
     assert verify_archive(real_archive, rederive=True, cores=2, log=lines.append) == []
+    assert lines[1].startswith(f"re-derivation with the archived code (workflow.tar at {head(REPO)}")
     derived = members(real_archive)["tiny/provenance/derived.sha256"].decode().splitlines()
     assert len(derived) == 1 + 4 * 6  # cities.csv + (train, val, test) × (txt, npz) of 4 datasets
     assert f"re-derivation: {len(derived) + 1 + 4} world and dataset files match" in lines  # + 5 JSON files
@@ -304,8 +537,9 @@ def test_changed_config_with_a_consistent_manifest_fails_only_on_rederivation(re
         new = yaml.safe_dump(config).encode()
         old_hash = hashlib.sha256(files["tiny/provenance/config.yaml"]).hexdigest()
         files["tiny/provenance/config.yaml"] = new
-        files["tiny/MANIFEST.sha256"] = files["tiny/MANIFEST.sha256"].replace(
-            old_hash.encode(), hashlib.sha256(new).hexdigest().encode())
+        files["tiny/MANIFEST.sha256"] = files["tiny/MANIFEST.sha256"].replace(  # (configs/01-tiny.yaml keeps its)
+            f"{old_hash}  provenance/config.yaml".encode(),
+            f"{hashlib.sha256(new).hexdigest()}  provenance/config.yaml".encode())
 
     rewrite(path, reseed)
     assert verify_archive(path, rederive=False, log=lambda _: None) == []
@@ -317,6 +551,55 @@ def test_changed_config_with_a_consistent_manifest_fails_only_on_rederivation(re
     assert {f"results/datasets/{v}/{t}/metadata.json" for v in ("pretraining", "atlantis_required")
             for t in ("distance", "compass")} <= named
     assert not any(n.startswith("results/world/") for n in named)  # the world does not use the dataset seed
+    assert all("differs" in p for p in problems)
+
+
+def with_manifest(files: dict[str, bytes]) -> None:
+    """MANIFEST.sha256 rewritten for the members as they are now: a tamperer who knows the format."""
+    top = next(iter(files)).split("/")[0]
+    files[f"{top}/MANIFEST.sha256"] = archive.checksum_lines(
+        {name.split("/", 1)[1]: hashlib.sha256(data).hexdigest() for name, data in files.items()
+         if name != f"{top}/MANIFEST.sha256"})
+
+
+def code_tar(root: Path) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            tar.add(path, path.relative_to(root).as_posix())
+    return buffer.getvalue()
+
+
+@pytest.mark.slow
+def test_rederivation_runs_the_archived_code_not_this_checkout(real_archive, tmp_path):
+    """An archive whose workflow.tar is this checkout's workflow with one world-generation constant changed (the city
+    IDs are drawn with the seed + 1): re-derived with that code the world and every dataset come out different, where
+    this checkout's code reproduces them (the test above). So the code that runs is the archive's."""
+    (tmp_path / "code").mkdir()
+    code = archive.copy_workflow(tmp_path / "code")
+    world = code / "worldrep/world.py"
+    text = world.read_text()
+    drawn = "np.random.default_rng(seed).choice(MAX_CITY_ID + 1,"
+    assert text.count(drawn) == 1
+    world.write_text(text.replace(drawn, "np.random.default_rng(seed + 1).choice(MAX_CITY_ID + 1,"))
+    path = tmp_path / "planted.tar.gz"
+    shutil.copy(real_archive, path)
+
+    def plant(files):
+        for name in [n for n in files if n.startswith(("tiny/provenance/untracked/", "tiny/provenance/code_diff"))]:
+            del files[name]
+        files["tiny/provenance/workflow.tar"] = code_tar(code)
+        with_manifest(files)
+
+    rewrite(path, plant)
+    assert verify_archive(path, rederive=False, log=lambda _: None) == []
+    lines = []
+    problems = verify_archive(path, rederive=True, cores=2, log=lines.append)
+    assert lines[1] == f"re-derivation with the archived code (workflow.tar at {head(REPO)})"
+    named = {p.split(":")[0] for p in problems}
+    assert "results/world/cities.csv" in named
+    assert {f"results/datasets/{v}/{t}/{s}.npz" for v in ("pretraining", "atlantis_required")
+            for t in ("distance", "compass") for s in ("train", "val", "test")} <= named
     assert all("differs" in p for p in problems)
 
 
@@ -373,7 +656,9 @@ def recompute_config() -> dict:
     config = yaml.safe_load(SMOKE.read_text())
     config["training"]["seeds"] = {"default": SEEDS, "pt7-atl": [42]}
     config["representations"] = {"layers": [5, 6], "analysis_layer": 5}
-    config["probes"] = {"seed": 42, "atlantis_train": 150, "atlantis_baseline": 30}
+    config["probes"] = {"seed": 42, "atlantis_train": 150, "atlantis_baseline": 30, "ridge_alphas": ALPHAS,
+                        "control_seed": 7}
+    config["cka"] = SIMILARITY
     return config
 
 
@@ -387,7 +672,8 @@ def script_jobs() -> list[dict]:
     jobs = []
     for m, s, _ in RUNS:
         run = f"{m}_s{s}"
-        jobs.append({"script": "probes.py", "params": {"seed": 42, "layer": 5},
+        jobs.append({"script": "probes.py", "params": {"seed": 42, "layer": 5, "ridge_alphas": ALPHAS,
+                                                       "control_seed": 7},
                      "input": {"final": final(run), "cities": cities, "checkpoints": [
                          f"results/representations/{run}/checkpoints"] if run in CURVE_RUNS else []},
                      "output": {"metrics": f"results/probes/{run}.csv", "views": f"results/views/{run}.csv.gz"}})
@@ -406,7 +692,8 @@ def script_jobs() -> list[dict]:
         jobs.append({"script": "cka_family.py", "wildcards": {"family": family},
                      "input": {"representations": [final(r) for r in runs], "cities": cities},
                      "output": {"pairs": f"results/cka/{family}/pairs.csv", "matrix": f"results/cka/{family}/matrix.csv"},
-                     "params": {"runs": runs, "variants": variants, "seeds": {v: SEEDS for v in variants}}})
+                     "params": {"runs": runs, "variants": variants, "seeds": {v: SEEDS for v in variants},
+                                "similarity": SIMILARITY}})
     jobs.append({"script": "cka_task_count.py",
                  "input": {"pairs": [f"results/cka/{f}/pairs.csv" for f in ("pt1", "pt2", "pt3")]},
                  "output": {"values": "results/cka/task_count.csv", "summary": "results/cka/task_count_summary.csv"},
@@ -649,7 +936,7 @@ def test_a_tampered_cka_matrix_is_named(analysed, tmp_path, capsys):
     line = int(np.flatnonzero((table.layer == 5) & (table.estimator == "biased") & (table.row == "pt1-1")
                               & (table.column == "pt1-6"))[0]) + 2
     assert problems[0] == (
-        f"results/cka/pt1/matrix.csv: the recomputed table differs: column mean: 1 of 36 cells differ, first on line "
+        f"results/cka/pt1/matrix.csv: the recomputed table differs: column mean: 1 of 72 cells differ, first on line "
         f"{line} (layer=5, estimator=biased, row=pt1-1, column=pt1-6, n=4): archived {found['old'] + 0.05!r}, "
         f"recomputed {found['old']!r}; max abs diff 0.05")
     assert 0 < found["old"] < 1
@@ -658,7 +945,7 @@ def test_a_tampered_cka_matrix_is_named(analysed, tmp_path, capsys):
     assert lines[-1] == "recompute: 55 tables match, 1 differ, 0 cannot be recomputed from this archive"
     assert main(["verify", str(path), "--no-rederive", "--recompute"]) == 1
     captured = capsys.readouterr()
-    assert "DIFFERS  results/cka/pt1/matrix.csv: column mean: 1 of 36 cells differ" in captured.out
+    assert "DIFFERS  results/cka/pt1/matrix.csv: column mean: 1 of 72 cells differ" in captured.out
     assert captured.err.splitlines()[0] == f"FAILED: {path}: 1 problem(s)"
     assert "results/cka/pt1/matrix.csv: the recomputed table differs" in captured.err
 
@@ -752,3 +1039,113 @@ def test_a_table_made_by_other_code_is_named(analysed, tmp_path):
 ])
 def test_compare_tables(archived, recomputed, same, detail):
     assert archive.compare_tables("t.csv", archived.encode(), recomputed.encode()) == (same, detail)
+
+
+# ---- a real smoke run: run.json checks, a base and an overlay, the rebuild recipe ---------------------------------
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> Path:
+    """The smoke workflow, run once in a copy of this workflow: every run trained, every table and figure made."""
+    root = archive.copy_workflow(tmp_path_factory.mktemp("smoke"))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "config/smoke.yaml"],
+                          cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 0, "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
+    return root
+
+
+def planned(output: str) -> set[str]:
+    """Job names `rule[wildcards]` a `snakemake -n` output plans (tests/test_workflow.py's reading)."""
+    jobs, rule = set(), None
+    for line in output.splitlines():
+        if m := re.match(r"^(?:local)?rule (\w+):$", line):
+            if rule:
+                jobs.add(rule)
+            rule = m.group(1)
+        elif rule and (m := re.match(r"^\s+wildcards: (.*)$", line)):
+            jobs.add(f"{rule}[{m.group(1).replace(' ', '')}]")
+            rule = None
+    if rule:
+        jobs.add(rule)
+    return jobs
+
+
+@pytest.mark.slow
+def test_smoke_results_are_checked_run_by_run(smoke, tmp_path):
+    """Under the smoke config and an overlay that changes no run (`name: other`) the smoke results archive, both files
+    listed in order; an edited pretraining peak lr names exactly the pretraining runs, an overlay with another
+    fine-tuning peak lr exactly the fine-tuning runs, each with `recipe`."""
+    from worldrep.grid import training_runs
+
+    config = yaml.safe_load(SMOKE.read_text())
+    recorded = sorted(p.parent.parent.name for p in (smoke / "results/models").glob("*/final/run.json"))
+    assert recorded == sorted(r.name for r in training_runs(config)) and len(recorded) == 10
+    base, other = SMOKE, write(tmp_path / "other.yaml", "name: other\n")
+    path = create_archive("two", smoke / "results", [base, other], tmp_path / "out", provenance=FIXED_PROVENANCE,
+                          log=lambda _: None)
+    files = members(path)
+    assert [n for n in files if n.startswith("two/provenance/configs/")] == [
+        "two/provenance/configs/01-smoke.yaml", "two/provenance/configs/02-other.yaml"]
+    assert [c["file"] for c in json.loads(files["two/provenance/archive.json"])["configs"]] == [str(base), str(other)]
+    assert yaml.safe_load(files["two/provenance/config.yaml"]) == {**config, "name": "other"}
+
+    def refused(configs) -> dict[str, str]:
+        with pytest.raises(ArchiveError) as error:
+            create_archive("no", smoke / "results", configs, tmp_path / "out", provenance=FIXED_PROVENANCE,
+                           log=lambda _: None)
+        lines = str(error.value).splitlines()[1:]
+        return {re.search(r"run (\S+) ", line).group(1): line.split(" was trained with ")[1] for line in lines}
+
+    edited = yaml.safe_load(SMOKE.read_text())
+    edited["training"]["pretraining"]["peak_lr"] = 1.0e-3
+    pretraining = {r.name for r in training_runs(config) if r.kind == "pretraining"}
+    assert refused([write(tmp_path / "edited.yaml", yaml.safe_dump(edited))]) == {
+        name: "another recipe than the config says" for name in pretraining}
+    overlay = write(tmp_path / "lr.yaml", "training: {finetuning: {peak_lr: 5.0e-5}}\n")
+    assert refused([base, overlay]) == {name: "another recipe than the config says"
+                                        for name in {r.name for r in training_runs(config)} - pretraining}
+
+
+def dry_run(folder: Path, *args: str) -> set[str]:
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", *args, "--configfile", "provenance/config.yaml"],
+                          cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    return planned(proc.stdout)
+
+
+@pytest.mark.slow
+def test_the_rebuild_recipe(smoke, tmp_path):
+    """The recipe of --help, pasted into a shell in the smoke folder with `-n` added to its snakemake line: unpack
+    writes the archived code, results and configs; verify, the archived code's own, passes with re-derivation; the
+    dry run in the rebuild folder plans every job a bare copy of the archived code plans (every run trained again: the
+    archive holds neither the models nor the store) but the world, the tokenizer and the world map, archived and up to
+    date. From an archive made --with-models it plans nothing, and with --forceall everything."""
+    from worldrep.grid import training_stacks
+
+    assert main(["create", "--name", "smoke", "--results", str(smoke / "results"), "--config", str(SMOKE)]) == 0
+    commands = [c.replace("NAME", "smoke") for c in recipe_commands()]
+    commands[2] = "echo '--- dry run ---' && " + commands[2].replace("snakemake ", "snakemake -n ", 1)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", "-e", "-c", "\n".join(commands)], cwd=smoke, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    before, dry = proc.stdout.split("--- dry run ---", 1)
+    assert "re-derivation: " in before and "world and dataset files match" in before
+    assert f"re-derivation with the archived code (workflow.tar at {head(REPO)}" in before
+    assert before.rstrip().endswith("OK: ../results/archive/smoke.tar.gz")
+    rebuild = smoke / "rebuild"
+    assert (rebuild / "worldrep/archive.py").read_bytes() == (REPO / "worldrep/archive.py").read_bytes()
+    assert (rebuild / "provenance/configs/01-smoke.yaml").read_bytes() == SMOKE.read_bytes()
+    bare = tmp_path / "bare"  # the archived code alone, no results
+    assert archive.unpack_code(archive.read_archive(smoke / "results/archive/smoke.tar.gz"), bare) is not None
+    (bare / "provenance").mkdir()
+    shutil.copy(rebuild / "provenance/config.yaml", bare / "provenance/config.yaml")
+    everything = dry_run(bare)
+    assert {"world", "tokenizer", "figure_world_map", "all"} < everything
+    assert planned(dry) == everything - {"world", "tokenizer", "figure_world_map"}
+    stacks = {stack.rule for stack in training_stacks(yaml.safe_load(SMOKE.read_text()))}
+    assert {job for job in planned(dry) if job.startswith(("pretrain_", "finetune_"))} == stacks and len(stacks) == 7
+    # With the models: nothing to do (Snakemake remakes nothing for missing intermediates: the store, the splits).
+    with_models = create_archive("models", smoke / "results", SMOKE, tmp_path / "out", with_models=True,
+                                 log=lambda _: None)
+    models_rebuild = archive.unpack_archive(with_models, tmp_path / "rebuild", log=lambda _: None)
+    assert dry_run(models_rebuild) == set()
+    assert dry_run(models_rebuild, "--forceall") == everything

@@ -1,14 +1,18 @@
-"""One archive of a run: results, the config, code revision, environment and a SHA-256 manifest (issue 5).
+"""One archive of a run: results, the config, code revision, environment and a SHA-256 manifest.
 
-    python -m worldrep.archive create --name NAME [--results results] [--config config/config.yaml]
+    python -m worldrep.archive create --name NAME [--results results] [--config BASE.yaml [OVERLAY.yaml ...]]
                                       [--with-models] [--all] [--out results/archive]
     python -m worldrep.archive verify ARCHIVE [--no-rederive] [--recompute] [--cores N]
+    python -m worldrep.archive unpack ARCHIVE DEST
 
 `create` writes `{out}/{name}.tar.gz`, one top folder `{name}/` holding
   results/...          every results file except work folders (`in_progress/`), `*.partial`, `.snakemake`,
                        the archive folder, models (unless --with-models) and the big arrays (unless --all:
                        dataset and mixture splits, representations);
-  provenance/          config.yaml, code_revision.txt (+ code_diff.patch when tracked files differ from HEAD),
+  provenance/          config.yaml (what the results were made under: the --config files merged in order, as
+                       `snakemake --configfile A B` merges them; one file's own bytes), configs/NN-<name> (each
+                       --config file as given, NN = 01, 02, ... in order), code_revision.txt (+ code_diff.patch
+                       when tracked files differ from HEAD),
                        workflow.tar (`git archive` of that revision: the code itself, when in a git checkout),
                        untracked/ (workflow files git neither tracks nor ignores, which the other two miss),
                        pip_freeze.txt, hardware.json, snakemake.json (version, the metadata record of every
@@ -17,6 +21,10 @@
   MANIFEST.sha256      `sha256  path` of every other member, sorted, `sha256sum -c` format; last member.
 The tar is deterministic (sorted members, mtime 0, owner 0/"", mode 0644, gzip mtime 0, no directory
 members): the same inputs give the same bytes.
+
+`create` refuses results that the config did not make (`config_mismatches`): the world's and every dataset's
+recorded settings, and every run's results/models/{run}/final/run.json (model, recipe, precision, seed, mixture:
+`worldrep.store.run_json_differences`, the check adoption makes), each named; a run the config does not plan too.
 
 `derived.sha256` hashes the cheap deterministic outputs (world, datasets; `sha256sum` format, paths relative
 to the workflow root) even when the big ones are not archived. JSON files are left out of it: their
@@ -32,7 +40,10 @@ the generalization tables (from results/evaluation/metrics.csv) and the tables m
 (probe_metrics, task_count*, cka_vs_generalization*) still are.
 
 `verify` checks every member against the manifest, then (unless --no-rederive) reruns the world and dataset
-rules of this workflow checkout in a temporary copy under the archived config and compares the hashes. With
+rules of the archived code under the archived config in a temporary folder and compares the hashes. The archived
+code is provenance/workflow.tar with code_diff.patch applied and untracked/ copied over (`unpack_code`); only an
+archive without workflow.tar (made outside a git checkout) is re-derived with this checkout's code. The log says
+which. With
 --recompute it also recomputes the analysis tables in-process under the archived config, with the library
 functions the job scripts call (`probes.probe_tables`, `probes.atlantis_tables`, `cka.family_tables`,
 `cka.task_count_tables`, `cka.cka_vs_generalization_tables`, `generalization.generalization_tables`), each
@@ -42,6 +53,23 @@ One line per table: ok, DIFFERS (the columns, the first differing cell, the larg
 any difference fails verify. The jobs' inputs and params come from the archived config as rules/common.smk
 derives them (`recompute_jobs`) and are checked against Snakemake's record of each archived table when
 snakemake.json has one: a manifest line rewritten along with an edited table does not pass.
+
+Rebuild from an archive (in the workflow folder that holds it, with the packages of provenance/pip_freeze.txt):
+
+    python -m worldrep.archive unpack results/archive/NAME.tar.gz rebuild
+    cd rebuild && python -m worldrep.archive verify ../results/archive/NAME.tar.gz
+    snakemake --cores 2 --configfile provenance/config.yaml
+
+`unpack` writes rebuild/ with the archived code (the code verify re-derives with; a git repository of its own,
+without commits), rebuild/results/ with the archived results files, rebuild/provenance/ (the configs and the
+rest) and rebuild/MANIFEST.sha256. `verify`, run there, is the archived code's own. Then snakemake, under the
+archived config:
+  - from an archive made without --with-models, it trains every run again (neither the models nor the store, the
+    training cache, are archived) and remakes everything after them: every job but the world, the tokenizer and
+    the world map, which are archived and up to date;
+  - from an archive made --with-models, it plans nothing: the models and every table are there and up to date, and
+    Snakemake remakes nothing for missing intermediate files (the store, dataset and mixture splits). Add
+    --forceall to rebuild everything from scratch.
 """
 from __future__ import annotations
 
@@ -60,6 +88,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import warnings
 import zipfile
 import zlib
@@ -70,13 +99,17 @@ import yaml
 
 from .artifacts import sha256_file
 from .config import ConfigError
-from .grid import validate_config
+from .grid import load_config, validate_config
 
 WORKFLOW_ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW_PARTS = ["Snakefile", "rules", "scripts", "config", "worldrep", "profiles", "envs"]
 MANIFEST = "MANIFEST.sha256"
 DERIVED = "provenance/derived.sha256"
 CONFIG = "provenance/config.yaml"
+CONFIGS = "provenance/configs"  # each --config file as given, numbered in order
+WORKFLOW_TAR = "provenance/workflow.tar"
+CODE_DIFF = "provenance/code_diff.patch"
+UNTRACKED = "provenance/untracked/"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 MANIFEST_LINE = re.compile(r"^([0-9a-f]{64})  (.+)$")
 # Results that are re-derived, not only stored: the world and every dataset (both cheap and deterministic).
@@ -157,8 +190,9 @@ def derived_hashes(results: Path) -> dict[str, str]:
 
 
 def config_mismatches(config: dict, results: Path) -> list[str]:
-    """Settings recorded in the world/dataset metadata that disagree with the config: an archive of results
-    made under another config would fail re-derivation only after minutes of work."""
+    """Settings recorded in the world/dataset metadata and in the runs' run.json that disagree with the config: an
+    archive of results made under another config would fail re-derivation only after minutes of work, or, for the
+    runs, not at all (re-derivation stops at the datasets)."""
     from .datasets import dataset_base
 
     problems = []
@@ -177,6 +211,24 @@ def config_mismatches(config: dict, results: Path) -> list[str]:
         found = {k: params.get(k) for k in expected}
         if found != expected:
             problems.append(f"{path}: made with {found}, the config says {expected}")
+    return problems + run_mismatches(config, results)
+
+
+def run_mismatches(config: dict, results: Path) -> list[str]:
+    """Every published run's run.json against what the config says of that run (the check `adopt` makes before it
+    trusts a published model), and run.json files of runs the config does not plan. A run not yet trained has none:
+    nothing to compare."""
+    from .grid import training_runs
+    from .store import run_json_differences
+
+    planned = {run.name: run for run in training_runs(config)}
+    problems = []
+    for path in sorted((results / "models").glob("*/final/run.json")):
+        name = path.parent.parent.name
+        if name not in planned:
+            problems.append(f"{path}: run {name} is not planned by this config")
+        elif differs := run_json_differences(config, planned[name], json.loads(path.read_text())):
+            problems.append(f"{path}: run {name} was trained with another {', '.join(differs)} than the config says")
     return problems
 
 
@@ -300,25 +352,43 @@ def to_json(obj) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
 
 
-def collect_provenance(config_path: Path, results: Path) -> dict[str, bytes]:
-    """The provenance/ members, except archive.json and derived.sha256 (which `create` adds)."""
-    revision, diff = code_revision()
-    members = {
-        CONFIG: config_path.read_bytes(),
-        "provenance/code_revision.txt": revision.encode(),
-        "provenance/pip_freeze.txt": pip_freeze().encode(),
-        "provenance/hardware.json": to_json(hardware_info()),
-        "provenance/snakemake.json": to_json(snakemake_info(results.resolve().parent)),
-    }
-    if diff:
-        members["provenance/code_diff.patch"] = diff.encode()
-    snapshot = code_snapshot()
-    if snapshot:
-        members["provenance/workflow.tar"] = snapshot
-    # Files git does not track are in neither the snapshot nor the diff, yet a new rule or module may have run.
-    for rel in untracked_workflow_files():
-        members[f"provenance/untracked/{rel}"] = (WORKFLOW_ROOT / rel).read_bytes()
+def config_members(paths: list[Path], config: dict) -> dict[str, bytes]:
+    """provenance/configs/NN-<name>: each config file's bytes in the order given (a base, then its overlays);
+    provenance/config.yaml: their merge `config`, the one file a re-derivation, a recomputation and a rebuild read
+    (with one file, that file's bytes: the merge of one file is itself, and its comments stay)."""
+    members = {f"{CONFIGS}/{number:02d}-{path.name}": path.read_bytes() for number, path in enumerate(paths, 1)}
+    if len(paths) == 1:
+        members[CONFIG] = paths[0].read_bytes()
+    else:
+        header = "".join(f"#   {name}\n" for name in members)
+        members[CONFIG] = (f"# The merge of these config files, in order (as `snakemake --configfile A B` merges "
+                           f"them):\n{header}").encode() + yaml.safe_dump(config, sort_keys=False).encode()
     return members
+
+
+def code_members(root: Path = WORKFLOW_ROOT) -> dict[str, bytes]:
+    """The code of the checkout `root` as provenance/ members: code_revision.txt, workflow.tar (HEAD), code_diff.patch
+    (uncommitted edits of tracked files) and untracked/ (workflow files git does not track), the last three as far
+    as they exist. `unpack_code` turns them back into that checkout's workflow files."""
+    revision, diff = code_revision(root)
+    members = {"provenance/code_revision.txt": revision.encode()}
+    if diff:
+        members[CODE_DIFF] = diff.encode()
+    snapshot = code_snapshot(root)
+    if snapshot:
+        members[WORKFLOW_TAR] = snapshot
+    # Files git does not track are in neither the snapshot nor the diff, yet a new rule or module may have run.
+    for rel in untracked_workflow_files(root):
+        members[f"{UNTRACKED}{rel}"] = (root / rel).read_bytes()
+    return members
+
+
+def collect_provenance(results: Path) -> dict[str, bytes]:
+    """The provenance/ members, except the configs, archive.json and derived.sha256 (which `create` adds)."""
+    return {**code_members(),
+            "provenance/pip_freeze.txt": pip_freeze().encode(),
+            "provenance/hardware.json": to_json(hardware_info()),
+            "provenance/snakemake.json": to_json(snakemake_info(results.resolve().parent))}
 
 
 # ---- the deterministic tar -------------------------------------------------------------------------------
@@ -367,23 +437,33 @@ def write_archive(path: Path, top: str, members: dict[str, bytes | Path]) -> dic
     return hashes
 
 
-def create_archive(name: str, results: Path, config_path: Path, out: Path, with_models: bool = False,
+def create_archive(name: str, results: Path, config_paths: Path | list[Path], out: Path, with_models: bool = False,
                    include_all: bool = False, provenance: dict[str, bytes] | None = None, log=print) -> Path:
-    """Write `{out}/{name}.tar.gz`; `provenance` replaces the collected provenance files (tests)."""
+    """Write `{out}/{name}.tar.gz`. `config_paths`: the config file, or a base and its overlays in the order
+    Snakemake was given them. `provenance` replaces the collected provenance files (tests)."""
+    paths = [Path(config_paths)] if isinstance(config_paths, (str, Path)) else [Path(p) for p in config_paths]
     if not NAME.match(name):
         raise ArchiveError(f"archive name {name!r}: use letters, digits, '.', '_' and '-' only")
     if not results.is_dir():
         raise ArchiveError(f"results folder {results} does not exist")
-    config = validate_config(yaml.safe_load(config_path.read_text()))
+    if not paths:
+        raise ArchiveError("no config file given")
+    config = load_config(paths)  # merged in order and validated; an overlay given alone is refused
     if mismatches := config_mismatches(config, results):
-        raise ArchiveError(f"the results were not made with {config_path}:\n  " + "\n  ".join(mismatches))
+        raise ArchiveError(f"the results were not made with {' + '.join(map(str, paths))}:\n  "
+                           + "\n  ".join(mismatches))
     members: dict[str, bytes | Path] = {}
     for path in walk_files(results, skip={out.resolve(), (results / "archive").resolve()}):
         rel = PurePosixPath(path.relative_to(results).as_posix())
         if is_archived(rel, with_models, include_all):
             members[f"results/{rel}"] = path
-    members.update(provenance if provenance is not None else collect_provenance(config_path, results))
-    members["provenance/archive.json"] = to_json({"name": name, "with_models": with_models, "all": include_all})
+    configs = config_members(paths, config)
+    members.update(configs)
+    members.update(provenance if provenance is not None else collect_provenance(results))
+    copies = [member for member in configs if member != CONFIG]
+    members["provenance/archive.json"] = to_json({
+        "name": name, "with_models": with_models, "all": include_all,
+        "configs": [{"file": str(path), "copy": copy} for path, copy in zip(paths, copies)]})
     members[DERIVED] = checksum_lines(derived_hashes(results))
     members[RECOMPUTE] = to_json(recompute_statement(config, {p for p in members if p.startswith("results/")}))
     out.mkdir(parents=True, exist_ok=True)
@@ -466,6 +546,69 @@ def copy_workflow(dest: Path) -> Path:
     return dest
 
 
+def archived_revision(contents: Contents) -> str:
+    """The first line of provenance/code_revision.txt: the commit the archive was made at, or "unknown"."""
+    text = contents.small.get("provenance/code_revision.txt", b"").decode(errors="replace")
+    return text.split("\n", 1)[0].strip() or "unknown"
+
+
+def member_path(dest: Path, rel: str) -> Path:
+    """dest/rel for a path read from an archive, refused when it would land outside dest."""
+    parts = PurePosixPath(rel).parts
+    if not parts or rel.startswith("/") or ".." in parts:
+        raise ArchiveError(f"{rel!r}: not a path inside the folder it is unpacked into")
+    return dest.joinpath(*parts)
+
+
+def apply_patch(patch: bytes, dest: Path) -> None:
+    """`git apply` of code_diff.patch (a `git diff HEAD --binary`: binary hunks, which `patch` cannot apply) in
+    dest, made a git repository of its own first: git applies a patch relative to the top of the repository it runs
+    in, and dest may lie inside a checkout (a rebuild/ folder in this one)."""
+    try:
+        if not (dest / ".git").exists():
+            subprocess.run(["git", "init", "-q"], cwd=dest, capture_output=True, check=True)
+        proc = subprocess.run(["git", "apply", "--whitespace=nowarn", "-"], cwd=dest, input=patch,
+                              capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as error:
+        raise ArchiveError(f"{CODE_DIFF} cannot be applied without a working git: {error}") from error
+    if proc.returncode != 0:
+        raise ArchiveError(f"{CODE_DIFF} does not apply to the code of {WORKFLOW_TAR}: git apply says: "
+                           + proc.stderr.decode(errors="replace").strip()[:2000])
+
+
+def unpack_code(contents: Contents, dest: Path) -> str | None:
+    """The archived code in dest: workflow.tar (the committed tree of the archived revision), code_diff.patch
+    applied over it (the uncommitted edits of tracked files), untracked/ copied over that (the files git did not
+    track): the code that made the results. Returns what was used, for the log; None when the archive holds no
+    workflow.tar (made outside a git checkout), writing nothing: the caller says what it does instead."""
+    small = contents.small
+    if WORKFLOW_TAR not in small:
+        return None
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(fileobj=io.BytesIO(small[WORKFLOW_TAR])) as tar:
+            tar.extractall(dest, filter="data")  # no absolute paths, no links out of dest
+    except (tarfile.TarError, OSError) as error:
+        raise ArchiveError(f"{WORKFLOW_TAR} does not unpack: {error}") from error
+    used = [f"{WORKFLOW_TAR.split('/')[1]} at {archived_revision(contents)}"]
+    if CODE_DIFF in small:
+        apply_patch(small[CODE_DIFF], dest)
+        used.append(f"{CODE_DIFF.split('/')[1]} applied")
+    else:  # the same folder either way: a repository of its own, so git there never answers for an enclosing one
+        try:
+            subprocess.run(["git", "init", "-q"], cwd=dest, capture_output=True)
+        except OSError:
+            pass  # no git: nothing to answer for anything
+    untracked = sorted(p for p in small if p.startswith(UNTRACKED))
+    for name in untracked:
+        target = member_path(dest, name[len(UNTRACKED):])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(small[name])
+    if untracked:
+        used.append(f"{len(untracked)} untracked file(s) over it")
+    return ", ".join(used)
+
+
 def rederive_targets(derived: dict[str, str], archived: set[str]) -> list[str]:
     """The world and the metadata.json of every dataset folder that the archive hashed or holds."""
     folders = {str(PurePosixPath(p).parent) for p in [*derived, *archived] if p.startswith("results/datasets/")}
@@ -497,8 +640,16 @@ def compare_derived(workdir: Path, derived: dict[str, str], small: dict[str, byt
     return problems, checked
 
 
-def rederive_problems(contents: Contents, cores: int) -> tuple[list[str], int]:
-    """Run the world and dataset rules of this checkout under the archived config; compare."""
+def run_rederivation(workdir: Path, targets: list[str], cores: int) -> subprocess.CompletedProcess:
+    """Snakemake on the targets in workdir under archived_config.yaml (targets first: --configfile takes every
+    following word as another config file)."""
+    return subprocess.run([sys.executable, "-m", "snakemake", *targets, "--cores", str(cores),
+                           "--configfile", "archived_config.yaml"], cwd=workdir, capture_output=True, text=True)
+
+
+def rederive_problems(contents: Contents, cores: int, log=print) -> tuple[list[str], int]:
+    """Run the world and dataset rules of the archived code (this checkout's when the archive holds none) under the
+    archived config in a temporary folder; compare."""
     if CONFIG not in contents.small or DERIVED not in contents.small:
         return [f"{CONFIG} or {DERIVED} is missing: nothing to re-derive from"], 0
     derived, problems = parse_checksums(contents.small[DERIVED].decode(errors="replace"), DERIVED)
@@ -507,23 +658,30 @@ def rederive_problems(contents: Contents, cores: int) -> tuple[list[str], int]:
         return problems, 0
     with tempfile.TemporaryDirectory(prefix="worldrep-verify-") as tmp:
         workdir = Path(tmp)
-        copy_workflow(workdir)
+        try:
+            code = unpack_code(contents, workdir)
+        except ArchiveError as error:
+            return [f"re-derivation: the archived code cannot be rebuilt: {error}"], 0
+        if code is None:
+            copy_workflow(workdir)
+        log(f"re-derivation with {code_note(contents, code)}")
         (workdir / "archived_config.yaml").write_bytes(contents.small[CONFIG])
-        # Targets first: --configfile takes every following word as another config file.
-        proc = subprocess.run([sys.executable, "-m", "snakemake", *targets, "--cores", str(cores),
-                               "--configfile", "archived_config.yaml"], cwd=workdir, capture_output=True, text=True)
+        proc = run_rederivation(workdir, targets, cores)
         if proc.returncode != 0:
             tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
             return [f"re-derivation failed: snakemake exited {proc.returncode}:\n{tail}"], 0
         return compare_derived(workdir, derived, contents.small)
 
 
-def revision_note(contents: Contents) -> str | None:
-    archived = contents.small.get("provenance/code_revision.txt", b"").decode(errors="replace").split("\n", 1)[0]
-    current = code_revision()[0].split("\n", 1)[0]
-    if archived != current:
-        return f"note: the archive was made at code revision {archived}; re-derivation ran this checkout's {current}"
-    return None
+def code_note(contents: Contents, code: str | None) -> str:
+    """Whose code a re-derivation or a rebuild runs: `unpack_code`'s account of the archived code, or this
+    checkout's, named with both revisions when they differ."""
+    if code is not None:
+        return f"the archived code ({code})"
+    note = f"this checkout's code: the archive holds no {WORKFLOW_TAR.split('/')[1]}"
+    archived, current = archived_revision(contents), code_revision()[0].split("\n", 1)[0]
+    return note + (f" (archived at code revision {archived}, this checkout is at {current})"
+                   if archived != current else "")
 
 
 def verify_archive(path: Path, rederive: bool = True, cores: int = 1, log=print, recompute: bool = False) -> list[str]:
@@ -535,9 +693,7 @@ def verify_archive(path: Path, rederive: bool = True, cores: int = 1, log=print,
         return problems
     log(f"manifest: all {len(contents.hashes) - 1} files match ({contents.top}/{MANIFEST})")
     if rederive:
-        if note := revision_note(contents):
-            log(note)
-        found, checked = rederive_problems(contents, cores)
+        found, checked = rederive_problems(contents, cores, log)
         if not found:
             log(f"re-derivation: {checked} world and dataset files match" if checked
                 else "re-derivation: no world or dataset files to re-derive")
@@ -545,6 +701,41 @@ def verify_archive(path: Path, rederive: bool = True, cores: int = 1, log=print,
     if recompute:
         problems += recompute_problems(path, contents, log)
     return problems
+
+
+# ---- unpack: a folder to rebuild in ----------------------------------------------------------------------------
+def unpack_archive(path: Path, dest: Path, log=print) -> Path:
+    """dest/ with the archived code (`unpack_code`; this checkout's when the archive holds none), dest/results/ with
+    the archived results files, dest/provenance/ and dest/MANIFEST.sha256, from an archive that checks out against
+    its manifest. The results files get one modification time, later than the code's: written one after another,
+    an archived output could otherwise be older than its archived input by a few microseconds, and Snakemake would
+    plan to remake it."""
+    contents = read_archive(path)
+    problems = contents.problems + (manifest_problems(contents) if contents.hashes else [])
+    if problems:
+        raise ArchiveError(f"{path} does not check out, so nothing was unpacked:\n  " + "\n  ".join(problems))
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise ArchiveError(f"{dest} exists and is not an empty folder: unpack into a new one")
+    existed = dest.exists()
+    dest.mkdir(parents=True, exist_ok=True)
+    wanted = {m for m in contents.hashes if m.startswith(("results/", "provenance/")) or m == MANIFEST}
+    try:
+        code = unpack_code(contents, dest)
+        if code is None:
+            copy_workflow(dest)
+        extract_members(path, wanted, dest)
+        stamp = time.time()
+        for member in wanted:
+            os.utime(dest / member, (stamp, stamp))
+    except BaseException:  # (a patch that does not apply, a full disk, ^C) no half-made folder to rebuild in
+        shutil.rmtree(dest, ignore_errors=True)
+        if existed:
+            dest.mkdir()
+        raise
+    stored = sum(m.startswith("results/") for m in wanted)
+    log(f"unpacked {path} into {dest}: {code_note(contents, code)}; {stored} results files in {dest / 'results'}; "
+        f"{len(wanted) - stored - 1} files in {dest / 'provenance'}")
+    return dest
 
 
 # ---- recompute: the analysis tables from the archived representations and evaluation table --------------------
@@ -586,7 +777,8 @@ def recompute_jobs(config: dict) -> list[Job]:
     jobs = [Job("probes", {"metrics": f"results/probes/{r.name}.csv", "views": f"results/views/{r.name}.csv.gz"},
                 {"final": [final(r.name)], "cities": [cities],
                  "checkpoints": [f"results/representations/{r.name}/checkpoints"] if r.name in curve else []},
-                {"seed": probes["seed"], "layer": representation_settings(config, r.variant)["analysis_layer"]})
+                {"seed": probes["seed"], "layer": representation_settings(config, r.variant)["analysis_layer"],
+                 "ridge_alphas": probes["ridge_alphas"], "control_seed": probes["control_seed"]})
             for r in every_run]
     if runs:
         jobs.append(Job("probe_table", {"table": "results/probes/probe_metrics.csv"},
@@ -609,7 +801,8 @@ def recompute_jobs(config: dict) -> list[Job]:
                                        "matrix": f"results/cka/{family}/matrix.csv"},
                         {"representations": [final(name) for name in members], "cities": [cities]},
                         {"runs": members, "variants": variants,
-                         "seeds": {m: [r.seed for r in pre if r.mixture == m] for m in variants}}))
+                         "seeds": {m: [r.seed for r in pre if r.mixture == m] for m in variants},
+                         "similarity": config["cka"]}))
     if cka:
         jobs.append(Job("cka_task_count", {"values": "results/cka/task_count.csv",
                                            "summary": "results/cka/task_count_summary.csv"},
@@ -642,7 +835,7 @@ def is_analysis_table(path: str) -> bool:
     """A probe, view, CKA or generalization table: the main grid's, or an architecture variant's (results/variants/
     {variant}/probes/...) or an experiment's (results/experiments/{name}/...), not recomputed yet: listed as such."""
     parts = PurePosixPath(path).parts
-    if len(parts) >= 4 and parts[:2] == ("results", "experiments"):  # issue 14's tables, not yet recomputed either
+    if len(parts) >= 4 and parts[:2] == ("results", "experiments"):  # experiments' tables, not yet recomputed either
         return parts[3] != "figures" and path.endswith((".csv", ".csv.gz"))
     if len(parts) >= 4 and parts[:2] == ("results", "variants"):
         return parts[3] in ANALYSIS_STAGES or parts[3] == "cka_vs_default.csv"
@@ -702,7 +895,7 @@ def recompute_statement(config: dict, members: set[str]) -> dict:
         if is_analysis_table(path) and path not in produced:
             not_recomputable[path] = ("an architecture variant's table (rules/variants.smk): not recomputed yet"
                                       if path.startswith("results/variants/") else
-                                      "an experiment's table (issue 14, rules/{subspace,noise,gradients,scale}.smk): "
+                                      "an experiment's table (rules/{subspace,noise,gradients,scale}.smk): "
                                       "not recomputed yet" if path.startswith("results/experiments/") else
                                       "not a table the archived config's probe, CKA or generalization rules make")
     return {"about": "the analysis tables `python -m worldrep.archive verify --recompute` recomputes from the "
@@ -741,7 +934,8 @@ def run_job(job: Job, path_of) -> dict:
         cities = read_cities(path_of(inputs["cities"][0])).set_index("city_id")
         sources = [("final", path_of(inputs["final"][0])),
                    *probes.checkpoint_sources([path_of(d) for d in inputs["checkpoints"]])]
-        metrics, views = probes.probe_tables(cities, sources, p["seed"], p["layer"], load_representations)
+        metrics, views = probes.probe_tables(cities, sources, p["seed"], p["layer"], load_representations,
+                                             p["ridge_alphas"], p["control_seed"])
         return {"metrics": metrics, "views": views}
     if job.rule == "probe_table":  # scripts/run_table.py: every run's rows, the run's columns first
         tables = [pd.read_csv(path_of(path)).assign(**run) for run, path in zip(p["runs"], inputs["tables"])]
@@ -759,7 +953,8 @@ def run_job(job: Job, path_of) -> dict:
         cities = read_cities(path_of(inputs["cities"][0]))
         pairs, matrix = cka.family_tables(p["runs"], [path_of(f) for f in inputs["representations"]], p["variants"],
                                           p["seeds"], set(cities.loc[cities.is_atlantis, "city_id"]),
-                                          load_representations, PurePosixPath(job.outputs["pairs"]).parent.name)
+                                          load_representations, PurePosixPath(job.outputs["pairs"]).parent.name,
+                                          p["similarity"])
         return {"pairs": pairs, "matrix": matrix}
     if job.rule == "cka_task_count":
         pairs = {PurePosixPath(f).parent.name: pd.read_csv(path_of(f)) for f in inputs["pairs"]}
@@ -953,14 +1148,21 @@ def recompute_problems(path: Path, contents: Contents, log=print) -> list[str]:
 
 
 # ---- command line ----------------------------------------------------------------------------------------
+# The rebuild recipe: the docstring's last part, shown by --help (the README quotes it; a test runs it).
+REBUILD = __doc__[__doc__.index("Rebuild from an archive"):].rstrip() + "\n"
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m worldrep.archive", description=__doc__.split("\n\n")[0])
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="python -m worldrep.archive", description=__doc__.split("\n\n")[0],
+                                     epilog=REBUILD, formatter_class=raw)
     commands = parser.add_subparsers(dest="command", required=True)
     create = commands.add_parser("create", help="write {out}/{name}.tar.gz")
     create.add_argument("--name", required=True)
     create.add_argument("--results", type=Path, default=Path("results"))
-    create.add_argument("--config", type=Path, default=Path("config/config.yaml"),
-                        help="the config file the results were made with (default: %(default)s)")
+    create.add_argument("--config", type=Path, nargs="+", default=[Path("config/config.yaml")],
+                        help="the config files the results were made with: a base, then its overlays, in the order "
+                             "snakemake's --configfile was given them (default: config/config.yaml)")
     create.add_argument("--with-models", action="store_true", help="include results/models (checkpoints)")
     create.add_argument("--all", action="store_true", dest="include_all",
                         help="include the big arrays too (dataset and mixture splits, representations)")
@@ -973,6 +1175,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="recompute the probe, CKA and generalization tables from the archived representations "
                              "and evaluation table under the archived config, in-process, and compare")
     verify.add_argument("--cores", type=int, default=os.cpu_count() or 1)
+    unpack = commands.add_parser("unpack", help="a folder to rebuild in: the archived code, results and provenance",
+                                 epilog=REBUILD, formatter_class=raw)
+    unpack.add_argument("archive", type=Path)
+    unpack.add_argument("dest", type=Path, help="a new (or empty) folder")
     return parser.parse_args(argv)
 
 
@@ -984,6 +1190,13 @@ def main(argv: list[str] | None = None) -> int:
                            args.with_models, args.include_all)
         except (ArchiveError, ValueError, OSError, yaml.YAMLError) as error:
             print(f"archive create failed: {error}", file=sys.stderr)
+            return 1
+        return 0
+    if args.command == "unpack":
+        try:
+            unpack_archive(args.archive, args.dest)
+        except (ArchiveError, OSError) as error:
+            print(f"archive unpack failed: {error}", file=sys.stderr)
             return 1
         return 0
     problems = verify_archive(args.archive, args.rederive, args.cores, recompute=args.recompute)
