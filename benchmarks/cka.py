@@ -1,6 +1,6 @@
 """Seconds for a full family CKA matrix (METHOD §12: 21 models, all 210 pairs) on one core, biased and debiased,
 in feature space (worldrep.cka.cka_matrix), against the n×n kernel definitions for ONE pair measured in the
-same run.
+same run; then calibrated CKA (its exact null mean against a sampled null) and mutual k-NN alignment.
 
     python benchmarks/cka.py [--n 5000] [--d 256] [--models 21] [--repeats 3]
 
@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from worldrep.archive import cpu_model  # noqa: E402
-from worldrep.cka import cka_matrices, cka_matrix, kernel_cka, kernel_debiased_cka  # noqa: E402
+from worldrep.cka import (centre, cka_matrices, cka_matrix, kernel_cka, kernel_debiased_cka,  # noqa: E402
+                          mutual_knn_matrix, null_cka, pair_sums)
 
 
 def best_seconds(fn, repeats: int) -> tuple[float, object]:
@@ -53,6 +54,10 @@ def main():
     parser.add_argument("--d", type=int, default=256, help="features per model")
     parser.add_argument("--models", type=int, default=21)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--shuffles", type=int, default=2,
+                        help="sampled permutation-null shuffles timed, extrapolated to --null-shuffles")
+    parser.add_argument("--null-shuffles", type=int, default=100)
+    parser.add_argument("--knn-k", type=int, default=10)
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
@@ -76,6 +81,21 @@ def main():
             delta = abs((biased if name == "biased" else debiased)[0, 1] - value)
             line += f"{base:>11.2f}s{base / (seconds / pairs):>14.0f}x{delta:>14.1e}"
         print(line)
+
+    # Calibrated CKA: the exact null mean (worldrep.cka.null_cka) against a sampled null of the same mean, which
+    # costs one [n, M·d] × [M·d, M·d] product of all models' centred features per shuffle.
+    exact, _ = best_seconds(lambda: cka_matrix(features) - null_cka(pair_sums(features)), args.repeats)
+    stacked = np.hstack([centre(X) for X in features])
+    orders = np.random.default_rng(0)
+    sampled, _ = best_seconds(lambda: [stacked.T @ stacked[orders.permutation(args.n)]
+                                       for _ in range(args.shuffles)], 1)
+    per_shuffle = sampled / args.shuffles
+    knn, _ = best_seconds(lambda: mutual_knn_matrix(features, args.knn_k), 1)
+    print(f"calibrated CKA, exact null mean: {exact:.2f} s for the matrix (biased CKA included); a sampled null: "
+          f"{per_shuffle:.1f} s per shuffle, so {per_shuffle * args.null_shuffles / 60:.1f} min for "
+          f"{args.null_shuffles} shuffles (extrapolated from {args.shuffles}); goal <= 2 min: "
+          f"{'met' if exact <= 120 else 'not met'} by the exact mean")
+    print(f"mutual k-NN alignment, k = {args.knn_k}: {knn:.2f} s for the matrix")
 
     macs = args.n * args.d ** 2 * (pairs + args.models / 2)  # one d×d product per pair, half of one per model
     print(f"float64 floor: {macs / 1e9:.0f} G multiply-adds; biased matrix ran at "

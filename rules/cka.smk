@@ -3,9 +3,9 @@
 
 
 rule cka_family:
-    """All model pairs of one family (pt1, pt2 or pt3) at every extracted layer, biased and debiased, on the eligible
-    non-Atlantis cities; and the variant×variant matrices (mean ± SEM over seed pairs, diagonal from
-    cross-seed pairs only)."""
+    """All model pairs of one family (pt1, pt2 or pt3) at every extracted layer, biased and debiased CKA, calibrated
+    CKA and mutual k-NN (the config's `cka` block), on the eligible non-Atlantis cities; and the variant×variant
+    matrices (mean ± SEM over seed pairs, diagonal from cross-seed pairs only)."""
     input:
         representations=lambda w: [f"results/representations/{run}/final.npz" for run in family_runs(w.family)],
         cities="results/world/cities.csv",
@@ -18,6 +18,7 @@ rule cka_family:
         runs=lambda w: family_runs(w.family),
         variants=lambda w: CKA_FAMILIES[w.family],
         seeds=lambda w: {m: [r.seed for r in PRETRAINING_RUNS if r.mixture == m] for m in CKA_FAMILIES[w.family]},
+        similarity=config["cka"],
     log:
         "results/logs/cka/{family}.log",
     benchmark:

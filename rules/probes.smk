@@ -2,7 +2,8 @@
 
 
 rule probes:
-    """OLS probes of x and y on the standard city split, per layer; for the curve runs also per checkpoint.
+    """OLS probes of x and y on the standard city split, per layer, with a ridge probe beside them and both on the
+    control task (shuffled coordinates); for the curve runs also per checkpoint.
     Also the analysis layer's (5) PCA and probe ("mixed") 3-D views the figures draw (final and dynamics checkpoints)."""
     input:
         final="results/representations/{mixture}_s{seed}/final.npz",
@@ -16,6 +17,8 @@ rule probes:
     params:
         seed=config["probes"]["seed"],
         layer=run_analysis_layer,
+        ridge_alphas=config["probes"]["ridge_alphas"],
+        control_seed=config["probes"]["control_seed"],
     log:
         "results/logs/probes/{mixture}_s{seed}.log",
     conda:

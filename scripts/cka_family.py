@@ -13,7 +13,7 @@ sys.stderr = sys.stdout = log = open(snakemake.log[0], "w")
 cities = read_cities(snakemake.input.cities)
 pairs, cells = family_tables(snakemake.params.runs, snakemake.input.representations, snakemake.params.variants,
                              snakemake.params.seeds, set(cities.loc[cities.is_atlantis, "city_id"]),
-                             load_representations, snakemake.wildcards.family)
+                             load_representations, snakemake.wildcards.family, snakemake.params.similarity)
 print(f"{len(snakemake.params.runs)} models", file=log)
 for path, table in ((snakemake.output.pairs, pairs), (snakemake.output.matrix, cells)):
     atomic_write_bytes(Path(path), lambda handle: table.to_csv(handle, index=False))

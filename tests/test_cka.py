@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from worldrep.cka import (cka_matrices, cka_matrix, debiased_cka, disjoint_pairs, family_matrix, kernel_cka,
-                          kernel_debiased_cka, linear_cka, pooled_pair_values, same_seed_pair_values)
+                          kernel_debiased_cka, linear_cka, mutual_knn_matrix, nearest_neighbours, null_cka,
+                          pair_sums, pooled_pair_values, same_seed_pair_values)
 
 ROOT = Path(__file__).resolve().parents[1]
 ESTIMATORS = {"biased": linear_cka, "debiased": debiased_cka}
@@ -348,3 +349,59 @@ def test_cka_vs_generalization_pairs_only_tasks_with_both_models():
     got = {(r.finetuned_task, r.evaluated_task): (round(r.cka, 6), r.ni) for r in points.itertuples()}
     assert got == {("distance", "perimeter"): (0.01, 1), ("perimeter", "distance"): (0.1, 10)}
     assert fit["n"].tolist() == [2] and np.isnan(fit["r"].iloc[0])  # two points: no fit
+
+
+# --------------------------------------------------------------------------------------------------------
+# Calibrated CKA (a permutation null) and mutual k-NN alignment.
+
+
+def test_the_null_mean_is_the_mean_over_every_permutation():
+    """On 7 cities every one of the 5,040 row orders can be tried: the plain mean of linear_cka(X_a, X_b[order])
+    over all of them is null_cka's closed form, to rounding, for every pair and for a model with itself. So
+    calibrated CKA, observed minus that mean, is exactly 0 in expectation under the null."""
+    rng = np.random.default_rng(4)
+    features = [rng.standard_normal((7, d)) * rng.uniform(0.5, 3, d) + rng.normal(0, 3, d) for d in (2, 3, 9)]
+    null = null_cka(pair_sums(features))
+    orders = [list(order) for order in permutations(range(7))]
+    for a in range(3):
+        for b in range(3):
+            plain = np.mean([linear_cka(features[a], features[b][order]) for order in orders])
+            assert null[a, b] == pytest.approx(plain, rel=1e-12, abs=1e-15), (a, b)
+    np.testing.assert_array_equal(null, null.T)
+    calibrated = [cka_matrices([features[0], features[1][order]], {"knn_k": 2})["calibrated"][0, 1] for order in orders]
+    assert abs(np.mean(calibrated)) < 1e-12
+
+
+def test_calibration_removes_what_unrelated_features_share_by_chance():
+    """Few cities, many features (the authors' 0.71 between untrained models): unrelated random features have a
+    high biased CKA and a calibrated CKA near 0; one model and a rotated copy of it keep a calibrated CKA near 1."""
+    rng = np.random.default_rng(5)
+    X, Y = rng.standard_normal((50, 40)), rng.standard_normal((50, 40))
+    both = cka_matrices([X, Y, X @ orthogonal(rng, 40)], {"knn_k": 5})
+    assert both["biased"][0, 1] > 0.4 and abs(both["calibrated"][0, 1]) < 0.05
+    assert both["biased"][0, 2] == pytest.approx(1.0) and both["calibrated"][0, 2] > 0.5
+    assert set(both) == {"biased", "debiased", "calibrated", "mutual_knn"}
+    assert set(cka_matrices([X, Y])) == {"biased", "debiased"}  # without the config's block: the paper's two
+
+
+def plain_knn_overlap(X: np.ndarray, Y: np.ndarray, k: int) -> float:
+    def neighbours(F, i):
+        unit = F / np.linalg.norm(F, axis=1, keepdims=True)
+        ranked = sorted((-float(unit[i] @ unit[j]), j) for j in range(len(F)) if j != i)
+        return {j for _, j in ranked[:k]}
+    return float(np.mean([len(neighbours(X, i) & neighbours(Y, i)) / k for i in range(len(X))]))
+
+
+def test_mutual_knn_equals_a_plain_loop_and_has_its_invariances():
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((30, 5))
+    Y = X @ rng.standard_normal((5, 7)) + 0.8 * rng.standard_normal((30, 7))
+    Z = rng.standard_normal((30, 4))
+    values = mutual_knn_matrix([X, Y, Z, 3.0 * X @ orthogonal(rng, 5)], k=4)
+    for (a, A), (b, B) in combinations(enumerate([X, Y, Z]), 2):
+        assert values[a, b] == pytest.approx(plain_knn_overlap(A, B, 4), abs=1e-15) and values[b, a] == values[a, b]
+    assert values[0, 3] == 1.0 and np.all(np.diag(values) == 1.0)  # cosine neighbours: rotation and scale
+    assert values[0, 1] > values[0, 2] + 0.2  # a noisy read-out of X shares more neighbours than noise does
+    np.testing.assert_array_equal(nearest_neighbours(Y, 4, chunk=7), nearest_neighbours(Y, 4))  # chunks: same
+    with pytest.raises(ValueError, match="knn_k = 30"):
+        nearest_neighbours(X, 30)

@@ -51,9 +51,10 @@ def cka(distance_to_others):
     return pd.DataFrame(rows)
 
 
-def task_count(means):
-    return pd.DataFrame([{"k": k, "layer": 5, "estimator": "biased", "seed": "pooled", "mean": m}
-                         for k, m in means.items()])
+def task_count(means, seeds=("pooled", "42")):
+    """The summary's pooled rows and one seed's same-seed rows (as cka.task_count_tables names them), equal here."""
+    return pd.DataFrame([{"k": k, "layer": 5, "estimator": "biased", "seed": seed, "mean": m}
+                         for seed in seeds for k, m in means.items()])
 
 
 def deviation(with_d, without_d):
@@ -154,3 +155,52 @@ def test_markdown_lists_every_claim_with_its_numbers():
     rows = [line for line in text.splitlines() if line.startswith("| ")]
     assert len(rows) == 1 + 8  # the header and one row per claim
     assert "**does not hold**" in rows[8] and "atlantis_with_distance 120.000" in rows[8]
+
+
+# ---- claims with their seeds -------------------------------------------------------------------------------------
+
+def several_seeds(altered_seeds: dict[int, dict[str, float]], seeds=(42, 1, 2)) -> Evidence:
+    """The paper-like evidence for each seed (runs renamed `_s{seed}`), with per-seed R² changes; the pooled tables
+    (CKA matrix, fit, Atlantis groups) once."""
+    def renamed(run, seed):
+        return run.replace("_s42", f"_s{seed}")
+
+    base = paper_like()
+    frames = {"probes": [], "health": [], "deviation": []}
+    tasks, kind, views, base_runs = {}, {}, {}, []
+    for seed in seeds:
+        r2 = {renamed(run, seed): value for run, value in {**R2, **altered_seeds.get(seed, {})}.items()}
+        frames["probes"].append(probes(r2))
+        frames["health"].append(health({}).assign(run=lambda t, s=seed: t["run"].map(lambda r: renamed(r, s))))
+        frames["deviation"].append(base.deviation.assign(seed=seed))
+        tasks |= {renamed(run, seed): t for run, t in TASKS.items()}
+        kind |= {renamed(run, seed): k for run, k in KIND.items()}
+        views |= {renamed(run, seed): v for run, v in base.views.items()}
+        base_runs.append(renamed("pt7_s42", seed))
+    return Evidence(tasks=tasks, kind=kind, layer=5, base_runs=base_runs, views=views, cka_pt1=base.cka_pt1,
+                    task_count=task_count({1: 0.4, 2: 0.6, 3: 0.65}, ("pooled", *map(str, seeds))),
+                    cka_fit=base.cka_fit, atlantis=base.atlantis,
+                    **{key: pd.concat(parts, ignore_index=True) for key, parts in frames.items()})
+
+
+def test_a_claim_holds_on_a_strict_majority_of_seeds():
+    table = checklist(several_seeds({1: {"pt1-7_s42": 0.8}})).set_index("claim")  # seed 1: crossing has a map
+    assert table.loc[1, "status"] == HOLDS and (table.loc[1, "seeds_holding"], table.loc[1, "seeds_run"]) == (2, 3)
+    assert table.loc[1, "decided"] == "per seed" and "seed 1: does not hold" in table.loc[1, "evidence"]
+    assert table.loc[5, "seeds_holding"] == 3 and table.loc[3, "decided"] == "pooled"
+    text = markdown(checklist(several_seeds({1: {"pt1-7_s42": 0.8}})), "three")
+    assert "| **holds** | 2 of 3 hold |" in text and "| **holds** | pooled over 3 seeds |" in text
+
+
+def test_seeds_that_split_decide_nothing():
+    table = checklist(several_seeds({1: {"pt1-7_s42": 0.8}}, seeds=(42, 1))).set_index("claim")
+    assert table.loc[1, "status"] == NOT_REACHED and table.loc[1, "evidence"].startswith("1 of 2 seeds hold, 1 do not")
+    table = checklist(several_seeds({1: {"pt1-7_s42": 0.8}, 2: {"pt1-7_s42": 0.9}})).set_index("claim")
+    assert table.loc[1, "status"] == FAILS and table.loc[1, "seeds_holding"] == 1
+
+
+def test_a_one_seed_decision_says_so():
+    table = checklist(paper_like())
+    assert set(table["decided"]) == {"one seed"} and set(table["seeds_run"]) == {1}
+    text = markdown(table, "one")
+    assert text.count("one seed: decided on a single draw") == 8

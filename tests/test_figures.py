@@ -525,7 +525,8 @@ def curve_tables(metric="mean_absolute_error"):
                                "loss": [4.6, 3.9, 3.1, 2.3, 9, 9, 9, 9], "metric": metric,
                                "value": [900.0, 400.0, 100.0, 20.0, 1, 1, 1, 1], "failures": 0})
     probes = pd.DataFrame({"step": ["0", "20", "40", "final"] * 2, "layer": [5] * 4 + [4] * 4,
-                           "r2_mean": [0.0, 0.4, 0.9, 0.9, 9, 9, 9, 9], "mean_error": [500.0, 200.0, 50.0, 50.0, 1, 1, 1, 1]})
+                           "r2_mean": [0.0, 0.4, 0.9, 0.9, 9, 9, 9, 9], "mean_error": [500.0, 200.0, 50.0, 50.0, 1, 1, 1, 1],
+                           "ridge_r2_mean": [0.0, 0.5, 0.85, 0.85, 9, 9, 9, 9]})
     return training, validation, probes
 
 
@@ -536,10 +537,11 @@ def test_training_curves(tmp_path):
     lines = {line.get_gid(): line for ax in fig.axes for line in ax.get_lines()}
     assert list(lines["val-loss"].get_xdata()) == [10, 20, 40]  # step 0 is off a log axis; only its task
     assert list(lines["probe-r2"].get_xdata()) == [20, 40] and list(lines["probe-r2"].get_ydata()) == [0.4, 0.9]
+    assert list(lines["probe-ridge-r2"].get_ydata()) == [0.5, 0.85] and lines["probe-ridge-r2"].get_linestyle() == "--"
     assert list(lines["probe-error"].get_ydata()) == [200.0, 50.0]  # layer 5, checkpoints, not "final"
     series = data.groupby("series").size().to_dict()
     assert series == {"train_loss": 4, "validation_loss": 3, "validation_mean_absolute_error": 3,
-                      "probe_r2_mean": 2, "probe_mean_error": 2}
+                      "probe_r2_mean": 2, "probe_ridge_r2_mean": 2, "probe_mean_error": 2}
     check_saved(fig, tmp_path, "training_curves", data)
 
 

@@ -6,8 +6,10 @@ from scipy.stats import mannwhitneyu
 from sklearn.linear_model import LinearRegression
 from threadpoolctl import threadpool_limits
 
-from worldrep.probes import (atlantis_groups, atlantis_reconstruction, atlantis_split, fit_ols, predict,
-                             probe_metrics, probe_split, standard_probe)
+from worldrep.probes import (atlantis_groups, atlantis_reconstruction, atlantis_split, control_targets, fit_ols,
+                             fit_ridge_cv, predict, probe_metrics, probe_split, standard_probe)
+
+ALPHAS = [0.001, 0.01, 0.1, 1, 10, 100, 1000, 10000]  # the shipped configs' probes.ridge_alphas
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -29,7 +31,7 @@ def linear_world(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_probe_recovers_coordinates_that_are_linear_in_the_representation(seed):
     reps, xy = linear_world(600, 256, seed)
-    metrics = standard_probe(reps, xy, probe_split(len(reps), seed))
+    metrics = standard_probe(reps, xy, probe_split(len(reps), seed), ALPHAS, control_targets(xy, 7))
     assert metrics["r2_x"] > 0.999 and metrics["r2_y"] > 0.999 and metrics["r2_mean"] > 0.999
     assert max(metrics["mae_x"], metrics["mae_y"], metrics["mean_error"], metrics["median_error"]) < 1e-6
     assert (metrics["n_train"], metrics["n_test"]) == (433, 167)
@@ -40,7 +42,7 @@ def test_probe_finds_nothing_in_noise(seed):
     """With d = 32 and 3,250 train rows the overfit term is ≈ d/n_train ≈ 0.01, so test R² stays near 0."""
     rng = np.random.default_rng(seed)
     reps, xy = rng.normal(size=(4500, 32)), rng.integers(-900, 901, size=(4500, 2)).astype(float)
-    metrics = standard_probe(reps, xy, probe_split(4500, seed))
+    metrics = standard_probe(reps, xy, probe_split(4500, seed), ALPHAS, control_targets(xy, 7))
     assert abs(metrics["r2_x"]) < 0.05 and abs(metrics["r2_y"]) < 0.05
 
 
@@ -222,3 +224,81 @@ def test_atlantis_predictions_are_the_rows_behind_the_errors():
     assert base_pred.shape == (10, 2) and atl_pred.shape == (6, 2)
     assert np.array_equal(euclidean_errors(base_pred, xy[baseline]), base_err)
     assert np.array_equal(euclidean_errors(atl_pred, xy[test]), atl_err)
+
+
+# ---- the ridge probe and the control task ------------------------------------------------------------------------
+
+def loo_ridge(X: np.ndarray, Y: np.ndarray, alphas) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ridge probe written out: for each alpha and each left-out row, centre the other rows, solve
+    (XᵀX + αI) w = Xᵀy, predict the left-out row; keep per column the alpha of least squared error; refit on all."""
+    def fit(X, Y, alpha):
+        mx, my = X.mean(0), Y.mean(0)
+        W = np.linalg.solve((X - mx).T @ (X - mx) + alpha * np.eye(X.shape[1]), (X - mx).T @ (Y - my))
+        return W, my - mx @ W
+
+    errors = np.zeros((len(alphas), Y.shape[1]))
+    for a, alpha in enumerate(alphas):
+        for i in range(len(X)):
+            keep = np.arange(len(X)) != i
+            W, b = fit(X[keep], Y[keep], alpha)
+            errors[a] += (X[i] @ W + b - Y[i]) ** 2
+    best = np.asarray(alphas)[errors.argmin(0)]
+    fits = [fit(X, Y[:, [k]], alpha) for k, alpha in enumerate(best)]
+    return np.hstack([W for W, _ in fits]), np.concatenate([b for _, b in fits]), best
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ridge_probe_matches_leave_one_out_written_out(seed):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(60, 8))
+    Y = np.column_stack([X @ rng.normal(size=8) + rng.normal(scale=4.0, size=60), rng.normal(size=60) * 50])
+    W, b, alpha = fit_ridge_cv(X, Y, ALPHAS)
+    W_ref, b_ref, alpha_ref = loo_ridge(X, Y, ALPHAS)
+    assert list(alpha) == list(alpha_ref) and alpha[0] != alpha[1]  # a signal and a noise column: two alphas
+    np.testing.assert_allclose(W, W_ref, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(b, b_ref, rtol=1e-8, atol=1e-8)
+
+
+def test_ridge_scores_noise_near_zero_where_ols_overfits():
+    """The laptop world's shape (564 cities, 128 features): OLS on random features scores well below 0 on test,
+    the ridge probe about 0; on features that hold the map both score the same."""
+    rng = np.random.default_rng(3)
+    xy = rng.integers(-900, 901, size=(564, 2)).astype(float)
+    split = probe_split(564, 42)
+    noise = standard_probe(rng.normal(size=(564, 128)), xy, split, ALPHAS, control_targets(xy, 7))
+    assert noise["r2_mean"] < -0.3 and abs(noise["ridge_r2_mean"]) < 0.05
+    assert noise["ridge_alpha_x"] == noise["ridge_alpha_y"] == max(ALPHAS)
+    reps, xy = linear_world(564, 128, 4)
+    real = standard_probe(reps + rng.normal(scale=0.1, size=reps.shape), xy, split, ALPHAS, control_targets(xy, 7))
+    assert real["r2_mean"] > 0.99 and abs(real["ridge_r2_mean"] - real["r2_mean"]) < 0.01
+
+
+def test_control_task_and_selectivity():
+    """The control targets are the same coordinates, permuted by the seed; a map scores near 1 on the task and
+    about what noise scores on the control, so its selectivity is high; noise features have none."""
+    reps, xy = linear_world(600, 64, 5)
+    control = control_targets(xy, 7)
+    assert sorted(map(tuple, control)) == sorted(map(tuple, xy)) and not np.array_equal(control, xy)
+    np.testing.assert_array_equal(control, control_targets(xy, 7))
+    assert not np.array_equal(control, control_targets(xy, 8))
+    row = standard_probe(reps, xy, probe_split(600, 42), ALPHAS, control)
+    assert row["selectivity"] == row["r2_mean"] - row["control_r2_mean"]
+    assert row["ridge_selectivity"] == row["ridge_r2_mean"] - row["ridge_control_r2_mean"]
+    assert row["ridge_control_r2_mean"] < 0.05 and row["ridge_selectivity"] > 0.95
+    noise = np.random.default_rng(6).normal(size=(600, 64))
+    empty = standard_probe(noise, xy, probe_split(600, 42), ALPHAS, control)
+    assert abs(empty["ridge_selectivity"]) < 0.05
+
+
+def test_ridge_tends_to_ols_as_alpha_goes_to_zero():
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(200, 30)) * rng.uniform(0.5, 5, 30) + rng.normal(0, 3, 30)
+    Y = X @ rng.normal(size=(30, 2)) + rng.normal(scale=10, size=(200, 2))
+    W_ols, b_ols = fit_ols(X, Y)
+    gaps = []
+    for alpha in (1e-2, 1e-5, 1e-8):
+        W, b, chosen = fit_ridge_cv(X, Y, [alpha])
+        assert list(chosen) == [alpha, alpha]
+        gaps.append(np.abs(W - W_ols).max())
+    assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 1e-9 * np.abs(W_ols).max()
+    np.testing.assert_allclose(fit_ridge_cv(X, Y, [1e-8])[1], b_ols, rtol=1e-8)

@@ -375,15 +375,18 @@ def test_smoke_run_builds_every_analysis_table(workflow, smoke_config):
     assert sorted(pd.read_csv(results / "probes/probe_metrics.csv").run.unique()) == sorted(runs)
 
     matrix = pd.read_csv(results / "cka/pt1/matrix.csv")
-    assert len(matrix) == 4 * 2 * 3 * 3  # layers x estimators x 3 x 3 variants
+    assert len(matrix) == 4 * 4 * 3 * 3  # layers x estimators (biased, debiased, calibrated, mutual_knn) x 3 x 3
+    assert set(matrix.estimator) == {"biased", "debiased", "calibrated", "mutual_knn"}
     diagonal = matrix.row == matrix.column
     assert matrix[diagonal].n.eq(0).all() and matrix[diagonal]["mean"].isna().all()
     assert matrix[~diagonal].n.eq(1).all() and matrix[~diagonal]["mean"].between(-1, 1).all()
     pairs = pd.read_csv(results / "cka/pt1/pairs.csv")
-    assert len(pairs) == 4 * 2 * 3
+    assert len(pairs) == 4 * 4 * 3
+    wide = pairs.pivot_table(index=["layer", "run_a", "run_b"], columns="estimator", values="cka")
+    assert (wide.calibrated < wide.biased).all() and wide.mutual_knn.between(0, 1).all()
     counts = pd.read_csv(results / "cka/task_count.csv")
     assert set(zip(counts.variant_a, counts.variant_b)) == {("pt1-1", "pt1-6")}  # pt1-7 left out (§12)
-    assert len(counts) == 4 * 2
+    assert len(counts) == 4 * 4
 
     ni = pd.read_csv(results / "generalization/normalized_improvement.csv")
     assert len(ni) == 3 * 7 and ni.ni.between(0, 1.5).all()
@@ -392,8 +395,8 @@ def test_smoke_run_builds_every_analysis_table(workflow, smoke_config):
     deviation = pd.read_csv(results / "generalization/best_teacher_deviation.csv")
     assert len(deviation) == 7 and np.allclose(deviation.deviation, deviation.ni_ftwb2 - deviation.pred)
     points = pd.read_csv(results / "cka/cka_vs_generalization.csv")
-    assert sorted(zip(points.finetuned_task, points.evaluated_task)) == [("distance", "perimeter")] * 2 + \
-        [("perimeter", "distance")] * 2  # biased and debiased
+    assert sorted(zip(points.finetuned_task, points.evaluated_task)) == [("distance", "perimeter")] * 4 + \
+        [("perimeter", "distance")] * 4  # biased, debiased, calibrated and mutual k-NN
     atlantis = pd.read_csv(results / "probes/atlantis_summary.csv").set_index("group")
     assert atlantis.loc["atlantis_with_distance", "models"] == 1
     assert atlantis.loc["atlantis_without_distance", "models"] == 0

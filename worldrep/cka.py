@@ -6,6 +6,9 @@ Two estimators, both on linear kernels K = XXᵀ, L = YYᵀ of X [n, d_x], Y [n,
 - debiased (Project addition): the same ratio with the unbiased U-statistic HSIC_u of Song et al. (2012)
   in place of the biased ⟨HKH, HLH⟩, not clipped.
 
+Beside them, with the config's `cka` block (Project addition, `cka_matrices`): calibrated CKA, biased CKA minus the
+mean of the permutation null over shuffled city rows (exact: `null_cka`), and mutual k-NN alignment.
+
 `kernel_cka` and `kernel_debiased_cka` are those definitions written with n×n matrices; they are the reference.
 Everything else works in feature space (d×d products, no n×n matrix), which is what makes the 21×21 family
 matrices cheap. Everything is float64: the debiased numerator is a difference of nearly equal terms.
@@ -159,10 +162,69 @@ def cka_matrix(features: list[np.ndarray], debiased: bool = False) -> np.ndarray
     return cka_from_sums(pair_sums(features), debiased)
 
 
-def cka_matrices(features: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """Both estimators from one pass of products ({"biased", "debiased"} -> [M, M]): §12 reports them together."""
+def cka_matrices(features: list[np.ndarray], similarity: dict | None = None) -> dict[str, np.ndarray]:
+    """Both estimators from one pass of products ({"biased", "debiased"} -> [M, M]): §12 reports them together.
+    With `similarity` (the config's `cka` block) also the calibrated CKA and the mutual k-NN alignment
+    ("calibrated", "mutual_knn")."""
     sums = pair_sums(features)
-    return {"biased": cka_from_sums(sums, False), "debiased": cka_from_sums(sums, True)}
+    matrices = {"biased": cka_from_sums(sums, False), "debiased": cka_from_sums(sums, True)}
+    if similarity:
+        matrices["calibrated"] = matrices["biased"] - null_cka(sums)
+        matrices["mutual_knn"] = mutual_knn_matrix(features, similarity["knn_k"])
+    return matrices
+
+
+# --------------------------------------------------------------------------------------------------------
+# References that do not need the paper's large-sample assumptions (METHOD §12, Project addition): biased CKA is
+# high between unrelated representations when cities are few and features many, so a value means little without
+# the value a null gives. Calibrated CKA subtracts the mean of the permutation null (after mlbio-epfl/Aristotelian,
+# `calibrated-similarity`); mutual k-NN alignment (platonic-rep) compares neighbourhoods instead of kernels.
+
+
+def null_cka(sums: PairSums) -> np.ndarray:
+    """[M, M] mean biased CKA between model a and model b with b's city rows shuffled, over every permutation: the
+    limit of a permutation null's mean, computed exactly.
+
+    Shuffling rows does not change ‖K_b‖_F, so only the numerator's mean is needed. For centred kernels (1ᵀK1 = 0)
+    and a uniform permutation P, E[(PK_bPᵀ)_ii] = tr K_b / n and E[(PK_bPᵀ)_ij] = −tr K_b / (n(n−1)) for i ≠ j,
+    so E tr(K_a P K_b Pᵀ) = tr K_a tr K_b / n + tr K_a tr K_b / (n(n−1)) = tr K_a tr K_b / (n − 1). Sampling the
+    null instead would cost one [n, Σd] × [Σd, Σd] product per shuffle (minutes for a paper family at 100
+    shuffles) and add sampling noise; the exact mean needs the traces only."""
+    norms = np.sqrt(np.diag(sums.cross))  # ‖K_a‖_F = ‖X_aᵀX_a‖_F
+    return np.outer(sums.trace, sums.trace) / (sums.n - 1) / np.outer(norms, norms)
+
+
+def nearest_neighbours(X: np.ndarray, k: int, chunk: int = 1024) -> np.ndarray:
+    """[n, k] indices of each row's k nearest other rows by cosine similarity (platonic-rep: rows L2-normalised,
+    inner products, self excluded), sorted ascending. In chunks of rows, so that the paper's ~6,000 cities never
+    need the whole n×n similarity matrix at once."""
+    X = np.asarray(X, dtype=np.float64)
+    n = len(X)
+    if not 0 < k < n:
+        raise ValueError(f"knn_k = {k} needs 0 < k < {n} (the number of cities)")
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    unit = np.divide(X, norms, out=np.zeros_like(X), where=norms > 0)
+    found = np.empty((n, k), dtype=np.int64)
+    for start in range(0, n, chunk):
+        similarity = unit[start:start + chunk] @ unit.T
+        rows = np.arange(len(similarity))
+        similarity[rows, start + rows] = -np.inf  # a city is not its own neighbour
+        found[start:start + chunk] = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+    return np.sort(found, axis=1)
+
+
+def mutual_knn_matrix(features: list[np.ndarray], k: int) -> np.ndarray:
+    """[M, M] mutual k-NN alignment (platonic-rep's `mutual_knn`): the mean over cities of the share of a city's
+    k nearest neighbours in model a that are also among its k nearest in model b. 1 on the diagonal."""
+    neighbours = [nearest_neighbours(X, k) for X in features]
+    if len({len(x) for x in neighbours}) != 1:
+        raise ValueError(f"all models need the same rows (cities); got {[len(x) for x in neighbours]}")
+    M = len(neighbours)
+    values = np.eye(M)
+    for a, b in combinations(range(M), 2):
+        shared = (neighbours[a][:, :, None] == neighbours[b][:, None, :]).sum(axis=(1, 2))
+        values[a, b] = values[b, a] = shared.mean() / k
+    return values
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -229,10 +291,12 @@ def same_seed_pair_values(values: np.ndarray, variants: list, seeds: list, pairs
 
 
 def family_tables(runs: Sequence[str], paths: Sequence[Path], variants: Sequence[str], seeds: dict,
-                  atlantis_ids, load: Callable, family: str = "") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(pairs, matrix) of one family: every model pair at every extracted layer, both estimators, on the
-    eligible non-Atlantis cities; the variant × variant mean ± SEM over seed pairs (`family_matrix`). `runs` are
-    variant-major, seeds in `seeds[variant]` order; `paths` their representation files."""
+                  atlantis_ids, load: Callable, family: str = "",
+                  similarity: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(pairs, matrix) of one family: every model pair at every extracted layer, both estimators (with
+    `similarity`, the calibrated CKA and mutual k-NN too: `cka_matrices`), on the eligible non-Atlantis cities;
+    the variant × variant mean ± SEM over seed pairs (`family_matrix`). `runs` are variant-major, seeds in
+    `seeds[variant]` order; `paths` their representation files."""
     counts = {variant: len(seeds[variant]) for variant in variants}
     if len(set(counts.values())) != 1:
         raise ValueError(f"family {family}: variants have unequal seed counts {counts}; the seed-averaged matrix "
@@ -257,7 +321,7 @@ def family_tables(runs: Sequence[str], paths: Sequence[Path], variants: Sequence
         features.append({layer: reps[layer][keep] for layer in layers})
     pairs, cells = [], []
     for layer in layers:
-        for estimator, values in cka_matrices([f[layer] for f in features]).items():
+        for estimator, values in cka_matrices([f[layer] for f in features], similarity).items():
             a, b = np.triu_indices(len(runs), k=1)
             pairs.append(pd.DataFrame({
                 "layer": layer, "estimator": estimator, "run_a": np.array(runs)[a], "run_b": np.array(runs)[b],

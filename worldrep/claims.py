@@ -9,7 +9,7 @@ Pure pandas on the tables of the analysis rules; every decision rule and thresho
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -48,6 +48,26 @@ class Evidence:
     cka_fit: pd.DataFrame | None = None          # cka/cka_vs_generalization_fit.csv
     deviation: pd.DataFrame | None = None        # generalization/best_teacher_deviation.csv
     atlantis: pd.DataFrame | None = None         # probes/atlantis_summary.csv
+    count_seed: str = "pooled"                   # the task-count summary's rows claim 4 reads: a seed, or pooled
+
+    def seeds(self) -> list[int]:
+        return sorted({run_seed(run) for run in self.tasks})
+
+    def for_seed(self, seed: int) -> Evidence:
+        """The evidence of one seed's runs: per-run tables cut to them, the task-count and deviation tables to
+        that seed's rows. The tables pooled over seeds (CKA matrix, CKA fit, Atlantis groups) stay as they are:
+        the claims that read them are decided once, pooled (POOLED)."""
+        keep = {run for run in self.tasks if run_seed(run) == seed}
+
+        def runs_of(table):
+            return None if table is None else table[table["run"].isin(keep)]
+
+        deviation = None if self.deviation is None else self.deviation[self.deviation["seed"].astype(int) == seed]
+        return replace(self, tasks={r: t for r, t in self.tasks.items() if r in keep},
+                       kind={r: k for r, k in self.kind.items() if r in keep},
+                       base_runs=[r for r in self.base_runs if r in keep], probes=runs_of(self.probes),
+                       health=runs_of(self.health), views={r: v for r, v in self.views.items() if r in keep},
+                       deviation=deviation, count_seed=str(seed))
 
     def mixture_tasks(self) -> dict[str, list[str]]:
         """mixture -> its tasks, for the tables keyed by mixture (CKA matrices, deviations). Run names are
@@ -71,6 +91,11 @@ class Evidence:
             return None
         rows = self.health[(self.health["run"] == run) & (self.health["task"] == task)]
         return bool(rows["beats_trivial"].astype(bool).all()) if len(rows) else None
+
+
+def run_seed(run: str) -> int:
+    """The seed of a run named `{mixture}_s{seed}` (worldrep.grid.run_name)."""
+    return int(run.rsplit("_s", 1)[1])
 
 
 def verdict(claim: int, status: str, evidence: str) -> dict:
@@ -151,7 +176,7 @@ def claim_4(e: Evidence) -> dict:
     k = 3 is measured, rises less from 2 to 3 than from 1 to 2 (saturation)."""
     if e.task_count is None:
         return verdict(4, NOT_REACHED, "no CKA-vs-task-count table")
-    t = e.task_count[(e.task_count["seed"].astype(str) == "pooled") & (e.task_count["estimator"] == ESTIMATOR)
+    t = e.task_count[(e.task_count["seed"].astype(str) == e.count_seed) & (e.task_count["estimator"] == ESTIMATOR)
                      & (e.task_count["layer"] == e.layer)]
     means = {int(k): float(v) for k, v in zip(t["k"], t["mean"]) if pd.notna(v)}
     if 1 not in means or 2 not in means:
@@ -160,7 +185,7 @@ def claim_4(e: Evidence) -> dict:
         return verdict(4, NOT_REACHED, "no single-task model has a map: CKA of noise decides nothing")
     rise = means[2] - means[1]
     ok = rise > 0 and (3 not in means or means[3] - means[2] < rise)
-    return verdict(4, HOLDS if ok else FAILS, f"pooled layer-{e.layer} CKA by task count: "
+    return verdict(4, HOLDS if ok else FAILS, f"{e.count_seed} layer-{e.layer} CKA by task count: "
                    + fmt({f"k={k}": v for k, v in sorted(means.items())}))
 
 
@@ -239,19 +264,57 @@ def claim_8(e: Evidence) -> dict:
 
 
 CLAIMS = (claim_1, claim_2, claim_3, claim_4, claim_5, claim_6, claim_7, claim_8)
+# Decided once on tables that pool every seed, as the paper decides them: the seed-averaged CKA matrix (3), the fit
+# of seed-averaged CKA against seed-averaged generalization (6), the Atlantis errors of all models (8). The others
+# are decided seed by seed on that seed's runs.
+POOLED = {3, 6, 8}
+COLUMNS = ["claim", "statement", "status", "seeds_holding", "seeds_run", "decided", "evidence"]
+
+
+def by_seeds(claim: int, verdicts: dict[int, dict]) -> dict:
+    """One claim from its per-seed verdicts: it holds when a strict majority of the seeds run hold, does not hold
+    when a strict majority do not, and is otherwise not reached (the seeds disagree, or too few reach it)."""
+    statuses = [v["status"] for v in verdicts.values()]
+    n, holding, failing = len(statuses), statuses.count(HOLDS), statuses.count(FAILS)
+    status = HOLDS if 2 * holding > n else FAILS if 2 * failing > n else NOT_REACHED
+    if n == 1:
+        (only,) = verdicts.values()
+        return only | {"seeds_holding": holding, "seeds_run": 1, "decided": "one seed"}
+    evidence = f"{holding} of {n} seeds hold, {failing} do not; " + "; ".join(
+        f"seed {seed}: {v['status']}: {v['evidence']}" for seed, v in verdicts.items())
+    return verdict(claim, status, evidence) | {"seeds_holding": holding, "seeds_run": n, "decided": "per seed"}
 
 
 def checklist(e: Evidence) -> pd.DataFrame:
-    """One row per claim of §15: claim, statement, status, evidence."""
-    return pd.DataFrame([claim(e) for claim in CLAIMS], columns=["claim", "statement", "status", "evidence"])
+    """One row per claim of §15: claim, statement, status, how many seeds hold it out of how many were run (per
+    seed), how it was decided (`one seed`, `per seed`, or `pooled` over the seeds), and the numbers."""
+    seeds, rows = e.seeds(), []
+    for number, claim in enumerate(CLAIMS, start=1):
+        if number in POOLED or not seeds:
+            rows.append(claim(e) | {"seeds_holding": pd.NA, "seeds_run": len(seeds),
+                                    "decided": "one seed" if len(seeds) == 1 else "pooled"})
+        else:
+            rows.append(by_seeds(number, {seed: claim(e.for_seed(seed)) for seed in seeds}))
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def seeds_cell(row) -> str:
+    if row.decided == "pooled":
+        return f"pooled over {row.seeds_run} seeds"
+    if row.decided == "one seed":
+        return "one seed: decided on a single draw"
+    return f"{row.seeds_holding} of {row.seeds_run} hold"
 
 
 def markdown(table: pd.DataFrame, config_name: str) -> str:
     counts = table["status"].value_counts()
     lines = [f"# Claims checklist (METHOD §15): config `{config_name}`", "",
              " · ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES), "",
-             f"A run has a map when its final analysis-layer probe reaches mean R² >= {MAP_R2}.", "",
-             "| # | claim | status | the numbers that decide it |", "|---|---|---|---|"]
+             f"A run has a map when its final analysis-layer probe reaches mean R² >= {MAP_R2}. A claim decided seed by "
+             "seed holds when a strict majority of the seeds hold it; claims 3, 6 and 8 are decided on tables pooled "
+             "over the seeds.", "",
+             "| # | claim | status | seeds | the numbers that decide it |", "|---|---|---|---|---|"]
     for row in table.itertuples():
-        lines.append(f"| {row.claim} | {row.statement} | **{row.status}** | {row.evidence.replace('|', '/')} |")
+        lines.append(f"| {row.claim} | {row.statement} | **{row.status}** | {seeds_cell(row)} | "
+                     f"{row.evidence.replace('|', '/')} |")
     return "\n".join(lines) + "\n"

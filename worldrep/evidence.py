@@ -33,9 +33,12 @@ def collected_files(results: Path) -> list[Path]:
 
 
 def headline(probes: pd.DataFrame, layer: int) -> pd.DataFrame:
-    """Final analysis-layer probe R² (x, y, mean) and mean error of every run, best first."""
+    """Final analysis-layer probe R² (x, y, mean) and mean error of every run, best first; with the ridge probe's
+    mean R² and the OLS probe's selectivity where the tables have them (results made before those columns lack
+    them)."""
     final = probes[(probes["step"].astype(str) == "final") & (probes["layer"] == layer)]
-    return final[["run", "r2_x", "r2_y", "r2_mean", "mean_error"]].sort_values("r2_mean", ascending=False)
+    columns = ["run", "r2_x", "r2_y", "r2_mean", "mean_error", "ridge_r2_mean", "selectivity"]
+    return final[[c for c in columns if c in final]].sort_values("r2_mean", ascending=False)
 
 
 def job_minutes(results: Path) -> pd.DataFrame:
@@ -76,7 +79,7 @@ def summary(config: dict, config_path: Path, results: Path, wall_s: float | None
         parts += [notes.strip(), ""]
     probes = results / "probes" / "probe_metrics.csv"
     if probes.exists():
-        parts += [f"## Final probe R² (layer {layer}, standard split, OLS)", "",
+        parts += [f"## Final probe R² (layer {layer}, standard split; OLS unless named)", "",
                   markdown_table(headline(pd.read_csv(probes), layer)), ""]
     claims = results / "claims.md"
     if claims.exists():

@@ -634,9 +634,9 @@ def plain_log_labels(axis) -> None:
 def training_curves(training_log: pd.DataFrame, validation_log: pd.DataFrame, probes: pd.DataFrame, task: str,
                     title: str, layer: int = 5):
     """Three rows over log-scaled steps (step 0 cannot be drawn on a log axis and is left out):
-    train and validation loss; the validation metric of `task` (error tasks on a log scale) with the probe's
-    mean coordinate R² on a right axis; the probe's mean Euclidean error. Probe values are the layer-`layer`
-    rows of `probes/<run>.csv` at each checkpoint."""
+    train and validation loss; the validation metric of `task` (error tasks on a log scale) with the probes' mean
+    coordinate R² (OLS solid, ridge dashed) on a right axis; the OLS probe's mean Euclidean error. Probe values are
+    the layer-`layer` rows of `probes/<run>.csv` at each checkpoint."""
     val = validation_log[(validation_log["task"] == task) & (validation_log["step"] > 0)]
     train = training_log[training_log["step"] > 0]
     probe = probes[(probes["layer"] == layer) & (probes["step"].astype(str) != "final")]
@@ -656,9 +656,15 @@ def training_curves(training_log: pd.DataFrame, validation_log: pd.DataFrame, pr
         metric_ax.set_yscale("log")
     r2_ax = metric_ax.twinx()
     r2_ax.spines["right"].set_visible(True)
-    r2_ax.plot(probe["step"], probe["r2_mean"], color="#2ca02c", marker="o", ms=3, linewidth=1, gid="probe-r2")
+    r2_ax.plot(probe["step"], probe["r2_mean"], color="#2ca02c", marker="o", ms=3, linewidth=1, gid="probe-r2",
+               label="OLS")
+    # The ridge probe beside the paper's OLS: where OLS starts far below 0, the gap is the probe overfitting.
+    r2_ax.plot(probe["step"], probe["ridge_r2_mean"], color="#2ca02c", linestyle="--", marker="s", ms=2.5,
+               linewidth=1, gid="probe-ridge-r2", label="ridge")
+    r2_ax.legend(loc="lower right", title="probe", fontsize="small")
     r2_ax.set_ylabel(f"probe R² (layer {layer})", color="#2ca02c")
-    r2_ax.set_ylim(max(-0.5, min(0.0, float(probe["r2_mean"].min()))), 1.0)  # a wild early R² would flatten the rest
+    lowest = float(probe[["r2_mean", "ridge_r2_mean"]].min().min())
+    r2_ax.set_ylim(max(-0.5, min(0.0, lowest)), 1.0)  # a wild early R² would flatten the rest
     error_ax.plot(probe["step"], probe["mean_error"], color="#9467bd", marker="o", ms=3, linewidth=1, gid="probe-error")
     error_ax.set_yscale("log")
     error_ax.set_ylabel("probe error (scaled units)")
@@ -673,6 +679,7 @@ def training_curves(training_log: pd.DataFrame, validation_log: pd.DataFrame, pr
         val.assign(series="validation_loss", value=val["loss"])[["series", "step", "value"]],
         val.assign(series=f"validation_{metric}")[["series", "step", "value"]],
         probe.assign(series="probe_r2_mean", value=probe["r2_mean"])[["series", "step", "value"]],
+        probe.assign(series="probe_ridge_r2_mean", value=probe["ridge_r2_mean"])[["series", "step", "value"]],
         probe.assign(series="probe_mean_error", value=probe["mean_error"])[["series", "step", "value"]],
     ], ignore_index=True)
     return fig, data.assign(task=task)
