@@ -1071,7 +1071,8 @@ def planned(output: str) -> set[str]:
 @pytest.mark.slow
 def test_smoke_results_are_checked_run_by_run(smoke, tmp_path):
     """Under the smoke config and an overlay that changes no run (`name: other`) the smoke results archive, both files
-    listed in order; an edited pretraining peak lr names exactly the pretraining runs, an overlay with another
+    listed in order, and the archive verifies with re-derivation; its config edited after the runs were trained (and
+    the manifest line rewritten), verify names exactly the pretraining runs; an edited pretraining peak lr names exactly the pretraining runs, an overlay with another
     fine-tuning peak lr exactly the fine-tuning runs, each with `recipe`."""
     from worldrep.grid import training_runs
 
@@ -1086,6 +1087,21 @@ def test_smoke_results_are_checked_run_by_run(smoke, tmp_path):
         "two/provenance/configs/01-smoke.yaml", "two/provenance/configs/02-other.yaml"]
     assert [c["file"] for c in json.loads(files["two/provenance/archive.json"])["configs"]] == [str(base), str(other)]
     assert yaml.safe_load(files["two/provenance/config.yaml"]) == {**config, "name": "other"}
+    lines = []  # and it verifies: manifest, run records, then the world and datasets re-derived under the merge
+    assert verify_archive(path, cores=2, log=lines.append) == [], lines
+    assert "runs: 10 run records (provenance/runs/) agree with the archived config" in lines, lines
+    assert any(line.startswith("re-derivation: ") and "files match" in line for line in lines), lines
+
+    def faster(data: bytes) -> bytes:  # the archived config says another pretraining peak lr than the runs had
+        edited = yaml.safe_load(data)
+        edited["training"]["pretraining"]["peak_lr"] *= 2
+        return yaml.safe_dump(edited, sort_keys=False).encode()
+
+    tamper(path, tmp_path / "edited.tar.gz", "provenance/config.yaml", faster)
+    problems = verify_archive(tmp_path / "edited.tar.gz", rederive=False, log=lambda _: None)
+    pretrained = {r.name for r in training_runs(config) if r.kind == "pretraining"}
+    assert problems == [f"provenance/runs/{run}.json: run {run} was trained with another recipe than the archived "
+                        "config says" for run in sorted(pretrained)]
 
     def refused(configs) -> dict[str, str]:
         with pytest.raises(ArchiveError) as error:

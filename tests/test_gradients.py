@@ -222,7 +222,7 @@ def check_smoke_outputs(results: Path, config: dict) -> None:
     mixtures = config["mixtures"]
     planned = set()
     if any(name.startswith("pt1-") for name in mixtures["pretraining"]):
-        planned |= {"cka_biased", "cka_debiased"}
+        planned |= {f"cka_{estimator}" for estimator in ("biased", "debiased", "calibrated", "mutual_knn")}
     ftwb1_tasks = {mixtures["finetuning"]["mixes"][r.mixture][0] for r in runs if r.kind == "finetuning"
                    and r.variant is None and len(mixtures["finetuning"]["mixes"][r.mixture]) == 1}
     if ftwb1_tasks:
@@ -235,7 +235,7 @@ def check_smoke_outputs(results: Path, config: dict) -> None:
     assert len(correlation) == len(steps) * len(G.PARAMETER_SETS) * len(planned) * len(G.TASK_SUBSETS)
     single = {t for m, (t, *rest) in mixtures["pretraining"].items() if m.startswith("pt1-") and not rest}
     counts = {"cka_biased": len(single) * (len(single) - 1) // 2, "ftwb1": len(ftwb1_tasks) * (len(tasks) - 1)}
-    counts["cka_debiased"] = counts["cka_biased"]
+    counts |= {f"cka_{estimator}": counts["cka_biased"] for estimator in ("debiased", "calibrated", "mutual_knn")}
     for target, n in correlation[correlation.tasks == "all"].groupby("target").n:
         assert (n == counts[target]).all(), target
     names = ["similarity"] + [f"vs_{c}" for c in ("cka", "ftwb1") if any(t.startswith(c) for t in planned)]

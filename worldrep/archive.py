@@ -13,6 +13,7 @@
                        `snakemake --configfile A B` merges them; one file's own bytes), configs/NN-<name> (each
                        --config file as given, NN = 01, 02, ... in order), code_revision.txt (+ code_diff.patch
                        when tracked files differ from HEAD),
+                       runs/{run}.json (every published run's final/run.json, with or without --with-models),
                        workflow.tar (`git archive` of that revision: the code itself, when in a git checkout),
                        untracked/ (workflow files git neither tracks nor ignores, which the other two miss),
                        pip_freeze.txt, hardware.json, snakemake.json (version, the metadata record of every
@@ -39,7 +40,8 @@ the per-run probe tables and views, the Atlantis reconstruction and the CKA fami
 the generalization tables (from results/evaluation/metrics.csv) and the tables made from other tables
 (probe_metrics, task_count*, cka_vs_generalization*) still are.
 
-`verify` checks every member against the manifest, then (unless --no-rederive) reruns the world and dataset
+`verify` checks every member against the manifest and every run record against the archived config (a config
+edited after the runs were trained does not pass), then (unless --no-rederive) reruns the world and dataset
 rules of the archived code under the archived config in a temporary folder and compares the hashes. The archived
 code is provenance/workflow.tar with code_diff.patch applied and untracked/ copied over (`unpack_code`); only an
 archive without workflow.tar (made outside a git checkout) is re-derived with this checkout's code. The log says
@@ -110,6 +112,7 @@ CONFIGS = "provenance/configs"  # each --config file as given, numbered in order
 WORKFLOW_TAR = "provenance/workflow.tar"
 CODE_DIFF = "provenance/code_diff.patch"
 UNTRACKED = "provenance/untracked/"
+RUNS = "provenance/runs"  # each published run's final/run.json, archived even without --with-models
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 MANIFEST_LINE = re.compile(r"^([0-9a-f]{64})  (.+)$")
 # Results that are re-derived, not only stored: the world and every dataset (both cheap and deterministic).
@@ -459,6 +462,10 @@ def create_archive(name: str, results: Path, config_paths: Path | list[Path], ou
             members[f"results/{rel}"] = path
     configs = config_members(paths, config)
     members.update(configs)
+    # Every run's record of how it was trained, kept even when the models are not: `verify` holds them to the
+    # archived config, so an archive whose config was edited after its runs were trained does not pass.
+    for record in sorted((results / "models").glob("*/final/run.json")):
+        members[f"{RUNS}/{record.parent.parent.name}.json"] = record.read_bytes()
     members.update(provenance if provenance is not None else collect_provenance(results))
     copies = [member for member in configs if member != CONFIG]
     members["provenance/archive.json"] = to_json({
@@ -692,6 +699,10 @@ def verify_archive(path: Path, rederive: bool = True, cores: int = 1, log=print,
     if problems:
         return problems
     log(f"manifest: all {len(contents.hashes) - 1} files match ({contents.top}/{MANIFEST})")
+    found, checked = run_record_problems(contents)
+    if checked and not found:
+        log(f"runs: {checked} run records ({RUNS}/) agree with the archived config")
+    problems += found
     if rederive:
         found, checked = rederive_problems(contents, cores, log)
         if not found:
@@ -701,6 +712,32 @@ def verify_archive(path: Path, rederive: bool = True, cores: int = 1, log=print,
     if recompute:
         problems += recompute_problems(path, contents, log)
     return problems
+
+
+def run_record_problems(contents: Contents) -> tuple[list[str], int]:
+    """Each archived run record (provenance/runs/{run}.json) against what the archived config says of that run:
+    model, recipe, precision, seed, mixture (`store.run_json_differences`), or a run it does not plan."""
+    from .grid import training_runs
+    from .store import run_json_differences
+
+    records = {m: data for m, data in contents.small.items() if m.startswith(f"{RUNS}/") and m.endswith(".json")}
+    if not records:
+        return [], 0
+    if CONFIG not in contents.small:
+        return [f"{CONFIG} is missing: the run records cannot be checked"], 0
+    try:
+        config = validate_config(yaml.safe_load(contents.small[CONFIG]))
+    except ConfigError as error:
+        return [f"{CONFIG}: {error}"], 0
+    planned, problems = {run.name: run for run in training_runs(config)}, []
+    for member, data in sorted(records.items()):
+        name = PurePosixPath(member).stem
+        if name not in planned:
+            problems.append(f"{member}: run {name} is not planned by the archived config")
+        elif differs := run_json_differences(config, planned[name], json.loads(data)):
+            problems.append(f"{member}: run {name} was trained with another {', '.join(differs)} than the archived "
+                            "config says")
+    return problems, len(records)
 
 
 # ---- unpack: a folder to rebuild in ----------------------------------------------------------------------------
