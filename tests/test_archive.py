@@ -24,6 +24,8 @@ import yaml
 from worldrep import archive
 from worldrep.archive import ArchiveError, create_archive, is_archived, main, verify_archive
 
+from test_workflow import planned  # the parser of `snakemake -n` job blocks
+
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "config" / "smoke.yaml"
 ALPHAS = [0.01, 1, 100]  # the analysed fixture's probes.ridge_alphas and cka block
@@ -1051,22 +1053,6 @@ def smoke(tmp_path_factory) -> Path:
                           cwd=root, capture_output=True, text=True)
     assert proc.returncode == 0, "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
     return root
-
-
-def planned(output: str) -> set[str]:
-    """Job names `rule[wildcards]` a `snakemake -n` output plans (tests/test_workflow.py's reading)."""
-    jobs, rule = set(), None
-    for line in output.splitlines():
-        if m := re.match(r"^(?:local)?rule (\w+):$", line):
-            if rule:
-                jobs.add(rule)
-            rule = m.group(1)
-        elif rule and (m := re.match(r"^\s+wildcards: (.*)$", line)):
-            jobs.add(f"{rule}[{m.group(1).replace(' ', '')}]")
-            rule = None
-    if rule:
-        jobs.add(rule)
-    return jobs
 
 
 @pytest.mark.slow

@@ -35,8 +35,13 @@ def planned_jobs(workdir: Path, configfile: str | tuple[str, ...] = SMOKE, *extr
     """Job names `rule[wildcards]` that `snakemake -n` plans, parsed from its job blocks (config files merged in
     order when several are given)."""
     out = snakemake(workdir, "-n", *extra, "--configfile", *((configfile,) if isinstance(configfile, str) else configfile))
+    return planned(out)
+
+
+def planned(output: str) -> set[str]:
+    """Job names `rule[wildcards]` in a `snakemake -n` output: each job block's rule and its wildcards."""
     jobs, rule = set(), None
-    for line in out.splitlines():
+    for line in output.splitlines():
         if m := re.match(r"^(?:local)?rule (\w+):$", line):
             if rule:
                 jobs.add(rule)

@@ -221,17 +221,25 @@ def run_mismatches(config: dict, results: Path) -> list[str]:
     """Every published run's run.json against what the config says of that run (the check `adopt` makes before it
     trusts a published model), and run.json files of runs the config does not plan. A run not yet trained has none:
     nothing to compare."""
+    records = [(str(path), path.parent.parent.name, json.loads(path.read_text()))
+               for path in sorted((results / "models").glob("*/final/run.json"))]
+    return record_mismatches(config, records)
+
+
+def record_mismatches(config: dict, records: list[tuple[str, str, dict]], archived: bool = False) -> list[str]:
+    """Problems of run records (where, run name, run.json contents) against `config`: a run it does not plan, or
+    keys `store.run_json_differences` finds. `archived`: the config is an archive's, and the messages say so."""
     from .grid import training_runs
     from .store import run_json_differences
 
     planned = {run.name: run for run in training_runs(config)}
+    plans, says = ("the archived config",) * 2 if archived else ("this config", "the config")
     problems = []
-    for path in sorted((results / "models").glob("*/final/run.json")):
-        name = path.parent.parent.name
+    for where, name, meta in records:
         if name not in planned:
-            problems.append(f"{path}: run {name} is not planned by this config")
-        elif differs := run_json_differences(config, planned[name], json.loads(path.read_text())):
-            problems.append(f"{path}: run {name} was trained with another {', '.join(differs)} than the config says")
+            problems.append(f"{where}: run {name} is not planned by {plans}")
+        elif differs := run_json_differences(config, planned[name], meta):
+            problems.append(f"{where}: run {name} was trained with another {', '.join(differs)} than {says} says")
     return problems
 
 
@@ -716,10 +724,7 @@ def verify_archive(path: Path, rederive: bool = True, cores: int = 1, log=print,
 
 def run_record_problems(contents: Contents) -> tuple[list[str], int]:
     """Each archived run record (provenance/runs/{run}.json) against what the archived config says of that run:
-    model, recipe, precision, seed, mixture (`store.run_json_differences`), or a run it does not plan."""
-    from .grid import training_runs
-    from .store import run_json_differences
-
+    model, recipe, precision, seed, mixture (`record_mismatches`), or a run it does not plan."""
     records = {m: data for m, data in contents.small.items() if m.startswith(f"{RUNS}/") and m.endswith(".json")}
     if not records:
         return [], 0
@@ -729,15 +734,8 @@ def run_record_problems(contents: Contents) -> tuple[list[str], int]:
         config = validate_config(yaml.safe_load(contents.small[CONFIG]))
     except ConfigError as error:
         return [f"{CONFIG}: {error}"], 0
-    planned, problems = {run.name: run for run in training_runs(config)}, []
-    for member, data in sorted(records.items()):
-        name = PurePosixPath(member).stem
-        if name not in planned:
-            problems.append(f"{member}: run {name} is not planned by the archived config")
-        elif differs := run_json_differences(config, planned[name], json.loads(data)):
-            problems.append(f"{member}: run {name} was trained with another {', '.join(differs)} than the archived "
-                            "config says")
-    return problems, len(records)
+    listed = [(member, PurePosixPath(member).stem, json.loads(data)) for member, data in sorted(records.items())]
+    return record_mismatches(config, listed, archived=True), len(records)
 
 
 # ---- unpack: a folder to rebuild in ----------------------------------------------------------------------------

@@ -238,12 +238,12 @@ def probe_tables(cities: pd.DataFrame, sources: Sequence[tuple[str, Path]], seed
     ridge, and both on the control task of `control_seed`); the `layer` 3-D views (PCA and probe "mixed") of the
     final step and the dynamics checkpoints. `sources`: ("final", file), then the checkpoints' (step, file)."""
     drawn = {"final", *map(str, view_steps(int(step) for step, _ in sources[1:]))}
-    rows, views, split = [], [], None
+    rows, views, split, control = [], [], None, None
     for step, path in sources:
         ids, reps = load(path)
         xy = cities.loc[ids, ["x", "y"]].to_numpy(np.float64)
-        split = split or probe_split(len(ids), seed)  # one split for every model and checkpoint
-        control = control_targets(xy, control_seed)  # the same for every checkpoint: the rows are the same cities
+        if split is None:  # one split and one control task for every checkpoint: the rows are the same cities
+            split, control = probe_split(len(ids), seed), control_targets(xy, control_seed)
         for at, features in reps.items():
             rows.append({"step": step, "layer": at, **standard_probe(features, xy, split, ridge_alphas, control)})
         if step in drawn:
