@@ -19,6 +19,10 @@ Run from the repository root. Stages, in order:
                 -> throughput.txt
   determinism   benchmarks/gpu_determinism.py (two same-seed runs, default and deterministic kernels) and the
                 stack invariant (a run in a stack of 7 against alone) -> determinism.txt
+  rates         benchmarks/rates.py for config/quick.yaml's model: a stack job's start-up with its CUDA context,
+                model load, evaluation per 10,000 items, extraction, checkpoint writes, stacked greedy decoding
+                against one model after another, and the `plan.rates` block the run plan should project with
+                -> rates.txt, rates.json, and into facts.json
   reproduction  snakemake on config/laptop.yaml, then config/quick.yaml, then config/paper_pt1.yaml, each in its
                 own copy of the workflow (--work) as far as the time allows, every finished output kept ->
                 {config}/ with its METHOD §15 checklist (the `claims` rule's, or built from the tables that finished)
@@ -31,8 +35,8 @@ The window never runs past its budget; it exits 0 when stages were skipped, and 
 
 Evidence lands in --out (default: evidence/{date}-{device}-window, or a scratch folder under --work with
 --bundle): `summary.md` (plan, facts, each stage's headline lines, checklists, what did not finish and why),
-`facts.json`, `canary.txt`, `throughput.txt`, `determinism.txt`, per config the evidence of `worldrep.evidence`
-(tables, figures, health report, claims; no models, no arrays) and the logs of failed jobs. With `--bundle DIR`
+`facts.json`, `canary.txt`, `throughput.txt`, `determinism.txt`, `rates.txt`, per config the evidence of
+`worldrep.evidence` (tables, figures, health report, claims; no models, no arrays) and the logs of failed jobs. With `--bundle DIR`
 the window also keeps DIR holding exactly `summary.md` and `evidence.tar.gz`, rewritten after every stage and
 every 30 s during one (benchmarks/gpu_bundle.py), so a command killed at its limit still returns what finished.
 
@@ -366,6 +370,21 @@ def canary(limit_s: float, window: Window) -> str:
     return next(iter(headline_lines((window.out / "canary.txt").read_text(), ("graphs:",))), "")
 
 
+def rates(limit_s: float, window: Window) -> str:
+    """benchmarks/rates.py on this device for the quick config's model: a stack job's start-up with the CUDA
+    context, model load, evaluation per 10,000 items, extraction, checkpoint writes, and stacked against one-by-one
+    greedy decoding. Its JSON goes into facts.json under "rates"; its `plan.rates` block is what the run plan
+    projects with from then on (docs/PERFORMANCE.md)."""
+    try:
+        benchmark(limit_s, window, "rates", "rates.py")
+    finally:
+        answers, facts_path = window.out / "rates.json", window.out / "facts.json"
+        if answers.exists():
+            facts = json.loads(facts_path.read_text()) if facts_path.exists() else {}
+            write_json(facts_path, {**facts, "rates": json.loads(answers.read_text())})
+    return next(iter(headline_lines((window.out / "rates.txt").read_text(), ("job_start_s ",))), "").strip()
+
+
 def failed_job_logs(snakemake_log: Path) -> list[Path]:
     """The log files of the jobs Snakemake reported failed ("Error in rule ...", then "log: ...")."""
     text = snakemake_log.read_text(errors="replace")
@@ -424,7 +443,10 @@ HEADLINES = {"canary.txt": ("Canary", ("hardware:", "libraries:", "attention", "
              "throughput.txt": ("Throughput", ("hardware:", "data:", "stack K", "run by run", "fused", "HF Trainer",
                                                "vs HF Trainer")),
              "determinism.txt": ("Determinism", ("stack invariance", "conclusion", "identical", "DIFFER", "max |",
-                                                 "strict mode"))}
+                                                 "strict mode")),
+             "rates.txt": ("Rates", ("hardware:", "model of", "_s  ", "one after another", "K=",
+                                     "steps between checkpoints", "plan:", "rates:", "cuda:", "cpu:", "_s:",
+                                     "source:"))}
 
 
 def headline_lines(text: str, patterns: tuple[str, ...]) -> list[str]:
@@ -445,7 +467,8 @@ def summary(window: Window) -> str:
                      f"{window.running['limit']:.0f} s from its start |")
     parts.append("")
     if (out / "facts.json").exists():  # written by a rename: whole
-        facts = {k: v for k, v in json.loads((out / "facts.json").read_text()).items() if k != "canary"}
+        facts = {k: v for k, v in json.loads((out / "facts.json").read_text()).items()
+                 if k not in ("canary", "rates")}  # each has its own section below
         parts += ["## Facts (`facts.json`)", "", "```json", json.dumps(facts, indent=2), "```", ""]
     for name, (title, patterns) in HEADLINES.items():
         if (out / name).exists():
@@ -465,35 +488,43 @@ def summary(window: Window) -> str:
 
 # ---- plans: the GPU window and its CPU rehearsal ------------------------------------------------------------
 
+FIXED_STAGES = ("install", "facts", "canary", "throughput", "determinism", "rates")
+
+
 def fixed_stages(times: dict[str, tuple[float, float]]) -> list[Stage]:
-    return [Stage(name, *times[name]) for name in ("install", "facts", "canary", "throughput", "determinism")]
+    return [Stage(name, *times[name]) for name in FIXED_STAGES]
 
 
 def gpu_plan(configs: list[str]) -> dict:
     """Minimum and wanted seconds are estimates for one H100/H200 (canary ~40 s, throughput ~90 s with its data
-    and the baseline, determinism ~60 s). A reproduction's minimum shows its first jobs' times; what it wants is
-    a guess at its whole DAG until a window has measured one."""
-    reproduction = {"laptop": (120, 600), "quick": (180, 1500), "paper_pt1": (180, 1800)}
+    and the baseline, determinism ~60 s, rates ~30 s: two start-ups timed twice, the rest small). A reproduction's
+    minimum shows its first jobs' times (world, datasets, the first stack job starting on the GPU); what it wants
+    is a guess at its whole DAG until a window has measured one."""
+    reproduction = {"laptop": (90, 600), "quick": (180, 1500), "paper_pt1": (180, 1800)}
     return {"title": "one GPU", "configs": configs, "env": {}, "cores": os.cpu_count() or 1,
             "stages": fixed_stages({"install": (10, 30), "facts": (5, 20), "canary": (40, 75),
-                                    "throughput": (60, 150), "determinism": (45, 120)})
+                                    "throughput": (60, 150), "determinism": (45, 120), "rates": (20, 40)})
             + [Stage(f"reproduction: {c}", *reproduction.get(c, (180, 1800)), reproduction=True) for c in configs],
             "canary": [],
             "throughput": ["--synthetic", "70000", "--stack", "1,7,21", "--steps", "300", "--warmup", "30"],
-            "determinism": ["--synthetic", "70000", "--steps", "200", "--stack-invariance", "7"]}
+            "determinism": ["--synthetic", "70000", "--steps", "200", "--stack-invariance", "7"],
+            "rates": ["--config", "config/quick.yaml", "--device", "cuda", "--repeats", "2", "--items", "2048",
+                      "--stacks", "3", "7"]}
 
 
 def rehearsal_plan(configs: list[str]) -> dict:
     return {"title": "CPU rehearsal (config/smoke.yaml, WORLDREP_DEVICE=cpu)", "configs": configs,
             "env": {"WORLDREP_DEVICE": "cpu", "CUDA_VISIBLE_DEVICES": ""}, "cores": 2,
             "stages": fixed_stages({"install": (5, 15), "facts": (5, 15), "canary": (20, 60), "throughput": (30, 90),
-                                    "determinism": (30, 90)})
+                                    "determinism": (30, 90), "rates": (15, 45)})
             + [Stage(f"reproduction: {c}", 60, 300, reproduction=True) for c in configs],
             "canary": ["--device", "cpu", "--threads", "1", "--k", "2", "--steps", "2", "--memory-k", "0"],
             "throughput": ["--device", "cpu", "--threads", "1", "--synthetic", "1400", "--stack", "1,2", "--steps",
                            "1", "--warmup", "1"],
             "determinism": ["--device", "cpu", "--threads", "1", "--synthetic", "1400", "--steps", "2",
-                            "--stack-invariance", "2"]}
+                            "--stack-invariance", "2"],
+            "rates": ["--config", "config/smoke.yaml", "--device", "cpu", "--threads", "1", "--repeats", "1",
+                      "--items", "64", "--stacks", "2"]}
 
 
 def main(argv=None) -> int:
@@ -523,6 +554,7 @@ def main(argv=None) -> int:
     print(f"[window] plan for {args.budget_min:g} min: " + ", ".join(
         f"{name} {seconds:.0f} s" for name, seconds in window.allotted.items()), flush=True)
     plan["canary"] = [*plan["canary"], "--json", str(out / "canary.json")]
+    plan["rates"] = [*plan["rates"], "--json", str(out / "rates.json")]
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
         window.stage("install", install, window, args.work / "site")
@@ -530,6 +562,7 @@ def main(argv=None) -> int:
         window.stage("canary", canary, window)
         window.stage("throughput", benchmark, window, "throughput", "training.py")
         window.stage("determinism", benchmark, window, "determinism", "gpu_determinism.py")
+        window.stage("rates", rates, window)
         for config_name in configs:
             window.stage(f"reproduction: {config_name}", reproduce, window, config_name, args.work / config_name)
     except Terminated:

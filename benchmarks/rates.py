@@ -14,6 +14,10 @@ Also, the two questions of one process per stack (docs/METHOD.md §7.5):
 
 Evaluation items are prompts of the distance task decoded to 6 new tokens each (a 4-digit answer, its `<eos>`
 and one more: what a trained model emits; a random-init one would run to the task's limit of 20).
+
+On a GPU a stack job's start-up also creates the CUDA context: `job_start_s` there times the imports and a first
+kernel. `--json PATH` writes every figure and the `plan.rates` block as JSON (the GPU window's `rates` stage keeps
+it in its evidence and in facts.json).
 """
 import argparse
 import statistics
@@ -43,6 +47,8 @@ STACK_IMPORTS = ("import torch, transformers; from transformers import AutoModel
                  "import worldrep.lease, worldrep.training, worldrep.entry, worldrep.provenance, "
                  "worldrep.representations")
 GPU_STEP_MS = 5.0  # an assumed ms per stack step on one GPU, for the checkpoint share there
+# ... and on a GPU, the CUDA context and a first kernel, which every stack job pays before its first step.
+CUDA_START = "; import torch; torch.zeros(1, device='cuda').add_(1); torch.cuda.synchronize()"
 
 
 def median_seconds(fn, repeats: int, device: torch.device) -> float:
@@ -78,6 +84,7 @@ def main():
     parser.add_argument("--cities", type=int, default=5_700, help="cities extracted (the paper world's ~5,700)")
     parser.add_argument("--stacks", type=int, nargs="+", default=[3, 7], help="K of the stacked decoding")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="also write the figures and the plan.rates block here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -90,7 +97,8 @@ def main():
 
     rates = {}
     rates["interpreter_s"] = subprocess_seconds("pass", args.repeats)
-    rates["job_start_s"] = subprocess_seconds(STACK_IMPORTS, args.repeats)
+    rates["job_start_s"] = subprocess_seconds(STACK_IMPORTS + (CUDA_START if device.type == "cuda" else ""),
+                                              args.repeats)
 
     model = build_model(settings, 0).eval()
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,7 +142,9 @@ def main():
     rates["train_step_s"] = median_seconds(step, args.repeats, device)
 
     print(f"\n{'rate':<16}{'seconds':>10}  what")
-    what = {"interpreter_s": "python -c pass", "job_start_s": "python importing what a stack job imports",
+    what = {"interpreter_s": "python -c pass",
+            "job_start_s": "python importing what a stack job imports" + (", then a first CUDA kernel"
+                                                                          if device.type == "cuda" else ""),
             "model_load_s": "one saved model, Auto classes, fp32", "checkpoint_s": "one checkpoint written (HF folder)",
             "eval_10k_s": f"greedy decoding of 10,000 items, {NEW_TOKENS} new tokens each, one model",
             "extract_s": f"one model's representations of {args.cities:,} cities, layers {layers}",
@@ -144,7 +154,8 @@ def main():
 
     print(f"\nstacked greedy decoding, {args.items:,} items per model, {NEW_TOKENS} new tokens, "
           f"batch {batch} per model:")
-    print(f"{'K':>3}{'one after another s':>22}{'stacked s':>12}{'speed-up':>10}")
+    print(f"{'K':>5}{'one after another s':>22}{'stacked s':>12}{'speed-up':>10}")
+    decoding = []
     for k in args.stacks:
         models = [build_model(settings, seed).eval().to(device) for seed in range(k)]
         stacked = from_hf_models(models).eval().to(device)
@@ -160,9 +171,11 @@ def main():
                 stacked_greedy_generate(stacked, part.expand(k, *part.shape), NEW_TOKENS)
 
         apart, joint = (median_seconds(fn, args.repeats, device) for fn in (one_after_another, together))
-        print(f"{k:>3}{apart:>22.2f}{joint:>12.2f}{apart / joint:>9.2f}x")
+        print(f"K={k:>3}{apart:>22.2f}{joint:>12.2f}{apart / joint:>9.2f}x")
+        decoding.append({"k": k, "one_after_another_s": apart, "stacked_s": joint, "speed_up": apart / joint})
 
     print("\ncheckpoint cost beside the training between two checkpoints (target < 2%):")
+    shares = []
     for mixture in [next(iter(config["mixtures"]["pretraining"]))]:
         recipe = recipe_settings(config, mixture)
         epochs, per_epoch = step_counts(config, mixture)
@@ -172,6 +185,7 @@ def main():
                                                                        GPU_STEP_MS / 1000)):
             share = rates["checkpoint_s"] / (between * step_s)
             print(f"  {mixture}: {between:,.0f} steps between checkpoints, {label}: {100 * share:.3f}%")
+            shares.append({"mixture": mixture, "steps_between": between, "step": label, "share": share})
 
     print("\nplan.rates for a config (worldrep.plan; the GPU's come from a GPU window):")
     block = {"plan": {"rates": {device.type: {
@@ -180,6 +194,12 @@ def main():
         "checkpoint_s": round(rates["checkpoint_s"], 3),
         "source": f"measured: benchmarks/rates.py, {hardware(device).split(';')[0]}"}}}}
     print(yaml.safe_dump(block, sort_keys=False).rstrip())
+    if args.json:
+        from worldrep.artifacts import write_json
+
+        write_json(args.json, {"hardware": hardware(device), "device": device.type, "config": str(args.config),
+                               "rates": rates, "stacked_decoding": decoding, "checkpoint_share": shares,
+                               "plan": block["plan"]})
 
 
 if __name__ == "__main__":

@@ -37,6 +37,26 @@ rule figure_cka_matrix:
         "../scripts/figures.py"
 
 
+rule figure_cka_estimators:
+    """Project addition (§12): a family's matrix at the analysis layer once per estimator, side by side (biased,
+    debiased, calibrated CKA, mutual k-NN), so a reader sees which conclusions survive which estimator."""
+    input:
+        matrix="results/cka/{family}/matrix.csv",
+    output:
+        figure_output("cka_{family}_estimators", "cka_estimators", "3. Convergence (CKA)", "{family} matrices"),
+    wildcard_constraints:
+        family=one_of(CKA_FAMILIES),
+    params:
+        task_sets=lambda w: {m: PRETRAINING_MIXTURES[m] for m in CKA_FAMILIES[w.family]},
+        layer=ANALYSIS_LAYER,
+    log:
+        "results/logs/figures/cka_{family}_estimators.log",
+    conda:
+        ENV_PLOTTING
+    script:
+        "../scripts/figures.py"
+
+
 rule figure_cka_task_count:
     """§13.5: CKA of task-disjoint models against their number of training tasks, per layer."""
     input:
@@ -48,6 +68,24 @@ rule figure_cka_task_count:
         estimator="biased|debiased",
     log:
         "results/logs/figures/cka_task_count_{estimator}.log",
+    conda:
+        ENV_PLOTTING
+    script:
+        "../scripts/figures.py"
+
+
+rule figure_cka_task_count_estimators:
+    """Project addition (§12): the task-count figure at the analysis layer, one panel per estimator."""
+    input:
+        values="results/cka/task_count.csv",
+        summary="results/cka/task_count_summary.csv",
+    output:
+        figure_output("cka_task_count_estimators", "cka_task_count_estimators", "3. Convergence (CKA)",
+                      "CKA vs number of tasks"),
+    params:
+        layer=ANALYSIS_LAYER,
+    log:
+        "results/logs/figures/cka_task_count_estimators.log",
     conda:
         ENV_PLOTTING
     script:
@@ -79,6 +117,22 @@ rule figure_cka_vs_generalization:
         estimator="biased|debiased",
     log:
         "results/logs/figures/cka_vs_generalization_{estimator}.log",
+    conda:
+        ENV_PLOTTING
+    script:
+        "../scripts/figures.py"
+
+
+rule figure_cka_vs_generalization_estimators:
+    """Project addition (§12): single-task similarity against FTWB1 generalization, one panel per estimator."""
+    input:
+        points="results/cka/cka_vs_generalization.csv",
+        fit="results/cka/cka_vs_generalization_fit.csv",
+    output:
+        figure_output("cka_vs_generalization_estimators", "cka_vs_generalization_estimators",
+                      "4. Fine-tuning generalization"),
+    log:
+        "results/logs/figures/cka_vs_generalization_estimators.log",
     conda:
         ENV_PLOTTING
     script:

@@ -34,6 +34,13 @@ DRAW = {
     "figure_cka_matrix": lambda: figures.cka_matrix(
         pd.read_csv(inp.matrix), p.layer, w.estimator, labels=figures.mixture_labels(p.task_sets),
         task_sets=p.task_sets if w.family != "pt1" else None, with_sem=True),
+    "figure_cka_estimators": lambda: figures.cka_estimators(
+        pd.read_csv(inp.matrix), p.layer, labels=figures.mixture_labels(p.task_sets),
+        task_sets=p.task_sets if w.family != "pt1" else None),
+    "figure_cka_task_count_estimators": lambda: figures.cka_task_count_estimators(
+        pd.read_csv(inp.values), pd.read_csv(inp.summary), p.layer),
+    "figure_cka_vs_generalization_estimators": lambda: figures.cka_vs_generalization_estimators(
+        pd.read_csv(inp.points), pd.read_csv(inp.fit)),
     "figure_cka_task_count": lambda: figures.cka_vs_task_count(
         pd.read_csv(inp.values), pd.read_csv(inp.summary), w.estimator),
     "figure_ftwb1_matrix": lambda: figures.ftwb1_matrix(pd.read_csv(inp.ftwb1)),

@@ -125,12 +125,16 @@ def test_world_map_rejects_unknown_region():
 
 # ---- §13.3 / 13.4 CKA matrices ---------------------------------------------------------------------------
 
-def synthetic_matrix(variants, nan_cells=()):
+ESTIMATORS = ("biased", "debiased", "calibrated", "mutual_knn")
+
+
+def synthetic_matrix(variants, nan_cells=(), estimators=("biased", "debiased")):
     rng = np.random.default_rng(1)
     rows = []
-    for layer, estimator in itertools.product((3, 5), ("biased", "debiased")):
+    for layer, estimator in itertools.product((3, 5), estimators):
         for a, b in itertools.product(variants, variants):
-            mean, sem, n = rng.uniform(0.1, 0.95), rng.uniform(0, 0.05), 9
+            low = -0.4 if estimator == "calibrated" else 0.1  # calibrated CKA can fall below 0
+            mean, sem, n = rng.uniform(low, 0.95), rng.uniform(0, 0.05), 9
             if (a, b) in nan_cells:
                 mean, sem, n = np.nan, np.nan, 0
             rows.append((layer, estimator, a, b, mean, sem, n))
@@ -189,12 +193,47 @@ def test_cka_matrix_missing_layer_is_an_error():
         F.cka_matrix(synthetic_matrix(["pt1-1"]), 4, "biased")
 
 
+def test_cka_estimators_draws_each_estimator_on_one_linear_scale(tmp_path):
+    """One panel per estimator in the table, in the fixed order whatever the table's; each panel's numbers are that
+    estimator's cells; one linear [0, 1] norm everywhere, so a negative calibrated cell has 0's colour."""
+    pairs = {"pt2-1": ["distance", "trianglearea"], "pt2-2": ["angle", "compass"],
+             "pt2-4": ["crossing", "distance"]}
+    matrix = synthetic_matrix(list(pairs), estimators=ESTIMATORS[::-1])
+    fig, data = F.cka_estimators(matrix, 5, F.mixture_labels(pairs), task_sets=pairs)
+    panels = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in panels] == ["biased CKA (paper)", "debiased CKA", "calibrated CKA", "mutual k-NN"]
+    for ax, estimator in zip(panels, ESTIMATORS):
+        part = matrix[(matrix.layer == 5) & (matrix.estimator == estimator)].set_index(["row", "column"])["mean"]
+        assert texts(ax) == [f"{part[(a, b)]:.2f}" for a in pairs for b in pairs]
+        norm = ax.images[0].norm
+        assert type(norm) is colors.Normalize and (norm.vmin, norm.vmax) == (0.0, 1.0)
+        assert len([p for p in ax.patches if p.get_gid() == "overlap"]) == 2
+    assert len(fig.axes) == len(panels) + 1  # one shared colour bar
+    calibrated = data[data.estimator == "calibrated"]
+    assert calibrated["mean"].min() < 0  # the synthetic table has negative cells, drawn at the bottom colour
+    low = panels[2].images[0]
+    assert low.to_rgba(calibrated["mean"].min()) == low.to_rgba(0.0)
+    assert len(data) == 4 * 9 and set(data.layer) == {5} and list(dict.fromkeys(data.estimator)) == list(ESTIMATORS)
+    check_saved(fig, tmp_path, "cka_estimators", data)
+    # Without the `cka` block a table has the paper's two estimators: two panels.
+    fig, _ = F.cka_estimators(synthetic_matrix(list(pairs)), 5)
+    assert [ax.get_title() for ax in fig.axes if ax.images] == ["biased CKA (paper)", "debiased CKA"]
+
+
+def test_cka_estimators_refuses_an_unknown_estimator_and_a_missing_layer():
+    matrix = synthetic_matrix(["pt1-1", "pt1-2"], estimators=("biased", "rbf"))
+    with pytest.raises(ValueError, match="unknown estimators \\['rbf'\\]"):
+        F.cka_estimators(matrix, 5)
+    with pytest.raises(ValueError, match="layer 4"):
+        F.cka_estimators(synthetic_matrix(["pt1-1"]), 4)
+
+
 # ---- §13.5 CKA vs number of tasks ------------------------------------------------------------------------
 
-def synthetic_task_count():
+def synthetic_task_count(estimators=("biased", "debiased")):
     rng = np.random.default_rng(2)
     rows = []
-    for k, layer, estimator in itertools.product((1, 2, 3), (3, 4, 5, 6), ("biased", "debiased")):
+    for k, layer, estimator in itertools.product((1, 2, 3), (3, 4, 5, 6), estimators):
         for pair in range(3):
             for sa, sb in itertools.product((42, 1), (42, 1)):
                 rows.append((f"pt{k}", k, layer, estimator, f"pt{k}-{pair + 1}", sa, 0, f"pt{k}-{pair + 4}", sb, 0,
@@ -225,6 +264,24 @@ def test_cka_vs_task_count(tmp_path):
     fig2, data2 = F.cka_vs_task_count(values, summary)
     pd.testing.assert_frame_equal(data, data2)
     assert check_saved(fig2, tmp_path, "cka_vs_task_count")[0] == png
+
+
+def test_cka_task_count_estimators(tmp_path):
+    """At one layer, a panel per estimator with exactly that estimator's pooled means and pair values."""
+    values, summary = synthetic_task_count(ESTIMATORS)
+    fig, data = F.cka_task_count_estimators(values, summary, 5)
+    assert [ax.get_title() for ax in fig.axes] == ["biased CKA (paper)", "debiased CKA", "calibrated CKA",
+                                                   "mutual k-NN"]
+    assert set(data.layer) == {5}
+    for ax, estimator in zip(fig.axes, ESTIMATORS):
+        ref = summary[(summary.seed == "pooled") & (summary.estimator == estimator) & (summary.layer == 5)]
+        (errorbar,) = ax.containers
+        np.testing.assert_allclose(np.asarray(errorbar.lines[0].get_ydata(), float), ref.sort_values("k")["mean"])
+        (scatter,) = [c for c in ax.collections if c.get_gid() == "pair"]
+        pairs = values[(values.estimator == estimator) & (values.layer == 5)]
+        assert sorted(scatter.get_offsets()[:, 1]) == sorted(pairs.cka)
+        assert len(data[(data.estimator == estimator) & (data.series == "pair")]) == len(pairs)
+    check_saved(fig, tmp_path, "cka_task_count_estimators", data)
 
 
 # ---- §13.7 FTWB1 matrix ----------------------------------------------------------------------------------
@@ -271,14 +328,17 @@ def test_ftwb1_matrix_reduced_rows_and_one_seed():
 
 # ---- §13.8 CKA vs generalization -------------------------------------------------------------------------
 
-def synthetic_cka_generalization(nan_fit=False):
+def synthetic_cka_generalization(nan_fit=False, estimators=("biased", "debiased")):
     rng = np.random.default_rng(4)
     six = TASK_NAMES[:6]
     rows = [(e, x, y, rng.uniform(0.3, 0.9), rng.uniform(0, 1.2))
-            for e in ("biased", "debiased") for x in six for y in six if x != y]
+            for e in estimators for x in six for y in six if x != y]
     points = pd.DataFrame(rows, columns=["estimator", "finetuned_task", "evaluated_task", "cka", "ni"])
-    fit = pd.DataFrame({"estimator": ["biased", "debiased"], "layer": 5, "n": 30, "r": [0.41, 0.38],
-                        "r2": [0.1681, 0.1444], "p": [0.0243, 0.0385], "slope": [1.2, 1.1], "intercept": [-0.2, -0.1]})
+    fits = {"biased": (0.41, 0.0243, 1.2, -0.2), "debiased": (0.38, 0.0385, 1.1, -0.1),
+            "calibrated": (0.12, 0.53, 0.4, 0.3), "mutual_knn": (-0.05, 0.79, -0.2, 0.6)}
+    r, p, slope, intercept = zip(*(fits[e] for e in estimators))
+    fit = pd.DataFrame({"estimator": list(estimators), "layer": 5, "n": 30, "r": r, "r2": np.square(r), "p": p,
+                        "slope": slope, "intercept": intercept})
     if nan_fit:
         fit.loc[:, ["r", "r2", "p", "slope", "intercept"]] = np.nan
     return points, fit
@@ -308,6 +368,27 @@ def test_cka_vs_generalization_without_fit(tmp_path):
     ax = fig.axes[0]
     assert texts(ax) == [] and not ax.lines
     check_saved(fig, tmp_path, "cka_vs_generalization")
+
+
+def test_cka_vs_generalization_estimators(tmp_path):
+    """A panel per estimator, each with its own fit line and r², p; one shared NI axis."""
+    points, fit = synthetic_cka_generalization(estimators=ESTIMATORS)
+    fig, data = F.cka_vs_generalization_estimators(points, fit)
+    panels = [ax for ax in fig.axes if ax.collections]
+    assert [ax.get_title() for ax in panels] == ["biased CKA (paper)", "debiased CKA", "calibrated CKA",
+                                                 "mutual k-NN"]
+    assert [texts(ax) for ax in panels] == [["r² = 0.17, p = 0.024"], ["r² = 0.14, p = 0.038"],
+                                            ["r² = 0.01, p = 0.53"], ["r² = 0.00, p = 0.79"]]
+    for ax, estimator in zip(panels, ESTIMATORS):
+        row = fit[fit.estimator == estimator].iloc[0]
+        (line,) = [l for l in ax.lines if l.get_gid() == "fit"]
+        x, y = line.get_data()
+        np.testing.assert_allclose(y, row.slope * np.asarray(x) + row.intercept)
+        offsets = np.concatenate([c.get_offsets() for c in ax.collections])
+        assert sorted(offsets[:, 0]) == sorted(points[points.estimator == estimator].cka)
+    assert panels[0].get_shared_y_axes().joined(panels[0], panels[3])
+    assert len(data) == 4 * 30
+    check_saved(fig, tmp_path, "cka_vs_generalization_estimators", data)
 
 
 # ---- §13.9 deviation matrix ------------------------------------------------------------------------------

@@ -149,12 +149,15 @@ def figure_jobs(jobs: set[str]) -> set[str]:
     for job in jobs:
         if m := re.match(r"cka_family\[family=(\w+)\]", job):
             figures |= {f"figure_cka_matrix[family={m.group(1)},estimator={e}]" for e in estimators}
+            figures.add(f"figure_cka_estimators[family={m.group(1)}]")
     if "cka_task_count" in jobs:
         figures |= {f"figure_cka_task_count[estimator={e}]" for e in estimators}
+        figures.add("figure_cka_task_count_estimators")
     if "generalization" in jobs:
         figures |= {"figure_ftwb1_matrix", "figure_deviation_matrix", "figure_deviation_histogram"}
     if "cka_vs_generalization" in jobs:
         figures |= {f"figure_cka_vs_generalization[estimator={e}]" for e in estimators}
+        figures.add("figure_cka_vs_generalization_estimators")
     if "atlantis_reconstruction" in jobs:
         figures.add("figure_atlantis_histogram")
     return figures
@@ -417,7 +420,7 @@ def test_smoke_run_draws_every_figure_and_the_report(workflow):
 
     results = workflow / "results"
     names = {p.stem for p in (results / "figures").glob("*.png")}
-    estimators = ("biased", "debiased")
+    estimators = ("biased", "debiased", "estimators")  # the paper's two, and all four side by side
     assert names == {"world_map", "ftwb1_matrix", "deviation_matrix", "deviation_histogram", "atlantis_histogram",
                      *(f"cka_{f}_{e}" for f in ("pt1", "pt2", "pt3") for e in estimators),
                      *(f"cka_task_count_{e}" for e in estimators), *(f"cka_vs_generalization_{e}" for e in estimators),
@@ -860,6 +863,7 @@ def test_one_variant_setting_replans_only_that_variant(workflow, smoke_config):
                         "figure_atlantis_histogram", "figure_ftwb1_matrix", "figure_deviation_matrix",
                         "figure_deviation_histogram", "figure_cka_vs_generalization[estimator=biased]",
                         "figure_cka_vs_generalization[estimator=debiased]",
+                        "figure_cka_vs_generalization_estimators",
                         # the control's own views, the Atlantis predictions (same table), the health report
                         "figure_model_views[run=pt7-atl_s42]", "figure_atlantis_predictions", "health_report",
                         "claims"}
@@ -1009,16 +1013,23 @@ def test_gpu_window_rehearsal_writes_the_evidence_of_a_window(workflow, tmp_path
     assert re.fullmatch(r"\d{4}-\d{2}-\d{2}-cpu-window", out.name)
     summary = (out / "summary.md").read_text()
     assert summary == (bundle / "summary.md").read_text()
-    stages = dict(re.findall(r"^\| (install|facts|canary|throughput|determinism|reproduction: smoke) \| (\w+) \|",
-                             summary, flags=re.MULTILINE))
+    stages = dict(re.findall(r"^\| (install|facts|canary|throughput|determinism|rates|reproduction: smoke) \| "
+                             r"(\w+) \|", summary, flags=re.MULTILINE))
     assert stages == {"install": "done", "facts": "done", "canary": "done", "throughput": "done",
-                      "determinism": "done", "reproduction: smoke": "done"}, summary
+                      "determinism": "done", "rates": "done", "reproduction: smoke": "done"}, summary
     assert "max |Δ weight| 0, max |Δ loss| 0" in (out / "canary.txt").read_text()
     throughput = (out / "throughput.txt").read_text()
     assert len(re.findall(r"^\s+[12]  (run by run|fused) ", throughput, flags=re.MULTILINE)) == 4, throughput
     assert re.search(r"^HF Trainer \(\w+, 2 workers\): [0-9.]+ ms per step", throughput, flags=re.MULTILINE), throughput
     assert "stack invariance (cpu, fused, 2 steps, fp32): run 0 in a stack of 2 vs alone: identical weights" in \
         (out / "determinism.txt").read_text()
+    # The rates stage: every rate the plan reads, measured, in facts.json and as the plan.rates block it prints.
+    facts = json.loads((out / "facts.json").read_text())
+    measured = facts["rates"]["plan"]["rates"]["cpu"]
+    assert set(measured) == {"job_start_s", "model_load_s", "eval_10k_s", "extract_s", "checkpoint_s", "source"}
+    assert all(measured[key] > 0 for key in measured if key != "source") and "measured" in measured["source"]
+    assert [row["k"] for row in facts["rates"]["stacked_decoding"]] == [2]
+    assert "## Rates (`rates.txt`)" in summary and re.search(r"^\s+eval_10k_s: [0-9.]+$", summary, re.MULTILINE)
     claims = pd.read_csv(out / "smoke/claims.csv")
     assert list(claims["claim"]) == list(range(1, 9)) and claims["status"].isin(
         ["holds", "does not hold", "not reached"]).all()
@@ -1148,7 +1159,8 @@ def test_one_more_seed_trains_that_run_alone(workflow, smoke_config):
         "figure_cka_matrix[family=pt1,estimator=biased]", "figure_cka_matrix[family=pt1,estimator=debiased]",
         "figure_cka_task_count[estimator=biased]", "figure_cka_task_count[estimator=debiased]",
         "figure_cka_vs_generalization[estimator=biased]", "figure_cka_vs_generalization[estimator=debiased]",
-        "figure_pca_gallery", "generalization", "figure_ftwb1_matrix",
+        "figure_cka_estimators[family=pt1]", "figure_cka_task_count_estimators",
+        "figure_cka_vs_generalization_estimators", "figure_pca_gallery", "generalization", "figure_ftwb1_matrix",
         "figure_deviation_matrix", "figure_deviation_histogram", "claims", "all"}
     assert planned_jobs(workflow, (SMOKE, "config/seed.yaml")) == expected
     readme = (REPO / "README.md").read_text()  # the README's worked example shows this very list

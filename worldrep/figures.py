@@ -47,6 +47,8 @@ FIGSIZE = {
     "representation_views": (12.0, 10.0), "two_task_views": (10.0, 5.0), "pca_gallery": (8.0, 14.0),
     "dynamics_views": (14.0, 7.0), "model_views": (10.0, 5.0), "training_curves": (6.0, 7.0),
     "checkpoint_metrics": (7.5, 4.0), "atlantis_predictions": (9.0, 9.0),
+    "cka_estimators": (18.0, 4.6), "cka_task_count_estimators": (12.0, 3.2),
+    "cka_vs_generalization_estimators": (16.0, 4.0),
 }
 STYLE = {
     "font.family": "DejaVu Sans", "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9,
@@ -195,12 +197,22 @@ def overlap_triangle(i: int, j: int) -> Polygon:
     return Polygon(corner, closed=True, facecolor="#00bcd4", edgecolor="none", gid="overlap")
 
 
-@styled
-def cka_matrix(matrix: pd.DataFrame, layer: int, estimator: str, labels: dict[str, str] | None = None,
-               task_sets: dict[str, list[str]] | None = None, with_sem: bool = False):
-    """Family CKA matrix from `cka/<family>/matrix.csv` (layer, estimator, row, column, mean, sem, n).
-    `labels` maps variant -> axis label and fixes the order (default: the variant names in index order);
-    `task_sets` (variant -> tasks) marks cells whose two task sets partially overlap."""
+# The similarity estimators of `worldrep.cka.cka_matrices`, in panel order, with their panel titles.
+ESTIMATOR_TITLES = {"biased": "biased CKA (paper)", "debiased": "debiased CKA", "calibrated": "calibrated CKA",
+                    "mutual_knn": "mutual k-NN"}
+
+
+def table_estimators(table: pd.DataFrame) -> list[str]:
+    """The estimators a CKA table holds, in ESTIMATOR_TITLES order; an unknown one is an error, not a lost panel."""
+    present = set(table["estimator"])
+    unknown = present - set(ESTIMATOR_TITLES)
+    if unknown:
+        raise ValueError(f"unknown estimators {sorted(unknown)}; known: {list(ESTIMATOR_TITLES)}")
+    return [e for e in ESTIMATOR_TITLES if e in present]
+
+
+def family_cells(matrix: pd.DataFrame, layer: int, estimator: str, labels: dict[str, str] | None):
+    """(variants in label order, mean [V, V], sem [V, V]) of one estimator at one layer of `cka/<family>/matrix.csv`."""
     part = matrix[(matrix["layer"] == layer) & (matrix["estimator"] == estimator)]
     if part.empty:
         raise ValueError(f"no CKA cells for layer {layer}, estimator {estimator!r}")
@@ -210,29 +222,76 @@ def cka_matrix(matrix: pd.DataFrame, layer: int, estimator: str, labels: dict[st
     variants = [v for v in labels if v in present]
     mean = part.pivot(index="row", columns="column", values="mean").reindex(index=variants, columns=variants)
     sem = part.pivot(index="row", columns="column", values="sem").reindex(index=variants, columns=variants)
-    fig, (ax,) = new_figure("cka_matrix")
-    names = [labels[v] for v in variants]
-    norm = piecewise_cka_norm()
-    image, cmap = heatmap(ax, mean.to_numpy(float), names, names, "magma", norm)
-    texts = None
-    if with_sem:
-        texts = np.array([[f"{m:.2f}\n±{s:.2f}" for m, s in zip(mr, sr)] for mr, sr in zip(mean.to_numpy(), sem.to_numpy())])
-    annotate_cells(ax, mean.to_numpy(float), cmap, norm, texts)
-    overlap = np.zeros(mean.shape, dtype=bool)
+    return variants, mean.to_numpy(float), sem.to_numpy(float)
+
+
+def mark_overlaps(ax, variants: list[str], task_sets: dict[str, list[str]] | None) -> np.ndarray:
+    """Mark (and return as a [V, V] mask) the cells whose two task sets partially overlap."""
+    overlap = np.zeros((len(variants), len(variants)), dtype=bool)
     if task_sets is not None:
         for (i, a), (j, b) in ((ia, jb) for ia in enumerate(variants) for jb in enumerate(variants)):
             overlap[i, j] = partial_overlap(task_sets[a], task_sets[b])
             if overlap[i, j]:
                 ax.add_patch(overlap_triangle(i, j))
+    return overlap
+
+
+def cells_frame(variants: list[str], names: list[str], mean: np.ndarray, sem: np.ndarray,
+                overlap: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame({
+        "row": np.repeat(variants, len(variants)), "column": np.tile(variants, len(variants)),
+        "row_label": np.repeat(names, len(names)), "column_label": np.tile(names, len(names)),
+        "mean": mean.ravel(), "sem": sem.ravel(), "partial_overlap": overlap.ravel(),
+    })
+
+
+@styled
+def cka_matrix(matrix: pd.DataFrame, layer: int, estimator: str, labels: dict[str, str] | None = None,
+               task_sets: dict[str, list[str]] | None = None, with_sem: bool = False):
+    """Family CKA matrix from `cka/<family>/matrix.csv` (layer, estimator, row, column, mean, sem, n).
+    `labels` maps variant -> axis label and fixes the order (default: the variant names in index order);
+    `task_sets` (variant -> tasks) marks cells whose two task sets partially overlap."""
+    variants, mean, sem = family_cells(matrix, layer, estimator, labels)
+    names = [labels[v] for v in variants] if labels else variants
+    fig, (ax,) = new_figure("cka_matrix")
+    norm = piecewise_cka_norm()
+    image, cmap = heatmap(ax, mean, names, names, "magma", norm)
+    texts = None
+    if with_sem:
+        texts = np.array([[f"{m:.2f}\n±{s:.2f}" for m, s in zip(mr, sr)] for mr, sr in zip(mean, sem)])
+    annotate_cells(ax, mean, cmap, norm, texts)
+    overlap = mark_overlaps(ax, variants, task_sets)
     fig.colorbar(image, ax=ax, label=f"CKA ({estimator})", ticks=[0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0])
     suffix = "" if estimator == "biased" else f" ({estimator})"
     ax.set_title(f"Layer-{layer} residual-stream CKA{suffix}")
-    data = pd.DataFrame({
-        "row": np.repeat(variants, len(variants)), "column": np.tile(variants, len(variants)),
-        "row_label": np.repeat(names, len(names)), "column_label": np.tile(names, len(names)),
-        "mean": mean.to_numpy(float).ravel(), "sem": sem.to_numpy(float).ravel(), "partial_overlap": overlap.ravel(),
-    }).assign(layer=layer, estimator=estimator)
-    return fig, data
+    return fig, cells_frame(variants, names, mean, sem, overlap).assign(layer=layer, estimator=estimator)
+
+
+@styled
+def cka_estimators(matrix: pd.DataFrame, layer: int, labels: dict[str, str] | None = None,
+                   task_sets: dict[str, list[str]] | None = None):
+    """A family's matrix at `layer` once per estimator in the table, side by side (Project addition, METHOD §12):
+    biased CKA (the paper's), debiased, calibrated (biased minus its permutation-null mean) and mutual k-NN. One
+    linear colour scale over [0, 1] for every panel, not the paper's piecewise one, so that a cell's colour means
+    the same value in each panel and a conclusion that needs the stretched upper range shows it; calibrated
+    values below 0 take the scale's bottom colour and keep their number."""
+    estimators = table_estimators(matrix[matrix["layer"] == layer])
+    if not estimators:
+        raise ValueError(f"no CKA cells for layer {layer}")
+    fig, axes = new_figure("cka_estimators", ncols=len(estimators))
+    norm = colors.Normalize(0.0, 1.0)
+    frames = []
+    for ax, estimator in zip(axes, estimators):
+        variants, mean, sem = family_cells(matrix, layer, estimator, labels)
+        names = [labels[v] for v in variants] if labels else variants
+        image, cmap = heatmap(ax, mean, names, names, "magma", norm)
+        annotate_cells(ax, mean, cmap, norm)
+        overlap = mark_overlaps(ax, variants, task_sets)
+        ax.set_title(ESTIMATOR_TITLES[estimator], gid=f"estimator:{estimator}")
+        frames.append(cells_frame(variants, names, mean, sem, overlap).assign(estimator=estimator))
+    fig.colorbar(image, ax=list(axes), label="similarity", ticks=[0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    fig.suptitle(f"Layer-{layer} similarity of the family's models, by estimator")
+    return fig, pd.concat(frames, ignore_index=True).assign(layer=layer)
 
 
 # ---- §13.5 CKA vs number of tasks -----------------------------------------------------------------------
@@ -240,31 +299,63 @@ def cka_matrix(matrix: pd.DataFrame, layer: int, estimator: str, labels: dict[st
 TASK_COUNTS = (1, 2, 3)  # §12: families pt1, pt2, pt3
 
 
+def task_count_points(values: pd.DataFrame, summary: pd.DataFrame, estimator: str, jitter_seed: int):
+    """(pair points with a jittered x, pooled means) of one estimator: the pairs of `cka/task_count.csv` in a
+    fixed order, jittered horizontally by a seeded Generator, and the "pooled" rows of the summary."""
+    points = values[values["estimator"] == estimator].sort_values(
+        ["layer", "k", "variant_a", "variant_b", "seed_a", "seed_b"], kind="stable")
+    means = select_seed(summary[summary["estimator"] == estimator], "pooled").sort_values(["layer", "k"])
+    rng = np.random.default_rng(jitter_seed)
+    return points.assign(x=points["k"] + rng.uniform(-0.12, 0.12, len(points))), means
+
+
+def task_count_panel(ax, points: pd.DataFrame, means: pd.DataFrame) -> None:
+    ax.scatter(points["x"], points["cka"], s=8, color="#7f7f7f", alpha=0.6, linewidths=0, gid="pair")
+    ax.errorbar(means["k"], means["mean"], yerr=means["sem"], color="black", marker="o", ms=4, capsize=3, gid="mean")
+    ax.set_xticks(TASK_COUNTS)
+    ax.set_xlim(TASK_COUNTS[0] - 0.5, TASK_COUNTS[-1] + 0.5)
+    ax.set_xlabel("number of training tasks")
+
+
+def task_count_frame(points: pd.DataFrame, means: pd.DataFrame) -> pd.DataFrame:
+    return pd.concat([
+        points.assign(series="pair", y=points["cka"], sem=np.nan)[["layer", "k", "series", "x", "y", "sem"]],
+        means.assign(series="mean", x=means["k"], y=means["mean"])[["layer", "k", "series", "x", "y", "sem"]],
+    ], ignore_index=True)
+
+
 @styled
 def cka_vs_task_count(values: pd.DataFrame, summary: pd.DataFrame, estimator: str = "biased", jitter_seed: int = 0):
     """One panel per layer: pooled mean ± SEM per task count k (`cka/task_count_summary.csv`, seed "pooled")
     over the individual pair values (`cka/task_count.csv`), jittered horizontally with a seeded Generator."""
-    points = values[values["estimator"] == estimator].sort_values(
-        ["layer", "k", "variant_a", "variant_b", "seed_a", "seed_b"], kind="stable")
-    means = select_seed(summary[summary["estimator"] == estimator], "pooled").sort_values(["layer", "k"])
+    points, means = task_count_points(values, summary, estimator, jitter_seed)
     layers = sorted(means["layer"].unique())
-    rng = np.random.default_rng(jitter_seed)
-    points = points.assign(x=points["k"] + rng.uniform(-0.12, 0.12, len(points)))
     fig, axes = new_figure("cka_vs_task_count", ncols=len(layers), sharey=True)
     for ax, layer in zip(axes, layers):
-        p, m = points[points["layer"] == layer], means[means["layer"] == layer]
-        ax.scatter(p["x"], p["cka"], s=8, color="#7f7f7f", alpha=0.6, linewidths=0, gid="pair")
-        ax.errorbar(m["k"], m["mean"], yerr=m["sem"], color="black", marker="o", ms=4, capsize=3, gid="mean")
-        ax.set_xticks(TASK_COUNTS)
-        ax.set_xlim(TASK_COUNTS[0] - 0.5, TASK_COUNTS[-1] + 0.5)
+        task_count_panel(ax, points[points["layer"] == layer], means[means["layer"] == layer])
         ax.set_title(f"Layer {layer}")
-        ax.set_xlabel("number of training tasks")
     axes[0].set_ylabel(f"CKA ({estimator})")
-    data = pd.concat([
-        points.assign(series="pair", y=points["cka"], sem=np.nan)[["layer", "k", "series", "x", "y", "sem"]],
-        means.assign(series="mean", x=means["k"], y=means["mean"])[["layer", "k", "series", "x", "y", "sem"]],
-    ], ignore_index=True).assign(estimator=estimator)
-    return fig, data
+    return fig, task_count_frame(points, means).assign(estimator=estimator)
+
+
+@styled
+def cka_task_count_estimators(values: pd.DataFrame, summary: pd.DataFrame, layer: int, jitter_seed: int = 0):
+    """The task-count figure at `layer`, one panel per estimator in the summary (Project addition): does
+    similarity still rise with the number of tasks once the estimator is debiased, calibrated or local? Each
+    panel has its own y range (mutual k-NN and calibrated CKA live on other scales than biased CKA)."""
+    estimators = table_estimators(summary[summary["layer"] == layer])
+    if not estimators:
+        raise ValueError(f"no task-count rows for layer {layer}")
+    fig, axes = new_figure("cka_task_count_estimators", ncols=len(estimators))
+    frames = []
+    for ax, estimator in zip(axes, estimators):
+        points, means = task_count_points(values, summary, estimator, jitter_seed)
+        points, means = points[points["layer"] == layer], means[means["layer"] == layer]
+        task_count_panel(ax, points, means)
+        ax.set_title(ESTIMATOR_TITLES[estimator], gid=f"estimator:{estimator}")
+        frames.append(task_count_frame(points, means).assign(estimator=estimator))
+    axes[0].set_ylabel(f"layer-{layer} similarity")
+    return fig, pd.concat(frames, ignore_index=True)
 
 
 # ---- §13.7 FTWB1 generalization matrix ------------------------------------------------------------------
@@ -299,16 +390,18 @@ def ftwb1_matrix(ftwb1: pd.DataFrame, seed="mean"):
 
 # ---- §13.8 CKA vs generalization ------------------------------------------------------------------------
 
-@styled
-def cka_vs_generalization(points: pd.DataFrame, fit: pd.DataFrame, estimator: str = "biased"):
-    """`cka/cka_vs_generalization.csv` points coloured by fine-tuned task X, with the least-squares line and
-    r², p from `cka/cka_vs_generalization_fit.csv`; line and annotation are left out when the fit is NaN."""
+def generalization_fit(points: pd.DataFrame, fit: pd.DataFrame, estimator: str):
+    """(points, the one fit row) of one estimator from `cka/cka_vs_generalization{,_fit}.csv`."""
     p = points[points["estimator"] == estimator]
     f = fit[fit["estimator"] == estimator]
     if len(f) != 1:
         raise ValueError(f"expected one fit row for estimator {estimator!r}, found {len(f)}")
-    f = f.iloc[0]
-    fig, (ax,) = new_figure("cka_vs_generalization")
+    return p, f.iloc[0]
+
+
+def generalization_panel(ax, p: pd.DataFrame, f: pd.Series) -> None:
+    """Points coloured by fine-tuned task X, with the least-squares line and r², p; line and annotation are left
+    out when the fit is NaN."""
     for task in (t for t in TASK_NAMES if t in set(p["finetuned_task"])):
         q = p[p["finetuned_task"] == task]
         ax.scatter(q["cka"], q["ni"], s=18, color=TASK_COLORS[task], label=TASK_ABBR[task], gid=f"task:{task}")
@@ -317,11 +410,44 @@ def cka_vs_generalization(points: pd.DataFrame, fit: pd.DataFrame, estimator: st
         ax.plot(x, f["slope"] * x + f["intercept"], color="black", linewidth=1, gid="fit")
         ax.text(0.03, 0.97, f"r² = {f['r2']:.2f}, p = {f['p']:.2g}", transform=ax.transAxes, ha="left", va="top",
                 gid="fit-annotation")
+
+
+def generalization_frame(p: pd.DataFrame, f: pd.Series, estimator: str) -> pd.DataFrame:
+    data = p[["finetuned_task", "evaluated_task", "cka", "ni"]].reset_index(drop=True)
+    return data.assign(estimator=estimator, **{c: f[c] for c in ("layer", "r", "r2", "p", "slope", "intercept")})
+
+
+@styled
+def cka_vs_generalization(points: pd.DataFrame, fit: pd.DataFrame, estimator: str = "biased"):
+    """`cka/cka_vs_generalization.csv` points coloured by fine-tuned task X, with the least-squares line and
+    r², p from `cka/cka_vs_generalization_fit.csv`; line and annotation are left out when the fit is NaN."""
+    p, f = generalization_fit(points, fit, estimator)
+    fig, (ax,) = new_figure("cka_vs_generalization")
+    generalization_panel(ax, p, f)
     ax.set_xlabel(f"layer-{int(f['layer'])} CKA(X, Y) ({estimator})")
     ax.set_ylabel("NI on Y after fine-tuning on X")
     ax.legend(title="X", loc="center left", bbox_to_anchor=(1.01, 0.5))
-    data = p[["finetuned_task", "evaluated_task", "cka", "ni"]].reset_index(drop=True)
-    return fig, data.assign(estimator=estimator, **{c: f[c] for c in ("layer", "r", "r2", "p", "slope", "intercept")})
+    return fig, generalization_frame(p, f, estimator)
+
+
+@styled
+def cka_vs_generalization_estimators(points: pd.DataFrame, fit: pd.DataFrame):
+    """The CKA-vs-generalization scatter once per estimator in the fit table, side by side, one NI axis (Project
+    addition): whether similarity predicts transfer under each estimator, each with its own r² and p."""
+    estimators = table_estimators(fit)
+    if not estimators:
+        raise ValueError("no CKA-vs-generalization fits")
+    fig, axes = new_figure("cka_vs_generalization_estimators", ncols=len(estimators), sharey=True)
+    frames = []
+    for ax, estimator in zip(axes, estimators):
+        p, f = generalization_fit(points, fit, estimator)
+        generalization_panel(ax, p, f)
+        ax.set_title(ESTIMATOR_TITLES[estimator], gid=f"estimator:{estimator}")
+        ax.set_xlabel(f"layer-{int(f['layer'])} similarity(X, Y)")
+        frames.append(generalization_frame(p, f, estimator))
+    axes[0].set_ylabel("NI on Y after fine-tuning on X")
+    axes[-1].legend(title="X", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return fig, pd.concat(frames, ignore_index=True)
 
 
 # ---- §13.9 FTWB2 deviation matrix -----------------------------------------------------------------------
