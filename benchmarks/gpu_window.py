@@ -524,7 +524,7 @@ def rehearsal_plan(configs: list[str]) -> dict:
             "determinism": ["--device", "cpu", "--threads", "1", "--synthetic", "1400", "--steps", "2",
                             "--stack-invariance", "2"],
             "rates": ["--config", "config/smoke.yaml", "--device", "cpu", "--threads", "1", "--repeats", "1",
-                      "--items", "64", "--stacks", "2"]}
+                      "--items", "64", "--cities", "500", "--stacks", "2", "--extract-stack", "2"]}
 
 
 def main(argv=None) -> int:

@@ -255,15 +255,16 @@ def print_stacked(config: dict, plans: dict, costs: Costs, args) -> None:
     stack (its start-up paid once), training at `--stacked-ms` per step of a stack of up to `--stack-runs` runs (a
     larger stack costs that many times more), each run's validations and checkpoints, then in the same process each
     run's products (worldrep.plan.product_seconds): evaluation of every final model and of every checkpoint of the
-    checkpoint runs, extraction of every final model and every checkpoint of the curve runs, each model loaded once;
-    and their probes (CPU)."""
+    checkpoint runs, extraction of every final model and every checkpoint of the curve runs (21 checkpoints a pass),
+    each model loaded once; and their probes (CPU)."""
     from worldrep.grid import run_products
     from worldrep.plan import product_seconds
 
     mode = args.stack_mode or config["training"]["stack"]
     stacks = training_stacks({**config, "training": {**config["training"], "stack": mode}})
     stage = defaultdict(float)
-    rate = {"eval_10k_s": costs.eval_set_s, "extract_s": args.extract_s, "model_load_s": args.model_load_s}
+    rate = {"eval_10k_s": costs.eval_set_s, "extract_s": args.extract_s, "extract_stack_s": args.extract_stack_s,
+            "model_load_s": args.model_load_s}
     print(f"stacked training, training.stack: {mode}, {args.stacked_ms:g} ms per step of a stack of <= "
           f"{args.stack_runs} runs; {len(stacks)} GPU jobs, one per stack (training, evaluation, extraction):")
     for mixture in pretraining_mixtures(config) | mixture_families(config)["finetuning.mixes"]:
@@ -296,7 +297,7 @@ def print_stacked(config: dict, plans: dict, costs: Costs, args) -> None:
                 alone = product_seconds(config, run, ("checkpoint_evaluation",), rate)
                 stage["evaluation (in the stack job, fused)"] += alone / min(args.stack_runs, plan["checkpoints"])
             stage["extraction (in the stack job)"] += product_seconds(
-                config, run, tuple(p for p in products[run.name] if p.endswith("representations")), rate)
+                config, run, tuple(p for p in products[run.name] if p.endswith("representations")), rate, fused=True)
             models = 1 + (plan["checkpoints"] if "checkpoint_representations" in products[run.name] else 0)
             stage["probes (CPU)"] += models * args.probe_s
     total = sum(stage.values())
@@ -349,6 +350,9 @@ def parse_args():
                         help="group runs as this `training.stack` (default: the config's)")
     parser.add_argument("--extract-s", type=float,
                         help="representation extraction of one model (default: plan.rates.cuda.extract_s)")
+    parser.add_argument("--extract-stack-s", type=float,
+                        help="extraction of 21 checkpoints at once through their stack (default: "
+                             "plan.rates.cuda.extract_stack_s)")
     parser.add_argument("--model-load-s", type=float,
                         help="loading one saved model in a stack job (default: plan.rates.cuda.model_load_s)")
     parser.add_argument("--probe-s", type=float, default=0.5, help="probes of one representation file (CPU)")
@@ -364,7 +368,8 @@ def parse_args():
 
     rates = rates_of(config)["cuda"]
     for name, key in (("startup_s", "job_start_s"), ("eval_set_s", "eval_10k_s"), ("extract_s", "extract_s"),
-                      ("model_load_s", "model_load_s"), ("checkpoint_s", "checkpoint_s")):
+                      ("extract_stack_s", "extract_stack_s"), ("model_load_s", "model_load_s"),
+                      ("checkpoint_s", "checkpoint_s")):
         if getattr(args, name) is None:
             setattr(args, name, rates[key])
     print(f"GPU rates: {rates['source']}")

@@ -6,7 +6,8 @@ step. Prints the hardware, a table, and the `plan.rates` block to paste into a c
     python benchmarks/rates.py                                  # the laptop model on this CPU, one thread
     python benchmarks/rates.py --config config/quick.yaml --device cuda
 
-Also, the two questions of one process per stack (docs/METHOD.md §7.5):
+Also, the questions of one process per stack (docs/METHOD.md §7.5):
+  - extraction of CHECKPOINT_STACK (21) models at once through their stack (`extract_stack`), against one model;
   - greedy decoding of K models at once through their stack (`stacked_greedy_generate`) against one model after
     another (`greedy_generate`), the same items, measured in the same run: the speed-up per item;
   - a checkpoint's cost beside the training it interrupts: write time over the steps between two checkpoints at
@@ -36,6 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.training import hardware, synchronize  # noqa: E402 (one hardware line for every benchmark)
 from worldrep.evaluation import greedy_generate, load_model, prompt_tokens, stacked_greedy_generate  # noqa: E402
+from worldrep.entry import CHECKPOINT_STACK  # noqa: E402
 from worldrep.grid import checkpoint_count, model_settings, recipe_settings, step_counts, validate_config  # noqa: E402
 from worldrep.model import ModelSettings, build_model  # noqa: E402
 from worldrep.stack import from_hf_models, stacked_token_losses  # noqa: E402
@@ -83,6 +85,8 @@ def main():
     parser.add_argument("--batch-size", type=int, help="evaluation batch (default: the config's)")
     parser.add_argument("--cities", type=int, default=5_700, help="cities extracted (the paper world's ~5,700)")
     parser.add_argument("--stacks", type=int, nargs="+", default=[3, 7], help="K of the stacked decoding")
+    parser.add_argument("--extract-stack", type=int, default=CHECKPOINT_STACK,
+                        help="checkpoints extracted at once through their stack, as a GPU's stack job does")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the figures and the plan.rates block here")
     args = parser.parse_args()
@@ -128,6 +132,12 @@ def main():
     layers = config["representations"]["layers"]
     rates["extract_s"] = median_seconds(lambda: extract(model, tokens, layers=layers, device=device), args.repeats,
                                         device)
+    from worldrep.representations import extract_stack
+
+    checkpoints = from_hf_models([build_model(settings, seed) for seed in range(args.extract_stack)]).eval().to(device)
+    rates["extract_stack_s"] = median_seconds(lambda: extract_stack(checkpoints, tokens, layers=layers, device=device),
+                                              args.repeats, device)
+    del checkpoints
 
     # One training step of one run at the config's batch and a pretraining mixture's typical width (distance + 2).
     stack = from_hf_models([build_model(settings, 1)]).to(device)
@@ -148,6 +158,7 @@ def main():
             "model_load_s": "one saved model, Auto classes, fp32", "checkpoint_s": "one checkpoint written (HF folder)",
             "eval_10k_s": f"greedy decoding of 10,000 items, {NEW_TOKENS} new tokens each, one model",
             "extract_s": f"one model's representations of {args.cities:,} cities, layers {layers}",
+            "extract_stack_s": f"the same for {args.extract_stack} models at once through their stack",
             "train_step_s": "one run's forward and backward at the config's batch"}
     for key, value in rates.items():
         print(f"{key:<16}{value:>10.3f}  {what[key]}")
@@ -193,6 +204,8 @@ def main():
         "eval_10k_s": round(rates["eval_10k_s"], 2), "extract_s": round(rates["extract_s"], 2),
         "checkpoint_s": round(rates["checkpoint_s"], 3),
         "source": f"measured: benchmarks/rates.py, {hardware(device).split(';')[0]}"}}}}
+    if device.type == "cuda" and args.extract_stack == CHECKPOINT_STACK:  # only a GPU's stack job extracts fused
+        block["plan"]["rates"]["cuda"]["extract_stack_s"] = round(rates["extract_stack_s"], 2)
     print(yaml.safe_dump(block, sort_keys=False).rstrip())
     if args.json:
         from worldrep.artifacts import write_json

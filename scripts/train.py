@@ -25,7 +25,8 @@ from worldrep.evaluation import (evaluate_stack, load_model, resolve_device_prec
 from worldrep.model import ModelSettings, build_model  # noqa: E402
 from worldrep.provenance import provenance  # noqa: E402
 from worldrep.stack import from_hf_models  # noqa: E402
-from worldrep.entry import entry_dir, entry_files, finish_entry, product_reads, remove, work_dir  # noqa: E402
+from worldrep.entry import (CHECKPOINT_STACK, entry_dir, entry_files, finish_entry,  # noqa: E402
+                            product_reads, remove, work_dir)
 from worldrep.training import (Recipe, StackRun, Validation, fingerprint, fused_by_default, save_hf_model,  # noqa: E402
                                train_stack)
 
@@ -132,10 +133,10 @@ if stack_runs:
 # it anyway: validation decodes with it.
 products = snakemake.params.products
 # Where the stack trains fused (a GPU), its runs are evaluated fused too: all final models in one stacked greedy
-# decode, and a run's checkpoints up to CHECKPOINT_STACK at a time (worldrep.evaluation.evaluate_stack). On a CPU,
-# model after model, which is the per-run path byte for byte.
+# decode, and a run's checkpoints up to CHECKPOINT_STACK at a time, both evaluated (worldrep.evaluation.evaluate_stack)
+# and extracted (worldrep.representations.extract_stack). On a CPU, model after model, which is the per-run path byte
+# for byte.
 fused = fused_by_default(device)
-CHECKPOINT_STACK = 21
 
 
 def finish_product(name: str, product: str, p: dict, work: Path) -> None:
@@ -205,7 +206,8 @@ if products:
                 (work / "checkpoints").mkdir()
                 representations.write_representations(
                     [(c, work / "checkpoints" / f"{c.name}.npz") for c in checkpoints], p["prompt_task"],
-                    results / "world" / "cities.csv", p["layers"], device, progress)
+                    results / "world" / "cities.csv", p["layers"], device, progress,
+                    make_stack=from_hf_models if fused else None, stack_size=CHECKPOINT_STACK)
             progress.close()
             finish_product(name, product, p, work)
 lease.release()

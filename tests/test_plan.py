@@ -116,6 +116,21 @@ def test_cpu_seconds_follow_the_flop_model(paper):
     assert p.gpu_jobs == 1  # one process: training, evaluation and extraction
 
 
+def test_gpu_seconds_extract_checkpoints_fused(paper):
+    """On a GPU the stack job extracts a run's checkpoints CHECKPOINT_STACK at a time: pt7_s42's 41 checkpoints are 2
+    stacked passes of 21 and 20, each model still loaded once; everything else as on the CPU, at the GPU's rates."""
+    from worldrep.entry import CHECKPOINT_STACK
+
+    rates = plan.rates_of(paper)
+    cuda = rates["cuda"]
+    p = plan.make_plan(paper, 5_671, rates, to_train={"pretrain_pt7"})
+    flops = 6 * plan.model_parameters(paper["model"]) * 128 * max(plan.TASK_WIDTH.values())
+    training = 328_128 * (cuda["step_overhead_ms"] / 1000 + 4 * flops / (cuda["tflops"] * 1e12))
+    assert CHECKPOINT_STACK == 21
+    fused = pt7_products_seconds(cuda) - 41 * cuda["extract_s"] + 2 * cuda["extract_stack_s"]
+    assert p.gpu_seconds == pytest.approx(training + fused)
+
+
 def test_wall_time_spreads_stacks_over_workers_but_never_below_the_longest(paper):
     rates = plan.rates_of(paper)
     p = plan.make_plan(paper, 5_671, rates)

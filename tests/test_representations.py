@@ -9,8 +9,8 @@ import torch
 import yaml
 
 from worldrep.model import build_model
-from worldrep.representations import (LAYERS, eligible_cities, extract, load_representations, partial_prompt_tokens,
-                                      prompt_task, save_representations, token_positions)
+from worldrep.representations import (LAYERS, eligible_cities, extract, extract_stack, load_representations,
+                                      partial_prompt_tokens, prompt_task, save_representations, token_positions)
 from worldrep.tasks import TASK_NAMES, TASKS
 from worldrep.tasks.base import compact_text
 from worldrep.tokenizer import VOCAB, build_hf_tokenizer, spaced_text
@@ -167,6 +167,42 @@ def test_reusing_the_shared_prefix_matches_the_full_forward(model, city_ids, tas
     for layer in LAYERS:
         scale = np.abs(plain[layer]).max()
         np.testing.assert_allclose(fast[layer], plain[layer], rtol=0, atol=1e-5 * max(scale, 1.0))
+
+
+def test_stacked_hidden_states_follow_the_layer_convention_of_each_model():
+    """StackedQwen2.hidden_states of K = 3 models equals each model's own HF hidden_states, index by index: 0 the
+    embeddings, the block outputs, the last one after the final norm."""
+    from worldrep.stack import from_hf_models
+
+    models = [build_model(seed=seed).eval() for seed in (0, 1, 2)]
+    tokens = torch.as_tensor(partial_prompt_tokens("compass", np.arange(1000, 1012)))
+    with torch.inference_mode():
+        stacked = from_hf_models(models).eval().hidden_states(tokens.expand(3, *tokens.shape))
+        for index, m in enumerate(models):
+            alone = m(input_ids=tokens, output_hidden_states=True).hidden_states
+            assert len(stacked) == len(alone) == 7
+            for layer, (ours, theirs) in enumerate(zip(stacked, alone)):
+                torch.testing.assert_close(ours[index], theirs, rtol=0, atol=2e-5, msg=f"model {index} layer {layer}")
+
+
+def test_extract_stack_matches_each_model_extracted_alone(city_ids):
+    """The fused extraction of a GPU's stack job, on the CPU: K = 3 different models, batches that do not divide the
+    cities, a subset of layers; each model's vectors equal `extract` of that model alone (the plain forward and the
+    shared-prefix one) to float rounding, and the three differ from one another."""
+    from worldrep.stack import from_hf_models
+
+    models = [build_model(seed=seed).eval() for seed in (3, 4, 5)]
+    tokens = partial_prompt_tokens("inside", city_ids)
+    fused = extract_stack(from_hf_models(models).eval(), tokens, layers=[3, 6], batch_size=16)
+    assert len(fused) == 3
+    for m, ours in zip(models, fused):
+        assert sorted(ours) == [3, 6] and all(ours[layer].shape == (len(city_ids), 256) for layer in ours)
+        for reuse_prefix in (False, True):
+            alone = extract(m, tokens, layers=[3, 6], reuse_prefix=reuse_prefix)
+            for layer in (3, 6):
+                assert ours[layer].dtype == np.float32
+                np.testing.assert_allclose(ours[layer], alone[layer], rtol=0, atol=5e-5)
+    assert not np.allclose(fused[0][6], fused[1][6], atol=1e-2)
 
 
 def test_one_city_and_one_layer(model):

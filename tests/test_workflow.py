@@ -353,6 +353,25 @@ def test_stack_jobs_compute_what_the_per_run_path_computes(workflow, smoke_confi
         write_representations(models, task, results / "world/cities.csv", layers, cpu)
     assert len(compared) > 15
     assert [theirs for ours, theirs in compared if ours.read_bytes() != theirs.read_bytes()] == []
+    # A GPU's stack job extracts checkpoints fused, up to 21 at a time (the CPU's path is the per-run one above). Run
+    # here on the CPU in stacks of 2, it gives each checkpoint's published vectors to float rounding.
+    import numpy as np
+
+    from worldrep.representations import load_representations
+    from worldrep.stack import from_hf_models
+
+    checkpoints = sorted((results / "models/pt7_s42/checkpoints").glob("step-*"))
+    assert len(checkpoints) >= 3  # stacks of 2 and a last one of 1
+    fused = [(c, tmp_path / f"fused.{c.name}.npz") for c in checkpoints]
+    write_representations(fused, run_prompt_task(smoke_config, runs["pt7_s42"]), results / "world/cities.csv", layers,
+                          cpu, make_stack=from_hf_models, stack_size=2)
+    for checkpoint, path in fused:
+        (ids, ours), (published_ids, theirs) = (load_representations(path), load_representations(
+            results / f"representations/pt7_s42/checkpoints/{checkpoint.name}.npz"))
+        assert np.array_equal(ids, published_ids) and sorted(ours) == sorted(theirs) == sorted(layers)
+        for layer in layers:
+            scale = max(1.0, np.abs(theirs[layer]).max())
+            np.testing.assert_allclose(ours[layer], theirs[layer], rtol=0, atol=1e-4 * scale)
 
 
 def test_smoke_run_builds_every_analysis_table(workflow, smoke_config):

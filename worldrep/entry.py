@@ -36,6 +36,11 @@ PRODUCT_FILES = {
     "checkpoint_representations": ("checkpoints",),
 }
 
+# Where a stack job computes its products fused (a GPU: worldrep.training.fused_by_default), a run's checkpoints go
+# through one stacked model this many at a time, evaluated and extracted: the memory of 21 paper models' activations
+# at the evaluation batch, and the run plan's count of stacked passes (worldrep.plan).
+CHECKPOINT_STACK = 21
+
 
 def product_reads(product: str, params: dict) -> list[str]:
     """The files a product reads besides the weights, as the rules name them (its params: worldrep.recipes

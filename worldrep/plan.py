@@ -62,9 +62,11 @@ DEFAULT_RATES = {
         # and from the device.
         "model_load_s": 0.05,
         "checkpoint_s": 0.02,
-        # Assumed: greedy evaluation of 10,000 items by one model, one model's extraction.
+        # Assumed: greedy evaluation of 10,000 items by one model, one model's extraction, and one extraction of
+        # a stack of entry.CHECKPOINT_STACK checkpoints at once (launch-bound at these sizes: about two models' time).
         "eval_10k_s": 2.0,
         "extract_s": 1.0,
+        "extract_stack_s": 2.0,
         "source": "assumed, partly measured on the CPU: the GPU window (benchmarks/gpu_window.py) measures it",
     },
 }
@@ -144,10 +146,13 @@ def disk_bytes(config: dict, n_cities: int) -> int:
     return int(total)
 
 
-def product_seconds(config: dict, run, products: tuple[str, ...], rate: dict) -> float:
+def product_seconds(config: dict, run, products: tuple[str, ...], rate: dict, fused: bool = False) -> float:
     """A stack job's work on one run's products at the device's rates: greedy evaluation of its test sets (final and,
     for a checkpoint run, every checkpoint on the standard sets), extraction of its final model (and every
-    checkpoint, for a curve run), and loading each model it reads."""
+    checkpoint, for a curve run), and loading each model it reads. `fused` (a GPU) extracts checkpoints
+    CHECKPOINT_STACK at a time, at `extract_stack_s` per stacked pass (scripts/train.py); the fused checkpoint
+    evaluation is still counted model by model, until a GPU window has measured its speed-up."""
+    from .entry import CHECKPOINT_STACK
     from .recipes import evaluation_params
 
     epochs, per_epoch = step_counts(config, run.mixture, run.variant)
@@ -160,6 +165,8 @@ def product_seconds(config: dict, run, products: tuple[str, ...], rate: dict) ->
             sets = evaluation_params(config, run, checkpoints=product == "checkpoint_evaluation")["test_sets"]
             items = sum(config["datasets"][dataset_base(name.split("/")[0])]["n_test"] for name in sets)
             seconds += models * (items / 10_000 * rate["eval_10k_s"] + rate["model_load_s"])
+        elif fused and product == "checkpoint_representations":
+            seconds += -(-models // CHECKPOINT_STACK) * rate["extract_stack_s"] + models * rate["model_load_s"]
         else:
             seconds += models * (rate["extract_s"] + rate["model_load_s"])
     return seconds
@@ -205,7 +212,7 @@ def make_plan(config: dict, n_cities: int, rates: dict, results: Path | None = N
         for run, product in job.products:
             missing.setdefault(run, []).append(product)
         stack_core_s += sum(product_seconds(config, runs[r], tuple(p), cpu) for r, p in missing.items())
-        stack_gpu_s += sum(product_seconds(config, runs[r], tuple(p), cuda) for r, p in missing.items())
+        stack_gpu_s += sum(product_seconds(config, runs[r], tuple(p), cuda, fused=True) for r, p in missing.items())
         core_s, gpu_s = core_s + stack_core_s, gpu_s + stack_gpu_s
         cpu_longest, gpu_longest = max(cpu_longest, stack_core_s), max(gpu_longest, stack_gpu_s)
     runs_to_train = sum(len(job.stack.runs) for job in jobs)

@@ -117,6 +117,32 @@ def extract(model, tokens: np.ndarray, layers: Sequence[int] = LAYERS, batch_siz
     return {layer: np.concatenate(chunks) for layer, chunks in parts.items()}
 
 
+def extract_stack(stack, tokens: np.ndarray, layers: Sequence[int] = LAYERS, batch_size: int = 1024,
+                  device: torch.device | None = None) -> list[dict[int, np.ndarray]]:
+    """`extract` for each of the K models of a stack (`worldrep.stack.StackedQwen2`, passed in: this module does not
+    import the stack), all K in one forward per batch of prompts: what a GPU, bound by kernel launches at these
+    sizes, does K times faster. The plain full forward (no shared-prefix cache). Equal to `extract` of each model up
+    to float rounding, not bit for bit: the stacked kernels sum in another order than HF's."""
+    if next(stack.parameters()).dtype != torch.float32:
+        raise ValueError("representations are extracted in fp32; build the stack from fp32 models")
+    if not all(0 <= layer <= stack.settings.num_hidden_layers for layer in layers):
+        raise ValueError(f"layers {list(layers)} outside 0..{stack.settings.num_hidden_layers}")
+    if len(tokens) == 0:
+        raise ValueError("no prompts to extract")
+    device = device or next(stack.parameters()).device
+    tokens = torch.as_tensor(np.asarray(tokens, dtype=np.int64), device=device)  # [n, L]
+    parts: list[dict[int, list[np.ndarray]]] = [{layer: [] for layer in layers} for _ in range(stack.k)]
+    with torch.inference_mode():
+        for start in range(0, len(tokens), batch_size):
+            batch = tokens[start: start + batch_size]
+            states = stack.hidden_states(batch.expand(stack.k, *batch.shape))
+            for layer in layers:
+                last_two = states[layer][:, :, -2:, :].reshape(stack.k, len(batch), -1).float().cpu().numpy()
+                for model, values in zip(parts, last_two):
+                    model[layer].append(values)
+    return [{layer: np.concatenate(chunks) for layer, chunks in model.items()} for model in parts]
+
+
 # ---- files -------------------------------------------------------------------------------------------------
 
 def save_representations(path, city_ids: np.ndarray, reps: dict[int, np.ndarray]) -> None:
@@ -133,19 +159,29 @@ def save_representations(path, city_ids: np.ndarray, reps: dict[int, np.ndarray]
 
 
 def write_representations(models: list[tuple[Path, Path]], task: str, cities: Path, layers: Sequence[int],
-                          device: torch.device, progress=None) -> int:
+                          device: torch.device, progress=None, make_stack=None, stack_size: int = 21) -> int:
     """Each (model folder, .npz path): the model's representations of every eligible city at `task`'s partial
-    prompt (§10). Returns the number of cities."""
+    prompt (§10), model after model; or, with `make_stack` (models -> their stack on the CPU,
+    `worldrep.stack.from_hf_models`), `stack_size` models at a time through their stack (`extract_stack`). Returns
+    the number of cities."""
     from .evaluation import load_model
     from .world import read_cities
 
     city_ids = eligible_cities(read_cities(cities))["city_id"].to_numpy()
     tokens = partial_prompt_tokens(task, city_ids)
-    for model_dir, path in models:
-        save_representations(path, city_ids, extract(load_model(model_dir, device), tokens, layers=layers,
-                                                     device=device))
+    step = stack_size if make_stack is not None else 1
+    for start in range(0, len(models), step):
+        part = models[start:start + step]
+        if make_stack is None:
+            reps = [extract(load_model(part[0][0], device), tokens, layers=layers, device=device)]
+        else:
+            stack = make_stack([load_model(folder, torch.device("cpu")) for folder, _ in part]).to(device).eval()
+            reps = extract_stack(stack, tokens, layers=layers, device=device)
+            del stack
+        for (_, path), values in zip(part, reps):
+            save_representations(path, city_ids, values)
         if progress is not None:
-            progress.update()
+            progress.update(len(part))
     return len(city_ids)
 
 

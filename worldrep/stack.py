@@ -216,6 +216,20 @@ class StackedQwen2(nn.Module):
             x = layer(x, batch, cos, sin)
         return self.model.norm(x)
 
+    def hidden_states(self, ids: torch.Tensor) -> list[torch.Tensor]:
+        """What HF's `output_hidden_states` gives, for all K models: N + 1 tensors [K, B, T, H] of ids [K, B, T], 0 the
+        embeddings, 1..N-1 the block outputs, N block N's output after the final norm (the layer convention of
+        `worldrep.representations`). For extraction; training uses `hidden`, which keeps no intermediate states."""
+        k, batch, length = ids.shape
+        x = self.model.embed_tokens(ids).reshape(k, batch * length, -1)
+        cos, sin = self.rotary(length, ids.device, x.dtype)
+        states = [x]
+        for layer in self.model.layers:
+            x = layer(x, batch, cos, sin)
+            states.append(x)
+        states[-1] = self.model.norm(x)
+        return [state.view(k, batch, length, -1) for state in states]
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         k, batch, length = ids.shape
         return self.lm_head(self.hidden(ids)).view(k, batch, length, -1)
