@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from worldrep.evidence import collect, headline
+from worldrep.evidence import collect, headline, similarity_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,3 +59,21 @@ def test_headline_is_the_final_analysis_layer(tmp_path):
     probes = pd.read_csv(fake_results(tmp_path) / "probes/probe_metrics.csv")
     assert list(headline(probes, 4)["run"]) == ["pt1-3_s42"]
     assert list(headline(probes, 3)["r2_mean"]) == [0.9, 0.8]
+
+
+def test_similarity_table_has_each_variant_pair_once_with_every_estimator():
+    """The pairs above the diagonal in the matrix's own variant order, one column per estimator in the figures'
+    order, each value read from its own (estimator, row, column) cell."""
+    variants, estimators = ["pt1-1", "pt1-3", "pt1-2"], ["mutual_knn", "biased", "calibrated", "debiased"]
+    rows = [{"layer": layer, "estimator": e, "row": a, "column": b, "mean": 10 * i + j + 0.01 * k + layer,
+             "sem": 0.0, "n": 1}
+            for layer in (3, 4) for k, e in enumerate(estimators)
+            for i, a in enumerate(variants) for j, b in enumerate(variants)]
+    table = similarity_table(pd.DataFrame(rows), 3, "pt1")
+    assert list(table.columns) == ["family", "pair", "biased", "debiased", "calibrated", "mutual_knn"]
+    assert list(table["pair"]) == ["pt1-1 / pt1-3", "pt1-1 / pt1-2", "pt1-3 / pt1-2"]
+    assert table.loc[0, "biased"] == 3 + 1 + 0.01 and table.loc[2, "debiased"] == 3 + 12 + 0.03
+    assert table.loc[1, "mutual_knn"] == 3 + 2 + 0.0
+    # The paper's two estimators only (a config without the `cka` block): two columns.
+    two = similarity_table(pd.DataFrame([r for r in rows if r["estimator"] in ("biased", "debiased")]), 4, "pt1")
+    assert list(two.columns) == ["family", "pair", "biased", "debiased"] and len(two) == 3

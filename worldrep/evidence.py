@@ -41,6 +41,22 @@ def headline(probes: pd.DataFrame, layer: int) -> pd.DataFrame:
     return final[[c for c in columns if c in final]].sort_values("r2_mean", ascending=False)
 
 
+ESTIMATORS = ("biased", "debiased", "calibrated", "mutual_knn")  # worldrep.cka.cka_matrices, in the figures' order
+
+
+def similarity_table(matrix: pd.DataFrame, layer: int, family: str) -> pd.DataFrame:
+    """One row per pair of a family's variants (the seed-mean cells of `cka/{family}/matrix.csv` above the diagonal, in
+    the matrix's variant order) at `layer`, one column per estimator the table has: whether a similarity survives
+    the estimators with a reference point (calibrated CKA, mutual k-NN) or only the paper's biased CKA."""
+    part = matrix[matrix["layer"] == layer]
+    order = list(dict.fromkeys(part["row"]))
+    estimators = [e for e in ESTIMATORS if e in set(part["estimator"])]
+    cells = part.set_index(["estimator", "row", "column"])["mean"]
+    rows = [{"family": family, "pair": f"{a} / {b}", **{e: cells[(e, a, b)] for e in estimators}}
+            for i, a in enumerate(order) for b in order[i + 1:]]
+    return pd.DataFrame(rows, columns=["family", "pair", *estimators])
+
+
 def job_minutes(results: Path) -> pd.DataFrame:
     """Wall minutes of every job with a benchmark file (training, evaluation, extraction), longest first."""
     rows = []
@@ -81,6 +97,11 @@ def summary(config: dict, config_path: Path, results: Path, wall_s: float | None
     if probes.exists():
         parts += [f"## Final probe R² (layer {layer}, standard split; OLS unless named)", "",
                   markdown_table(headline(pd.read_csv(probes), layer)), ""]
+    families = sorted((results / "cka").glob("*/matrix.csv"))
+    if families:
+        tables = [similarity_table(pd.read_csv(path), layer, path.parent.name) for path in families]
+        parts += [f"## Similarity of final models by estimator (layer {layer}, mean over seed pairs)", "",
+                  markdown_table(pd.concat(tables, ignore_index=True)), ""]
     claims = results / "claims.md"
     if claims.exists():
         parts += [claims.read_text().replace("# Claims checklist", "## Claims checklist", 1), ""]
