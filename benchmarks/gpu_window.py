@@ -36,9 +36,10 @@ The window never runs past its budget; it exits 0 when stages were skipped, and 
 Evidence lands in --out (default: evidence/{date}-{device}-window, or a scratch folder under --work with
 --bundle): `summary.md` (plan, facts, each stage's headline lines, checklists, what did not finish and why),
 `facts.json`, `canary.txt`, `throughput.txt`, `determinism.txt`, `rates.txt`, per config the evidence of
-`worldrep.evidence` (tables, figures, health report, claims; no models, no arrays) and the logs of failed jobs. With `--bundle DIR`
-the window also keeps DIR holding exactly `summary.md` and `evidence.tar.gz`, rewritten after every stage and
-every 30 s during one (benchmarks/gpu_bundle.py), so a command killed at its limit still returns what finished.
+`worldrep.evidence` (tables, figures, health report, claims; no models, no arrays) and the logs of failed jobs.
+With `--bundle DIR` the window also keeps DIR holding exactly `summary.md` and `evidence.tar.gz`, rewritten after
+every stage and every 30 s during one (benchmarks/gpu_bundle.py), so a command killed at its limit still returns
+what finished.
 
 `--rehearse` runs the same stages on the CPU (WORLDREP_DEVICE=cpu) with config/smoke.yaml and small sizes.
 """
@@ -357,16 +358,20 @@ def benchmark(limit_s: float, window: Window, stage: str, script: str) -> str:
     return "; ".join(notes)
 
 
+def merge_facts(window: Window, key: str) -> None:
+    """A script's answers in `{key}.json` (as many as it gave, also when it failed) merged into facts.json."""
+    answers, facts_path = window.out / f"{key}.json", window.out / "facts.json"
+    if answers.exists():
+        facts = json.loads(facts_path.read_text()) if facts_path.exists() else {}
+        write_json(facts_path, {**facts, key: json.loads(answers.read_text())})
+
+
 def canary(limit_s: float, window: Window) -> str:
-    """The canary script, its answers (as many as it gave, also when it failed) merged into facts.json under
-    "canary"; the note is its graph line."""
+    """The canary script, its answers merged into facts.json under "canary"; the note is its graph line."""
     try:
         benchmark(limit_s, window, "canary", "gpu_canary.py")
     finally:
-        answers, facts_path = window.out / "canary.json", window.out / "facts.json"
-        if answers.exists():
-            facts = json.loads(facts_path.read_text()) if facts_path.exists() else {}
-            write_json(facts_path, {**facts, "canary": json.loads(answers.read_text())})
+        merge_facts(window, "canary")
     return next(iter(headline_lines((window.out / "canary.txt").read_text(), ("graphs:",))), "")
 
 
@@ -378,10 +383,7 @@ def rates(limit_s: float, window: Window) -> str:
     try:
         benchmark(limit_s, window, "rates", "rates.py")
     finally:
-        answers, facts_path = window.out / "rates.json", window.out / "facts.json"
-        if answers.exists():
-            facts = json.loads(facts_path.read_text()) if facts_path.exists() else {}
-            write_json(facts_path, {**facts, "rates": json.loads(answers.read_text())})
+        merge_facts(window, "rates")  # rates.py writes its JSON after every figure: a stopped stage keeps them
     return next(iter(headline_lines((window.out / "rates.txt").read_text(), ("job_start_s ",))), "").strip()
 
 
@@ -524,7 +526,7 @@ def rehearsal_plan(configs: list[str]) -> dict:
             "determinism": ["--device", "cpu", "--threads", "1", "--synthetic", "1400", "--steps", "2",
                             "--stack-invariance", "2"],
             "rates": ["--config", "config/smoke.yaml", "--device", "cpu", "--threads", "1", "--repeats", "1",
-                      "--items", "64", "--cities", "500", "--stacks", "2", "--extract-stack", "2"]}
+                      "--items", "64", "--cities", "500", "--stacks", "2"]}
 
 
 def main(argv=None) -> int:

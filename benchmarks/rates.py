@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.training import hardware, synchronize  # noqa: E402 (one hardware line for every benchmark)
 from worldrep.evaluation import greedy_generate, load_model, prompt_tokens, stacked_greedy_generate  # noqa: E402
+from worldrep.artifacts import write_json  # noqa: E402
 from worldrep.entry import CHECKPOINT_STACK  # noqa: E402
 from worldrep.grid import checkpoint_count, model_settings, recipe_settings, step_counts, validate_config  # noqa: E402
 from worldrep.model import ModelSettings, build_model  # noqa: E402
@@ -53,7 +54,10 @@ GPU_STEP_MS = 5.0  # an assumed ms per stack step on one GPU, for the checkpoint
 CUDA_START = "; import torch; torch.zeros(1, device='cuda').add_(1); torch.cuda.synchronize()"
 
 
-def median_seconds(fn, repeats: int, device: torch.device) -> float:
+def median_seconds(fn, repeats: int, device: torch.device, warmup: bool = True) -> float:
+    """Median wall seconds of `repeats` calls, after one untimed call (first-call costs: kernel selection, caches)."""
+    if warmup:
+        fn()
     seconds = []
     for _ in range(repeats):
         synchronize(device)
@@ -67,7 +71,7 @@ def median_seconds(fn, repeats: int, device: torch.device) -> float:
 def subprocess_seconds(code: str, repeats: int) -> float:
     def run():
         subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
-    return median_seconds(run, repeats, torch.device("cpu"))
+    return median_seconds(run, repeats, torch.device("cpu"), warmup=False)  # every start is a first start
 
 
 def distance_prompts(n: int, seed: int = 0) -> torch.Tensor:
@@ -86,7 +90,8 @@ def main():
     parser.add_argument("--cities", type=int, default=5_700, help="cities extracted (the paper world's ~5,700)")
     parser.add_argument("--stacks", type=int, nargs="+", default=[3, 7], help="K of the stacked decoding")
     parser.add_argument("--extract-stack", type=int, default=CHECKPOINT_STACK,
-                        help="checkpoints extracted at once through their stack, as a GPU's stack job does")
+                        help="checkpoints extracted at once through their stack, as a GPU's stack job does (measured "
+                             "on a GPU only)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the figures and the plan.rates block here")
     args = parser.parse_args()
@@ -99,11 +104,26 @@ def main():
     print(f"model of {args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config}: hidden "
           f"{settings.hidden_size}, {settings.num_hidden_layers} layers; evaluation batch {batch}; fp32")
 
-    rates = {}
-    rates["interpreter_s"] = subprocess_seconds("pass", args.repeats)
-    rates["job_start_s"] = subprocess_seconds(STACK_IMPORTS + (CUDA_START if device.type == "cuda" else ""),
-                                              args.repeats)
+    layers = config["representations"]["layers"]
+    what = {"checkpoint_s": "one checkpoint written (HF folder)", "model_load_s": "one saved model, Auto classes, fp32",
+            "eval_10k_s": f"greedy decoding of 10,000 items, {NEW_TOKENS} new tokens each, one model",
+            "extract_s": f"one model's representations of {args.cities:,} cities, layers {layers}",
+            "extract_stack_s": f"the same for {args.extract_stack} models at once through their stack",
+            "train_step_s": "one run's forward and backward at the config's batch", "interpreter_s": "python -c pass",
+            "job_start_s": "python importing what a stack job imports" + (", then a first CUDA kernel"
+                                                                          if device.type == "cuda" else "")}
+    rates: dict[str, float] = {}
+    record = {"hardware": hardware(device), "device": device.type, "config": str(args.config), "rates": rates}
 
+    def measured(key: str, seconds: float) -> None:
+        """Print and keep each rate as it is measured (the JSON too): a run stopped at a deadline keeps them."""
+        rates[key] = seconds
+        print(f"{key:<16}{seconds:>10.3f}  {what[key]}", flush=True)
+        if args.json:
+            write_json(args.json, record)
+
+    # In-process rates first, the slow start-ups after them: a deadline costs the fewest figures.
+    print(f"\n{'rate':<16}{'seconds':>10}  what")
     model = build_model(settings, 0).eval()
     with tempfile.TemporaryDirectory() as tmp:
         from worldrep.training import save_hf_model
@@ -112,9 +132,9 @@ def main():
         tokenizer.mkdir()
         (tokenizer / "tokenizer.json").write_text("{}")  # the tokenizer files a checkpoint carries: two small files
         (tokenizer / "tokenizer_config.json").write_text("{}")
-        rates["checkpoint_s"] = median_seconds(lambda: save_hf_model(model, Path(tmp) / "ckpt", tokenizer),
-                                               args.repeats, device)
-        rates["model_load_s"] = median_seconds(lambda: load_model(Path(tmp) / "ckpt", device), args.repeats, device)
+        measured("checkpoint_s", median_seconds(lambda: save_hf_model(model, Path(tmp) / "ckpt", tokenizer),
+                                                args.repeats, device))
+        measured("model_load_s", median_seconds(lambda: load_model(Path(tmp) / "ckpt", device), args.repeats, device))
 
     model = model.to(device)
     prompts = distance_prompts(args.items).to(device)
@@ -123,21 +143,19 @@ def main():
         for start in range(0, len(prompts), batch):
             greedy_generate(model, prompts[start:start + batch], NEW_TOKENS)
 
-    alone = median_seconds(decode_alone, args.repeats, device)
-    rates["eval_10k_s"] = alone * 10_000 / args.items
+    measured("eval_10k_s", median_seconds(decode_alone, args.repeats, device) * 10_000 / args.items)
 
-    from worldrep.representations import extract, partial_prompt_tokens
+    from worldrep.representations import extract, extract_stack, partial_prompt_tokens
 
     tokens = partial_prompt_tokens("distance", np.random.default_rng(0).integers(1000, 10_000, args.cities))
-    layers = config["representations"]["layers"]
-    rates["extract_s"] = median_seconds(lambda: extract(model, tokens, layers=layers, device=device), args.repeats,
-                                        device)
-    from worldrep.representations import extract_stack
-
-    checkpoints = from_hf_models([build_model(settings, seed) for seed in range(args.extract_stack)]).eval().to(device)
-    rates["extract_stack_s"] = median_seconds(lambda: extract_stack(checkpoints, tokens, layers=layers, device=device),
-                                              args.repeats, device)
-    del checkpoints
+    measured("extract_s", median_seconds(lambda: extract(model, tokens, layers=layers, device=device), args.repeats,
+                                         device))
+    if device.type == "cuda":  # only a GPU's stack job extracts fused (worldrep.training.fused_by_default)
+        checkpoints = from_hf_models([build_model(settings, seed) for seed in range(args.extract_stack)]).eval()
+        checkpoints = checkpoints.to(device)
+        measured("extract_stack_s", median_seconds(
+            lambda: extract_stack(checkpoints, tokens, layers=layers, device=device), args.repeats, device))
+        del checkpoints
 
     # One training step of one run at the config's batch and a pretraining mixture's typical width (distance + 2).
     stack = from_hf_models([build_model(settings, 1)]).to(device)
@@ -148,25 +166,15 @@ def main():
     def step():
         stacked_token_losses(stack, step_batch).sum().backward()
 
-    step()
-    rates["train_step_s"] = median_seconds(step, args.repeats, device)
-
-    print(f"\n{'rate':<16}{'seconds':>10}  what")
-    what = {"interpreter_s": "python -c pass",
-            "job_start_s": "python importing what a stack job imports" + (", then a first CUDA kernel"
-                                                                          if device.type == "cuda" else ""),
-            "model_load_s": "one saved model, Auto classes, fp32", "checkpoint_s": "one checkpoint written (HF folder)",
-            "eval_10k_s": f"greedy decoding of 10,000 items, {NEW_TOKENS} new tokens each, one model",
-            "extract_s": f"one model's representations of {args.cities:,} cities, layers {layers}",
-            "extract_stack_s": f"the same for {args.extract_stack} models at once through their stack",
-            "train_step_s": "one run's forward and backward at the config's batch"}
-    for key, value in rates.items():
-        print(f"{key:<16}{value:>10.3f}  {what[key]}")
+    measured("train_step_s", median_seconds(step, args.repeats, device))
+    measured("interpreter_s", subprocess_seconds("pass", args.repeats))
+    measured("job_start_s", subprocess_seconds(STACK_IMPORTS + (CUDA_START if device.type == "cuda" else ""),
+                                               args.repeats))
 
     print(f"\nstacked greedy decoding, {args.items:,} items per model, {NEW_TOKENS} new tokens, "
           f"batch {batch} per model:")
     print(f"{'K':>5}{'one after another s':>22}{'stacked s':>12}{'speed-up':>10}")
-    decoding = []
+    decoding = record["stacked_decoding"] = []
     for k in args.stacks:
         models = [build_model(settings, seed).eval().to(device) for seed in range(k)]
         stacked = from_hf_models(models).eval().to(device)
@@ -184,9 +192,11 @@ def main():
         apart, joint = (median_seconds(fn, args.repeats, device) for fn in (one_after_another, together))
         print(f"K={k:>3}{apart:>22.2f}{joint:>12.2f}{apart / joint:>9.2f}x")
         decoding.append({"k": k, "one_after_another_s": apart, "stacked_s": joint, "speed_up": apart / joint})
+        if args.json:
+            write_json(args.json, record)
 
     print("\ncheckpoint cost beside the training between two checkpoints (target < 2%):")
-    shares = []
+    shares = record["checkpoint_share"] = []
     for mixture in [next(iter(config["mixtures"]["pretraining"]))]:
         recipe = recipe_settings(config, mixture)
         epochs, per_epoch = step_counts(config, mixture)
@@ -198,7 +208,10 @@ def main():
             print(f"  {mixture}: {between:,.0f} steps between checkpoints, {label}: {100 * share:.3f}%")
             shares.append({"mixture": mixture, "steps_between": between, "step": label, "share": share})
 
-    print("\nplan.rates for a config (worldrep.plan; the GPU's come from a GPU window):")
+    # job_start_s is python, the imports and (on a GPU) the CUDA context; a Snakemake job adds its own start-up and
+    # the lease (the CPU default in worldrep.plan is 5.0 s against 2.9 s measured here for the imports alone).
+    print("\nplan.rates for a config (worldrep.plan; the GPU's come from a GPU window; job_start_s without "
+          "Snakemake's own share):")
     block = {"plan": {"rates": {device.type: {
         "job_start_s": round(rates["job_start_s"], 2), "model_load_s": round(rates["model_load_s"], 3),
         "eval_10k_s": round(rates["eval_10k_s"], 2), "extract_s": round(rates["extract_s"], 2),
@@ -207,12 +220,9 @@ def main():
     if device.type == "cuda" and args.extract_stack == CHECKPOINT_STACK:  # only a GPU's stack job extracts fused
         block["plan"]["rates"]["cuda"]["extract_stack_s"] = round(rates["extract_stack_s"], 2)
     print(yaml.safe_dump(block, sort_keys=False).rstrip())
+    record["plan"] = block["plan"]
     if args.json:
-        from worldrep.artifacts import write_json
-
-        write_json(args.json, {"hardware": hardware(device), "device": device.type, "config": str(args.config),
-                               "rates": rates, "stacked_decoding": decoding, "checkpoint_share": shares,
-                               "plan": block["plan"]})
+        write_json(args.json, record)
 
 
 if __name__ == "__main__":

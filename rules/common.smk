@@ -285,8 +285,8 @@ PREDICTION_RUNS = [run for m in ("ftwb2-2", "ftwb2-13") if (run := figure_run(m)
 def figure_targets():
     """The §13 figures this config has the runs for (PNG; the PDF and CSV come with each)."""
     estimators = ("biased", "debiased")
-    # The paper's estimator and the debiased one get the paper's figures; every estimator (with the `cka` block,
-    # calibrated CKA and mutual k-NN too) is drawn side by side in the *_estimators figures.
+    # The paper's estimator and the debiased one get the paper's figures; every estimator of the tables (calibrated
+    # CKA and mutual k-NN too) is drawn side by side in the *_estimators figures.
     names = ["world_map"] + [f"cka_{f}_{e}" for f in CKA_FAMILIES for e in (*estimators, "estimators")]
     if CKA_FAMILIES:
         names += [f"cka_task_count_{e}" for e in (*estimators, "estimators")]

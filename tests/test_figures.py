@@ -215,7 +215,7 @@ def test_cka_estimators_draws_each_estimator_on_one_linear_scale(tmp_path):
     assert low.to_rgba(calibrated["mean"].min()) == low.to_rgba(0.0)
     assert len(data) == 4 * 9 and set(data.layer) == {5} and list(dict.fromkeys(data.estimator)) == list(ESTIMATORS)
     check_saved(fig, tmp_path, "cka_estimators", data)
-    # Without the `cka` block a table has the paper's two estimators: two panels.
+    # A table with the paper's two estimators only (made before calibrated CKA and mutual k-NN): two panels.
     fig, _ = F.cka_estimators(synthetic_matrix(list(pairs)), 5)
     assert [ax.get_title() for ax in fig.axes if ax.images] == ["biased CKA (paper)", "debiased CKA"]
 

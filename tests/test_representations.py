@@ -171,18 +171,25 @@ def test_reusing_the_shared_prefix_matches_the_full_forward(model, city_ids, tas
 
 def test_stacked_hidden_states_follow_the_layer_convention_of_each_model():
     """StackedQwen2.hidden_states of K = 3 models equals each model's own HF hidden_states, index by index: 0 the
-    embeddings, the block outputs, the last one after the final norm."""
+    embeddings, the block outputs, the last one after the final norm; every position, or only the last ones asked
+    for, of only the layers asked for."""
     from worldrep.stack import from_hf_models
 
     models = [build_model(seed=seed).eval() for seed in (0, 1, 2)]
     tokens = torch.as_tensor(partial_prompt_tokens("compass", np.arange(1000, 1012)))
+    stack = from_hf_models(models).eval()
     with torch.inference_mode():
-        stacked = from_hf_models(models).eval().hidden_states(tokens.expand(3, *tokens.shape))
+        every = stack.hidden_states(tokens.expand(3, *tokens.shape), range(7), last=tokens.shape[1])
+        some = stack.hidden_states(tokens.expand(3, *tokens.shape), [0, 6], last=2)
+        assert sorted(every) == list(range(7)) and sorted(some) == [0, 6]
         for index, m in enumerate(models):
             alone = m(input_ids=tokens, output_hidden_states=True).hidden_states
-            assert len(stacked) == len(alone) == 7
-            for layer, (ours, theirs) in enumerate(zip(stacked, alone)):
-                torch.testing.assert_close(ours[index], theirs, rtol=0, atol=2e-5, msg=f"model {index} layer {layer}")
+            assert len(alone) == 7
+            for layer, theirs in enumerate(alone):
+                torch.testing.assert_close(every[layer][index], theirs, rtol=0, atol=2e-5,
+                                           msg=f"model {index} layer {layer}")
+            for layer in (0, 6):
+                assert torch.equal(some[layer][index], every[layer][index, :, -2:])
 
 
 def test_extract_stack_matches_each_model_extracted_alone(city_ids):

@@ -90,6 +90,16 @@ def hidden_states(model, tokens: torch.Tensor, prefix_kv=None) -> tuple[torch.Te
                  logits_to_keep=1).hidden_states
 
 
+def check_extraction(model, num_layers: int, layers: Sequence[int], tokens: np.ndarray) -> None:
+    """Refuse, before any forward, what `extract` and `extract_stack` cannot do (a model or a stack: `model`)."""
+    if next(model.parameters()).dtype != torch.float32:
+        raise ValueError("representations are extracted in fp32; load the model with dtype=torch.float32")
+    if not all(0 <= layer <= num_layers for layer in layers):
+        raise ValueError(f"layers {list(layers)} outside 0..{num_layers}")
+    if len(tokens) == 0:
+        raise ValueError("no prompts to extract")
+
+
 def extract(model, tokens: np.ndarray, layers: Sequence[int] = LAYERS, batch_size: int = 1024,
             device: torch.device | None = None, reuse_prefix: bool = True) -> dict[int, np.ndarray]:
     """{layer: float32 [n, 2·hidden]} = [h_L(second-to-last token), h_L(last token)] of each prompt row.
@@ -97,12 +107,7 @@ def extract(model, tokens: np.ndarray, layers: Sequence[int] = LAYERS, batch_siz
     tokens: int [n, L], every row the same length (partial prompts need no padding). The model must be fp32;
     no autocast. `reuse_prefix=False` runs the plain full forward (the reference the tests compare against).
     """
-    if next(model.parameters()).dtype != torch.float32:
-        raise ValueError("representations are extracted in fp32; load the model with dtype=torch.float32")
-    if not all(0 <= layer <= model.config.num_hidden_layers for layer in layers):
-        raise ValueError(f"layers {list(layers)} outside 0..{model.config.num_hidden_layers}")
-    if len(tokens) == 0:
-        raise ValueError("no prompts to extract")
+    check_extraction(model, model.config.num_hidden_layers, layers, tokens)
     device = device or next(model.parameters()).device
     tokens = torch.as_tensor(np.asarray(tokens, dtype=np.int64), device=device)  # [n, L]
     parts: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
@@ -123,21 +128,16 @@ def extract_stack(stack, tokens: np.ndarray, layers: Sequence[int] = LAYERS, bat
     import the stack), all K in one forward per batch of prompts: what a GPU, bound by kernel launches at these
     sizes, does K times faster. The plain full forward (no shared-prefix cache). Equal to `extract` of each model up
     to float rounding, not bit for bit: the stacked kernels sum in another order than HF's."""
-    if next(stack.parameters()).dtype != torch.float32:
-        raise ValueError("representations are extracted in fp32; build the stack from fp32 models")
-    if not all(0 <= layer <= stack.settings.num_hidden_layers for layer in layers):
-        raise ValueError(f"layers {list(layers)} outside 0..{stack.settings.num_hidden_layers}")
-    if len(tokens) == 0:
-        raise ValueError("no prompts to extract")
+    check_extraction(stack, stack.settings.num_hidden_layers, layers, tokens)
     device = device or next(stack.parameters()).device
     tokens = torch.as_tensor(np.asarray(tokens, dtype=np.int64), device=device)  # [n, L]
     parts: list[dict[int, list[np.ndarray]]] = [{layer: [] for layer in layers} for _ in range(stack.k)]
     with torch.inference_mode():
         for start in range(0, len(tokens), batch_size):
             batch = tokens[start: start + batch_size]
-            states = stack.hidden_states(batch.expand(stack.k, *batch.shape))
+            states = stack.hidden_states(batch.expand(stack.k, *batch.shape), layers, last=2)
             for layer in layers:
-                last_two = states[layer][:, :, -2:, :].reshape(stack.k, len(batch), -1).float().cpu().numpy()
+                last_two = states[layer].reshape(stack.k, len(batch), -1).float().cpu().numpy()
                 for model, values in zip(parts, last_two):
                     model[layer].append(values)
     return [{layer: np.concatenate(chunks) for layer, chunks in model.items()} for model in parts]
@@ -159,7 +159,7 @@ def save_representations(path, city_ids: np.ndarray, reps: dict[int, np.ndarray]
 
 
 def write_representations(models: list[tuple[Path, Path]], task: str, cities: Path, layers: Sequence[int],
-                          device: torch.device, progress=None, make_stack=None, stack_size: int = 21) -> int:
+                          device: torch.device, progress=None, make_stack=None, stack_size: int | None = None) -> int:
     """Each (model folder, .npz path): the model's representations of every eligible city at `task`'s partial
     prompt (§10), model after model; or, with `make_stack` (models -> their stack on the CPU,
     `worldrep.stack.from_hf_models`), `stack_size` models at a time through their stack (`extract_stack`). Returns
@@ -167,6 +167,8 @@ def write_representations(models: list[tuple[Path, Path]], task: str, cities: Pa
     from .evaluation import load_model
     from .world import read_cities
 
+    if make_stack is not None and not stack_size:
+        raise ValueError("a stacked extraction needs its stack_size (worldrep.entry.CHECKPOINT_STACK)")
     city_ids = eligible_cities(read_cities(cities))["city_id"].to_numpy()
     tokens = partial_prompt_tokens(task, city_ids)
     step = stack_size if make_stack is not None else 1

@@ -216,19 +216,25 @@ class StackedQwen2(nn.Module):
             x = layer(x, batch, cos, sin)
         return self.model.norm(x)
 
-    def hidden_states(self, ids: torch.Tensor) -> list[torch.Tensor]:
-        """What HF's `output_hidden_states` gives, for all K models: N + 1 tensors [K, B, T, H] of ids [K, B, T], 0 the
-        embeddings, 1..N-1 the block outputs, N block N's output after the final norm (the layer convention of
-        `worldrep.representations`). For extraction; training uses `hidden`, which keeps no intermediate states."""
+    def hidden_states(self, ids: torch.Tensor, layers, last: int) -> dict[int, torch.Tensor]:
+        """What HF's `output_hidden_states` gives, for all K models, at `layers` and only the `last` positions:
+        {layer: [K, B, last, H]} of ids [K, B, T], layer 0 the embeddings, 1..N-1 the block outputs, N block N's
+        output after the final norm (the layer convention of `worldrep.representations`). Extraction keeps 2 of ~18
+        positions of 4 of 7 layers: keeping only those is what lets 21 checkpoints share one forward. Training uses
+        `hidden`, which keeps no intermediate state."""
         k, batch, length = ids.shape
         x = self.model.embed_tokens(ids).reshape(k, batch * length, -1)
         cos, sin = self.rotary(length, ids.device, x.dtype)
-        states = [x]
-        for layer in self.model.layers:
-            x = layer(x, batch, cos, sin)
-            states.append(x)
-        states[-1] = self.model.norm(x)
-        return [state.view(k, batch, length, -1) for state in states]
+        n = len(self.model.layers)
+        kept = {}
+        for index in range(n + 1):
+            if index:
+                x = self.model.layers[index - 1](x, batch, cos, sin)
+            if index in layers:
+                state = self.model.norm(x) if index == n else x
+                # A copy, not a view: a view of the last positions would keep the whole layer's state alive.
+                kept[index] = state.view(k, batch, length, -1)[:, :, length - last:].contiguous()
+        return kept
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         k, batch, length = ids.shape
