@@ -401,8 +401,14 @@ def test_the_readme_laptop_results_are_the_newest_evidence():
     assert sorted(runs) == sorted(final.index), "the laptop table lists other runs than the evidence"
     problems = [f"{run} {column}: README {row[column]}, evidence {shown(final.loc[run, key])}"
                 for run, row in zip(runs, rows) for column, key in (("R² x", "r2_x"), ("R² y", "r2_y"),
-                                                                     ("mean", "r2_mean"))
+                                                                     ("mean", "r2_mean"),
+                                                                     ("ridge mean", "ridge_r2_mean"),
+                                                                     ("selectivity", "selectivity"))
                 if row[column] != shown(final.loc[run, key])]
     assert not problems, "\n".join(problems)
     counts = (newest / "claims.md").read_text().splitlines()[2]
     assert f"**{counts}**" in section, f"the laptop section should quote the checklist's line {counts!r}"
+    # ... and say on how many seeds its claims were decided.
+    seeds = pd.read_csv(newest / "claims.csv")["seeds_run"].max()
+    said = "decided on one seed" if seeds == 1 else f"decided on {seeds} seeds"
+    assert said in section, f"the laptop section should say its claims were {said} (the evidence's claims.csv)"
