@@ -91,7 +91,7 @@ def hidden_states(model, tokens: torch.Tensor, prefix_kv=None) -> tuple[torch.Te
 
 
 def check_extraction(model, num_layers: int, layers: Sequence[int], tokens: np.ndarray) -> None:
-    """Refuse, before any forward, what `extract` and `extract_stack` cannot do (a model or a stack: `model`)."""
+    """Refuse, before any forward, what `extract` (an HF model) and `extract_stack` (a stack) cannot do."""
     if next(model.parameters()).dtype != torch.float32:
         raise ValueError("representations are extracted in fp32; load the model with dtype=torch.float32")
     if not all(0 <= layer <= num_layers for layer in layers):
@@ -125,9 +125,9 @@ def extract(model, tokens: np.ndarray, layers: Sequence[int] = LAYERS, batch_siz
 def extract_stack(stack, tokens: np.ndarray, layers: Sequence[int] = LAYERS, batch_size: int = 1024,
                   device: torch.device | None = None) -> list[dict[int, np.ndarray]]:
     """`extract` for each of the K models of a stack (`worldrep.stack.StackedQwen2`, passed in: this module does not
-    import the stack), all K in one forward per batch of prompts: what a GPU, bound by kernel launches at these
-    sizes, does K times faster. The plain full forward (no shared-prefix cache). Equal to `extract` of each model up
-    to float rounding, not bit for bit: the stacked kernels sum in another order than HF's."""
+    import the stack), all K in one forward per batch of prompts: a GPU, bound by kernel launches at these sizes,
+    launches once what it would launch K times. The plain full forward (no shared-prefix cache). Equal to `extract`
+    of each model up to float rounding, not bit for bit: the stacked kernels sum in another order than HF's."""
     check_extraction(stack, stack.settings.num_hidden_layers, layers, tokens)
     device = device or next(stack.parameters()).device
     tokens = torch.as_tensor(np.asarray(tokens, dtype=np.int64), device=device)  # [n, L]
