@@ -517,8 +517,8 @@ def gpu_plan(configs: list[str]) -> dict:
 def rehearsal_plan(configs: list[str]) -> dict:
     return {"title": "CPU rehearsal (config/smoke.yaml, WORLDREP_DEVICE=cpu)", "configs": configs,
             "env": {"WORLDREP_DEVICE": "cpu", "CUDA_VISIBLE_DEVICES": ""}, "cores": 2,
-            "stages": fixed_stages({"install": (5, 15), "facts": (5, 15), "canary": (20, 60), "throughput": (30, 90),
-                                    "determinism": (30, 90), "rates": (15, 45)})
+            "stages": fixed_stages({"install": (5, 15), "facts": (5, 15), "canary": (20, 45), "throughput": (30, 60),
+                                    "determinism": (30, 60), "rates": (10, 30)})
             + [Stage(f"reproduction: {c}", 60, 300, reproduction=True) for c in configs],
             "canary": ["--device", "cpu", "--threads", "1", "--k", "2", "--steps", "2", "--memory-k", "0"],
             "throughput": ["--device", "cpu", "--threads", "1", "--synthetic", "1400", "--stack", "1,2", "--steps",

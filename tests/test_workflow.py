@@ -807,10 +807,10 @@ def test_training_setting_change_replans_the_runs_it_shapes(workflow, smoke_conf
     expected = downstream_jobs(smoke_config, set(), set(), set(smoke_config["mixtures"]["finetuning"]["mixes"]))
     # publish, evaluate, representations and probes per mix; the two fine-tuning stacks (ftwb1: ftwb1-1, ftwb1-6;
     # ftwb2: ftwb2-13); the combined tables, generalization and what reads it, the Atlantis reconstruction
-    # (ftwb2-13), all; 6 figures (FTWB1, deviation matrix and histogram, CKA vs generalization twice, Atlantis
-    # histogram), the Atlantis predictions, the health report, the claims
+    # (ftwb2-13), all; 7 figures (FTWB1, deviation matrix and histogram, CKA vs generalization biased, debiased and
+    # by estimator, Atlantis histogram), the Atlantis predictions, the health report, the claims
     assert {"finetune_ftwb1", "finetune_ftwb2"} <= expected
-    assert len(expected) == 3 * 4 + 2 + 6 + 9
+    assert len(expected) == 3 * 4 + 2 + 6 + 10
     assert planned_jobs(workflow, "config/edited.yaml") == expected
 
 
