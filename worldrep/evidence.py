@@ -41,16 +41,16 @@ def headline(probes: pd.DataFrame, layer: int) -> pd.DataFrame:
     return final[[c for c in columns if c in final]].sort_values("r2_mean", ascending=False)
 
 
-ESTIMATORS = ("biased", "debiased", "calibrated", "mutual_knn")  # worldrep.cka.cka_matrices, in the figures' order
-
-
 def similarity_table(matrix: pd.DataFrame, layer: int, family: str) -> pd.DataFrame:
     """One row per pair of a family's variants (the seed-mean cells of `cka/{family}/matrix.csv` above the diagonal, in
-    the matrix's variant order) at `layer`, one column per estimator the table has: whether a similarity survives
-    the estimators with a reference point (calibrated CKA, mutual k-NN) or only the paper's biased CKA."""
+    the matrix's variant order) at `layer`, one column per estimator the table has, in the figures' order: whether a
+    similarity survives the estimators with a reference point (calibrated CKA, mutual k-NN) or only the paper's
+    biased CKA."""
+    from .figures import table_estimators
+
     part = matrix[matrix["layer"] == layer]
     order = list(dict.fromkeys(part["row"]))
-    estimators = [e for e in ESTIMATORS if e in set(part["estimator"])]
+    estimators = table_estimators(part)
     cells = part.set_index(["estimator", "row", "column"])["mean"]
     rows = [{"family": family, "pair": f"{a} / {b}", **{e: cells[(e, a, b)] for e in estimators}}
             for i, a in enumerate(order) for b in order[i + 1:]]
