@@ -13,6 +13,9 @@ Also, the questions of one process per stack (docs/METHOD.md §7.5):
   - a checkpoint's cost beside the training it interrupts: write time over the steps between two checkpoints at
     the measured step time (and at an assumed GPU step time), to be under 2%.
 
+On a GPU it also times a stack of one's whole update (forward, backward, clipping, AdamW) eagerly and replayed as a
+CUDA graph: the plan's fixed cost per stack step (`step_overhead_ms`, `graph_step_overhead_ms`).
+
 Evaluation items are prompts of the distance task decoded to 6 new tokens each (a 4-digit answer, its `<eos>`
 and one more: what a trained model emits; a random-init one would run to the task's limit of 20).
 
@@ -84,10 +87,10 @@ UPDATES = 50  # updates timed per repeat: one takes about a millisecond on a GPU
 
 
 def update_seconds(config: dict, settings: ModelSettings, batch: torch.Tensor, device: torch.device, repeats: int,
-                   measured) -> None:
+                   measured) -> bool:
     """A GPU's seconds per training update of a stack of one at the config's recipe and precision, eager and as a
     replayed CUDA graph (worldrep.training.StackStep, as scripts/train.py runs it): `update_s` and `graph_update_s`.
-    A failed capture is printed, and leaves `graph_update_s` unmeasured."""
+    Whether the capture succeeded: a failed one is printed, and the eager update stands for both in the plan."""
     from worldrep.evaluation import resolve_device_precision
     from worldrep.training import Recipe, StackStep
 
@@ -105,8 +108,33 @@ def update_seconds(config: dict, settings: ModelSettings, batch: torch.Tensor, d
         seconds = median_seconds(updates, repeats, device) / UPDATES  # its warm-up call captures the graph
         if graphs and step_fn.graph is None:
             print(f"{key:<16}  CUDA graph capture failed: the update stays eager", flush=True)
-            continue
+            return False
         measured(key, seconds)
+    return True
+
+
+# The plan's rate for each measured one: (plan key, scale, decimals). job_start_s is python, the imports and (on a
+# GPU) the CUDA context; a Snakemake job adds its own start-up and the lease (the CPU default in worldrep.plan is
+# 5.0 s against 2.9 s measured here for the imports alone). At this model's size an update is launch-bound: its
+# time is the plan's fixed cost per stack step (the FLOPs the plan adds on top are microseconds here).
+PLAN_KEYS = {"job_start_s": ("job_start_s", 1, 2), "model_load_s": ("model_load_s", 1, 3),
+             "eval_10k_s": ("eval_10k_s", 1, 2), "extract_s": ("extract_s", 1, 2),
+             "checkpoint_s": ("checkpoint_s", 1, 3), "extract_stack_s": ("extract_stack_s", 1, 2),
+             "update_s": ("step_overhead_ms", 1000, 3), "graph_update_s": ("graph_step_overhead_ms", 1000, 3)}
+
+
+def plan_block(rates: dict[str, float], hardware_name: str, full_extract_stack: bool = True,
+               capture_failed: bool = False) -> dict:
+    """The `plan.rates.{device}` block of the rates in `rates`. A fused extraction counts only at the stack
+    job's own size (entry.CHECKPOINT_STACK). An update measured eagerly whose capture failed stands for the graph
+    step too: training then runs eagerly as well (worldrep.training.StackStep)."""
+    block = {}
+    for rate, (key, scale, decimals) in PLAN_KEYS.items():
+        if rate in rates and (rate != "extract_stack_s" or full_extract_stack):
+            block[key] = round(scale * rates[rate], decimals)
+    if "step_overhead_ms" in block and capture_failed:
+        block["graph_step_overhead_ms"] = block["step_overhead_ms"]
+    return {**block, "source": f"measured: benchmarks/rates.py, {hardware_name}"}
 
 
 def main():
@@ -148,9 +176,13 @@ def main():
     record = {"hardware": hardware(device), "device": device.type, "config": str(args.config), "rates": rates}
 
     def measured(key: str, seconds: float) -> None:
-        """Print and keep each rate as it is measured (the JSON too): a run stopped at a deadline keeps them."""
+        """Print and keep each rate as it is measured, with the plan.rates block of every rate measured until then
+        (the JSON too): a run stopped at a deadline keeps them."""
         rates[key] = seconds
-        print(f"{key:<16}{seconds:>10.3f}  {what[key]}", flush=True)
+        print(f"{key:<16}{seconds:>10.{5 if seconds < 0.1 else 3}f}  {what[key]}", flush=True)
+        record["plan"] = {"rates": {device.type: plan_block(
+            rates, hardware(device).split(";")[0], args.extract_stack == CHECKPOINT_STACK,
+            record.get("graph_captured") is False)}}
         if args.json:
             write_json(args.json, record)
 
@@ -200,7 +232,10 @@ def main():
 
     measured("train_step_s", median_seconds(step, args.repeats, device))
     if device.type == "cuda":
-        update_seconds(config, settings, step_batch, device, args.repeats, measured)
+        try:  # never run before a GPU window: a failure here must not cost the rates after it
+            record["graph_captured"] = update_seconds(config, settings, step_batch, device, args.repeats, measured)
+        except Exception as error:  # noqa: BLE001
+            print(f"update timing failed: {type(error).__name__}: {error}", flush=True)
     measured("interpreter_s", subprocess_seconds("pass", args.repeats))
     measured("job_start_s", subprocess_seconds(STACK_IMPORTS + (CUDA_START if device.type == "cuda" else ""),
                                                args.repeats))
@@ -242,26 +277,9 @@ def main():
             print(f"  {mixture}: {between:,.0f} steps between checkpoints, {label}: {100 * share:.3f}%")
             shares.append({"mixture": mixture, "steps_between": between, "step": label, "share": share})
 
-    # job_start_s is python, the imports and (on a GPU) the CUDA context; a Snakemake job adds its own start-up and
-    # the lease (the CPU default in worldrep.plan is 5.0 s against 2.9 s measured here for the imports alone).
     print("\nplan.rates for a config (worldrep.plan; the GPU's come from a GPU window; job_start_s without "
           "Snakemake's own share):")
-    block = {"plan": {"rates": {device.type: {
-        "job_start_s": round(rates["job_start_s"], 2), "model_load_s": round(rates["model_load_s"], 3),
-        "eval_10k_s": round(rates["eval_10k_s"], 2), "extract_s": round(rates["extract_s"], 2),
-        "checkpoint_s": round(rates["checkpoint_s"], 3),
-        "source": f"measured: benchmarks/rates.py, {hardware(device).split(';')[0]}"}}}}
-    if device.type == "cuda" and args.extract_stack == CHECKPOINT_STACK:  # only a GPU's stack job extracts fused
-        block["plan"]["rates"]["cuda"]["extract_stack_s"] = round(rates["extract_stack_s"], 2)
-    # At this model's size an update is launch-bound: its time is the plan's fixed cost per stack step (the FLOPs
-    # the plan adds on top are a few microseconds here).
-    for key, rate in (("step_overhead_ms", "update_s"), ("graph_step_overhead_ms", "graph_update_s")):
-        if rate in rates:
-            block["plan"]["rates"]["cuda"][key] = round(1000 * rates[rate], 3)
-    print(yaml.safe_dump(block, sort_keys=False).rstrip())
-    record["plan"] = block["plan"]
-    if args.json:
-        write_json(args.json, record)
+    print(yaml.safe_dump({"plan": record["plan"]}, sort_keys=False).rstrip())
 
 
 if __name__ == "__main__":

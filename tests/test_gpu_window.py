@@ -115,7 +115,7 @@ def test_a_reproduction_wants_its_projection_with_margin_planning_and_collection
     for stage, name in zip(CONFIGS, ["laptop", "quick", "paper_pt1"]):
         projection = plan_projection(name, tmp_path)
         assert GPU_PLAN["projections"][name][0] == pytest.approx(projection)
-        assert stage.wanted_s == pytest.approx(1.25 * projection + 15 + 20)
+        assert stage.wanted_s == pytest.approx(1.35 * projection + 15 + 20)
     # Before the library imports (the image before `install`), the guesses: and never below the minimum.
     assert gpu_window.reproduction_stage("laptop", 90, 600, None) == Stage("reproduction: laptop", 90, 600, True)
     assert gpu_window.reproduction_stage("laptop", 90, 600, (10.0, "")).wanted_s == 90
@@ -133,6 +133,51 @@ def test_laptop_is_projected_whole_in_a_9_minute_window_and_quick_in_a_longer_on
     needs = sum(s.minimum_s for s in FIXED) + quick.wanted_s
     assert allot(needs, alone, 0)[quick.name] == pytest.approx(quick.wanted_s)
     assert allot(needs - 1, alone, 0)[quick.name] < quick.wanted_s - 1  # partly: the fixed stages grew first
+
+
+def window_minutes(need_s: float) -> float:
+    """The shortest budget in tenths of a minute whose time after the end's reserve holds `need_s`."""
+    tenths = 1
+    while tenths * 6 - reserve(tenths * 6) < need_s:
+        tenths += 1
+    return tenths / 10
+
+
+def test_the_window_figures_in_the_performance_page_are_the_plans():
+    """docs/PERFORMANCE.md's laptop and quick projections and the windows quick needs, alone and after laptop, are
+    what the plan and `allot` give now."""
+    text = " ".join((REPO / "docs" / "PERFORMANCE.md").read_text().split())
+    found = re.search(r"the whole laptop config \(projected ([\d.]+) min\); quick \(projected ([\d.]+) min\) needs a "
+                      r"window of ([\d.]+) minutes alone, ([\d.]+) after laptop", text)
+    assert found, "the Budget paragraph of docs/PERFORMANCE.md no longer states the window's figures"
+    laptop, quick = CONFIGS[0], CONFIGS[1]
+    minima = sum(s.minimum_s for s in FIXED)
+    stated = [float(x) for x in found.groups()]
+    assert stated == [round(GPU_PLAN["projections"]["laptop"][0] / 60, 1),
+                      round(GPU_PLAN["projections"]["quick"][0] / 60, 1),
+                      window_minutes(minima + quick.wanted_s),
+                      window_minutes(minima + laptop.wanted_s + quick.wanted_s)]
+    assert allot(stated[2] * 60, [*FIXED, quick])[quick.name] >= quick.wanted_s - 1e-6
+    assert allot(stated[3] * 60, GPU_STAGES)[quick.name] >= quick.wanted_s - 1e-6
+
+
+def test_the_rates_block_is_what_the_plan_reads():
+    """rates.py's `plan.rates` block: seconds as the plan's keys (an update's seconds as milliseconds per step), a
+    fused extraction only at the stack job's size, the eager update standing for a graph that failed to capture; and
+    a config takes it (the schema knows every key)."""
+    from benchmarks.rates import plan_block
+
+    rates = {"job_start_s": 6.2345, "model_load_s": 0.01234, "eval_10k_s": 1.5, "extract_s": 0.25,
+             "checkpoint_s": 0.0123, "extract_stack_s": 0.51, "train_step_s": 0.002, "update_s": 0.0031234,
+             "graph_update_s": 0.0009876}
+    block = plan_block(rates, "H100")
+    assert block == {"job_start_s": 6.23, "model_load_s": 0.012, "eval_10k_s": 1.5, "extract_s": 0.25,
+                     "checkpoint_s": 0.012, "extract_stack_s": 0.51, "step_overhead_ms": 3.123,
+                     "graph_step_overhead_ms": 0.988, "source": "measured: benchmarks/rates.py, H100"}
+    assert "extract_stack_s" not in plan_block(rates, "H100", full_extract_stack=False)
+    failed = plan_block({k: v for k, v in rates.items() if k != "graph_update_s"}, "H100", capture_failed=True)
+    assert failed["graph_step_overhead_ms"] == failed["step_overhead_ms"] == 3.123
+    assert gpu_window.window_config("quick", {"cuda": block})["plan"]["rates"]["cuda"] == block
 
 
 def test_a_projection_that_fails_leaves_the_guess(monkeypatch, capsys):
@@ -204,8 +249,8 @@ def test_allot_by_hand():
 
 
 def test_replanning_at_measured_rates_reshares_the_time_left(tmp_path):
-    """After the rates stage, a GPU twice as fast as assumed (every cuda rate halved) makes quick's projection
-    shorter: the reproductions not yet run are projected again at those rates and the time left is shared again.
+    """After the rates stage, a GPU twice as fast as assumed (twice the TFLOP/s, every time halved) makes quick's
+    projection shorter: the reproductions not yet run are projected again at those rates and the time left is shared again.
     paper_pt1's model is not the one measured: its projection stays at the config's own rates."""
     from worldrep import plan
 
@@ -215,13 +260,14 @@ def test_replanning_at_measured_rates_reshares_the_time_left(tmp_path):
     for stage in FIXED:  # as if they had run
         window.stages.append({"stage": stage.name, "status": "done", "seconds": 0, "why": ""})
     before = {name: seconds for name, (seconds, _) in window_plan["projections"].items()}
-    faster = {key: value / 2 for key, value in plan.DEFAULT_RATES["cuda"].items() if key != "source"}
+    faster = {key: value * 2 if key == "tflops" else value / 2 for key, value in plan.DEFAULT_RATES["cuda"].items()
+              if key != "source"}
     window.replan(tmp_path, {"cuda": {**faster, "source": "measured: a test"}})
     after = window_plan["projections"]
     assert after["quick"][0] < before["quick"] and after["quick"][1] == "measured: a test"
     assert after["paper_pt1"] == (pytest.approx(before["paper_pt1"]), plan.DEFAULT_RATES["cuda"]["source"])
     quick = next(s for s in window.stages_planned if s.name == "reproduction: quick")
-    assert quick.wanted_s == pytest.approx(1.25 * after["quick"][0] + 35)
+    assert quick.wanted_s == pytest.approx(1.35 * after["quick"][0] + 35)
     ahead = [s for s in window.stages_planned if s.reproduction]
     assert {s.name: window.allotted[s.name] for s in ahead} == pytest.approx(
         allot(window.left(), ahead, reserve_s=0), abs=1.0)  # the clock moved on by milliseconds
