@@ -416,8 +416,8 @@ def canary(limit_s: float, window: Window) -> str:
 def rates(limit_s: float, window: Window) -> str:
     """benchmarks/rates.py on this device for the quick config's model: a stack job's start-up with the CUDA
     context, model load, evaluation per 10,000 items, extraction, checkpoint writes, an update eager and as a CUDA
-    graph, and stacked against one-by-one greedy decoding. Its JSON goes into facts.json under "rates"; its `plan.rates` block is what the run plan
-    projects with from then on (docs/PERFORMANCE.md)."""
+    graph, and stacked against one-by-one greedy decoding. Its JSON goes into facts.json under "rates"; its
+    `plan.rates` block is what the run plan projects with from then on (docs/PERFORMANCE.md)."""
     try:
         benchmark(limit_s, window, "rates", "rates.py")
     finally:
@@ -618,10 +618,11 @@ def gpu_plan(configs: list[str], cores: int | None = None) -> dict:
     """Minimum and wanted seconds of the fixed stages are estimates for one H100/H200 (canary ~40 s, throughput
     ~90 s with its data and the baseline, determinism ~60 s, rates ~30 s: two start-ups timed twice, 300 small
     updates and a graph capture, the rest small; its plan.rates block grows with every figure, so a stop at the
-    deadline keeps what it measured). A reproduction's minimum shows its first jobs' times (world, datasets, the first stack job starting on
-    the GPU); what it wants comes from its projection (`reproductions`, once the library imports), before that
-    from the fallback guess here."""
-    return {"title": "one GPU", "configs": configs, "env": {}, "cores": cores or len(os.sched_getaffinity(0)), "gpus": 1,
+    deadline keeps what it measured). A reproduction's minimum shows its first jobs' times (world, datasets, the
+    first stack job starting on the GPU); what it wants comes from its projection (`reproductions`, once the
+    library imports), before that from the fallback guess here."""
+    return {"title": "one GPU", "configs": configs, "env": {}, "cores": cores or len(os.sched_getaffinity(0)),
+            "gpus": 1,
             "reproduction": {"laptop": (90, 600), "quick": (180, 1500), "paper_pt1": (180, 1800),
                              "other": (180, 1800)},
             "projections": {}, "overlay": WINDOW_OVERLAY,

@@ -167,7 +167,7 @@ def main():
             "extract_s": f"one model's representations of {args.cities:,} cities, layers {layers}",
             "extract_stack_s": f"the same for {args.extract_stack} models at once through their stack",
             "train_step_s": "one run's forward and backward at the config's batch",
-            "update_s": f"a stack of one's whole update (forward, backward, clipping, AdamW), eager, {UPDATES} in a row",
+            "update_s": f"a stack of one's update (forward, backward, clipping, AdamW), eager, {UPDATES} in a row",
             "graph_update_s": "the same update replayed as a CUDA graph (training.cuda_graphs)",
             "interpreter_s": "python -c pass",
             "job_start_s": "python importing what a stack job imports" + (", then a first CUDA kernel"

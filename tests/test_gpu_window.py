@@ -250,8 +250,8 @@ def test_allot_by_hand():
 
 def test_replanning_at_measured_rates_reshares_the_time_left(tmp_path):
     """After the rates stage, a GPU twice as fast as assumed (twice the TFLOP/s, every time halved) makes quick's
-    projection shorter: the reproductions not yet run are projected again at those rates and the time left is shared again.
-    paper_pt1's model is not the one measured: its projection stays at the config's own rates."""
+    projection shorter: the reproductions not yet run are projected again at those rates and the time left is
+    shared again. paper_pt1's model is not the one measured: its projection stays at the config's own rates."""
     from worldrep import plan
 
     window_plan = gpu_window.gpu_plan(["laptop", "quick", "paper_pt1"], cores=16)
