@@ -36,8 +36,8 @@ collection). Priority: every stage's minimum, then whole reproductions in order,
 they want, then one more reproduction partly with what is left. The split is made at the start, again after
 `install` (the workflow's library imports only then) and after `rates` (the projections at the measured rates).
 At run time each stage runs under a deadline that keeps the planned time of the stages after it, so time a stage
-leaves unused flows on. The window never runs past its budget; it exits 0 when stages were skipped, and 1 only when
-a stage it ran failed.
+leaves unused flows on. The window never runs past its budget; it exits 0 when stages were skipped or stopped at
+their deadline with part of their evidence (partial), and 1 only when a stage it ran failed.
 
 Evidence lands in --out (default: evidence/{date}-{device}-window, or a scratch folder under --work with
 --bundle): `summary.md` (plan, facts, each stage's headline lines, checklists, what did not finish and why),
@@ -146,6 +146,12 @@ class Skip(Exception):
     """Raised by a stage that cannot run here (not for lack of time): recorded as skipped, with its reason."""
 
 
+class Partial(Exception):
+    """Raised by a stage its deadline stopped with part of its evidence (a benchmark keeps the rows it printed):
+    recorded as partial, not failed. The budget ran out; the code did not fail, as with a reproduction stopped at
+    the window's budget."""
+
+
 class Terminated(BaseException):
     """SIGTERM reached the window (its allocation is ending): the running stage is recorded as stopped, the bundle
     written, and the window ends. A BaseException, so that no stage's `except Exception` swallows it."""
@@ -205,6 +211,8 @@ class Window:
             note, status = action(limit, *args) or "", "done"
         except Skip as reason:
             note, status = str(reason), "skipped"
+        except Partial as reason:
+            note, status = str(reason), "partial"
         except Exception as error:  # noqa: BLE001 - a failed stage is reported, the next stages still run
             note, status = f"{type(error).__name__}: {error}", "failed"
             self.failed = True
@@ -388,8 +396,10 @@ def benchmark(limit_s: float, window: Window, stage: str, script: str) -> str:
         extra = ["--skip-baseline"]
     log = window.out / f"{stage}.txt"
     rc, timed_out = window.run([sys.executable, f"benchmarks/{script}", *window.plan[stage], *extra], log, limit_s)
-    if timed_out or rc:
-        raise RuntimeError(("stopped at its deadline" if timed_out else f"exit {rc}") + f" ({stage}.txt)")
+    if timed_out:
+        raise Partial(f"stopped at its deadline; {stage}.txt keeps what it printed")
+    if rc:
+        raise RuntimeError(f"exit {rc} ({stage}.txt)")
     notes = ["no HF Trainer baseline: accelerate is not installed"] if extra else []
     notes += [line.strip() for line in log.read_text(errors="replace").splitlines()
               if any(p in line.lower() for p in ("capture failed", "failed:"))]  # "baseline failed: ..." too

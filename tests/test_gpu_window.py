@@ -382,6 +382,28 @@ def test_a_window_killed_mid_stage_still_leaves_its_bundle(tmp_path):
     assert facts["canary"]["graphs"] == canary["graphs"] and facts["gpus"] == []
 
 
+def test_a_benchmark_stopped_at_its_deadline_is_partial_and_one_that_fails_is_failed(tmp_path, monkeypatch):
+    """A benchmark stage its deadline stops keeps the rows it printed and is recorded as partial, which does not
+    make the window fail (the budget ran out, not the code); one that exits non-zero is a failure."""
+    outcomes = iter([(-15, True), (1, False)])
+
+    def run(self, command, log, limit_s, env=None, cwd=None):
+        log.write_text("stack K   ms/step\n    1      3.1\n")
+        return next(outcomes)
+
+    monkeypatch.setattr(gpu_window.Window, "run", run)
+    plan = {"title": "test", "configs": [], "stages": [Stage("throughput", 1, 10), Stage("determinism", 1, 10)],
+            "throughput": [], "determinism": []}
+    window = gpu_window.Window(600, tmp_path, plan)
+    window.stage("throughput", gpu_window.benchmark, window, "throughput", "training.py")
+    assert window.stages[-1]["status"] == "partial" and not window.failed
+    assert window.stages[-1]["why"] == "stopped at its deadline; throughput.txt keeps what it printed"
+    assert "    1      3.1" in (tmp_path / "throughput.txt").read_text()
+    window.stage("determinism", gpu_window.benchmark, window, "determinism", "gpu_determinism.py")
+    assert window.stages[-1]["status"] == "failed" and window.failed
+    assert "- throughput: partial (stopped at its deadline" in (tmp_path / "summary.md").read_text()
+
+
 def test_a_failing_baseline_keeps_every_stack_row(monkeypatch, capsys):
     """The throughput stage's table: each stack row prints as measured, a row that fails (out of memory at a large
     K) is one line, and the HF Trainer baseline runs last in its own try, so its failure is one line below the
