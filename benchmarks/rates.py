@@ -181,7 +181,7 @@ def main():
         rates[key] = seconds
         print(f"{key:<16}{seconds:>10.{5 if seconds < 0.1 else 3}f}  {what[key]}", flush=True)
         record["plan"] = {"rates": {device.type: plan_block(
-            rates, hardware(device).split(";")[0], args.extract_stack == CHECKPOINT_STACK,
+            rates, record["hardware"].split(";")[0], args.extract_stack == CHECKPOINT_STACK,
             record.get("graph_captured") is False)}}
         if args.json:
             write_json(args.json, record)
